@@ -1,0 +1,38 @@
+# make test  - install what is missing, build everything, run every test
+# make demo  - boot a guest and show its console
+SWIFT ?= swift
+export PATH := /opt/swift/usr/bin:$(PATH)
+
+APT_PACKAGES = gcc make busybox-static cpio qemu-system-x86 qemu-utils seabios
+
+.PHONY: all build test demo deps bench clean
+
+all: build
+
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+build:
+	$(SWIFT) build
+
+test: deps
+	$(SWIFT) build --build-tests
+	$(SWIFT) test
+
+demo: deps
+	$(SWIFT) build
+	./scripts/demo.sh
+
+bench: deps
+	$(SWIFT) build -c release
+	./bench/run-all.sh
+
+clean:
+	rm -rf .build build

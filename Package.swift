@@ -1,0 +1,61 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+// Dependencies point one way:
+//   executables -> VMM / VMConfig / Control -> Devices, Storage, Boot, KVM, X86Emulator
+//   -> Hypervisor -> GuestMemory.   Only KVM sees CKVM.  Devices never import KVM.
+let package = Package(
+    name: "swiftvmm",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "vmm", targets: ["VMMTool"]),
+        .executable(name: "vmd", targets: ["VMDTool"]),
+        .executable(name: "vmctl", targets: ["VMCTLTool"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+    ],
+    targets: [
+        // The only C in the project: <linux/kvm.h> constants, ioctl shims, eventfd.
+        .target(name: "CKVM"),
+        .target(name: "GuestMemory"),
+        .target(name: "Hypervisor", dependencies: ["GuestMemory"]),
+        .target(name: "KVM", dependencies: ["CKVM", "Hypervisor", "GuestMemory"]),
+        .target(name: "X86Emulator", dependencies: ["Hypervisor", "GuestMemory"]),
+        .target(name: "Storage"),
+        .target(name: "Devices", dependencies: ["GuestMemory", "Hypervisor", "Storage"]),
+        .target(name: "Boot", dependencies: ["GuestMemory", "Hypervisor"]),
+        .target(name: "VMConfig"),
+        .target(name: "Control"),
+        .target(name: "VMM", dependencies: [
+            "KVM", "X86Emulator", "Hypervisor", "GuestMemory", "Devices", "Storage", "Boot",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .executableTarget(name: "VMMTool", dependencies: [
+            "VMM", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .executableTarget(name: "VMDTool", dependencies: [
+            "VMM", "VMConfig", "Control",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .executableTarget(name: "VMCTLTool", dependencies: [
+            "Control", "VMConfig", "Storage",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+
+        .testTarget(name: "GuestMemoryTests", dependencies: ["GuestMemory"]),
+        .testTarget(name: "DevicesTests", dependencies: ["Devices", "GuestMemory", "Hypervisor", "Storage"]),
+        .testTarget(name: "BootTests", dependencies: ["Boot", "GuestMemory", "Hypervisor"]),
+        .testTarget(name: "KVMTests", dependencies: ["KVM", "Hypervisor", "GuestMemory"]),
+        .testTarget(name: "StorageTests", dependencies: ["Storage"]),
+        .testTarget(name: "VMConfigTests", dependencies: ["VMConfig"],
+                    resources: [.copy("Golden")]),
+        .testTarget(name: "ControlTests", dependencies: ["Control"]),
+        .testTarget(name: "X86EmulatorTests", dependencies: ["X86Emulator", "Hypervisor", "GuestMemory"]),
+        .testTarget(name: "VMMTests", dependencies: ["VMM", "Devices", "Hypervisor", "GuestMemory", "Boot"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["VMM", "Boot", "Hypervisor", "GuestMemory", "Devices"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,1 @@
+// Boot: see docs/ARCHITECTURE.md.

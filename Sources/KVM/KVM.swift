@@ -1,0 +1,1 @@
+// KVM: see docs/ARCHITECTURE.md.

@@ -1,0 +1,1 @@
+// VMConfig: see docs/ARCHITECTURE.md.

@@ -1,0 +1,1 @@
+// VMM: see docs/ARCHITECTURE.md.

@@ -1,0 +1,1 @@
+// X86Emulator: see docs/ARCHITECTURE.md.
