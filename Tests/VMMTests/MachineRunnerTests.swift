@@ -14,6 +14,15 @@ final class CountingDevice: PortIODevice, @unchecked Sendable {
     func ioWrite(offset: UInt16, size: Int, value: UInt32) { count += 1 }
 }
 
+/// Polls `condition` for up to 10 s (the machine may be loaded by parallel builds).
+func eventually(_ condition: () -> Bool) -> Bool {
+    for _ in 0..<10_000 {
+        if condition() { return true }
+        usleep(1000)
+    }
+    return condition()
+}
+
 @Suite struct MachineRunnerTests {
     func makeRunner(_ cpus: [FakeVCPU], bus: IOBus = IOBus(), lock: DeviceLock = DeviceLock(),
                     states: [Int: X86CPUState] = [:]) -> MachineRunner {
@@ -48,7 +57,7 @@ final class CountingDevice: PortIODevice, @unchecked Sendable {
         }
         let runner = makeRunner(cpus, bus: bus, lock: lock)
         try runner.start()
-        usleep(20_000)
+        #expect(eventually { lock.withLock { counter.count } > 0 })
         runner.pause()
         #expect(runner.state == .paused)
         let atPause = lock.withLock { counter.count }
@@ -56,8 +65,7 @@ final class CountingDevice: PortIODevice, @unchecked Sendable {
         usleep(30_000)
         #expect(lock.withLock { counter.count } == atPause)
         runner.resume()
-        usleep(30_000)
-        #expect(lock.withLock { counter.count } > atPause)
+        #expect(eventually { lock.withLock { counter.count } > atPause })
         runner.stop(.stopped(reason: "test over"))
         #expect(runner.wait() == .stopped(reason: "test over"))
     }
