@@ -24,7 +24,9 @@ let package = Package(
         .target(name: "KVM", dependencies: ["CKVM", "Hypervisor", "GuestMemory"]),
         .target(name: "X86Emulator", dependencies: ["Hypervisor", "GuestMemory"]),
         .target(name: "Storage"),
-        .target(name: "Devices", dependencies: ["GuestMemory", "Hypervisor", "Storage"]),
+        .target(name: "Devices", dependencies: [
+            "GuestMemory", "Hypervisor", "Storage", .product(name: "Logging", package: "swift-log"),
+        ]),
         .target(name: "Boot", dependencies: ["GuestMemory", "Hypervisor"]),
         .target(name: "VMConfig"),
         .target(name: "Control", dependencies: ["VMConfig"]),
