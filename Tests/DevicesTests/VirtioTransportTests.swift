@@ -57,6 +57,26 @@ import Testing
         #expect(regions == [VirtioNotifyRegion(queue: 0, address: 0xC000_3000, length: 2)])
     }
 
+    @Test func worksBehindThePCIHost() throws {
+        let bus = IOBus()
+        let irq = RecordingInterruptController()
+        let host = PCIHost(bus: bus, interrupts: irq)
+        try bus.mapPorts(host, name: "pci", base: PCIHost.basePort, count: PCIHost.portCount)
+        let memory = try GuestMemory(size: 1 << 20)
+        let device = VirtioPCIDevice(model: VirtioBlock(disk: MemoryDisk(size: 4096)), memory: memory,
+                                     interrupts: irq, intx: host.interruptLine(slot: 3, pin: 1))
+        try host.register(device, slot: 3)
+        bus.portWrite(0xCF8, size: 4, value: 0x8000_0000 | 3 << 11)
+        #expect(bus.portRead(0xCFC, size: 4) == 0x1042_1AF4)
+        let bar0 = try #require(host.mappedBar(slot: 3, index: 0))
+        let bar1 = try #require(host.mappedBar(slot: 3, index: 1))
+        #expect(!bar0.isIO && bar0.base != bar1.base)
+        #expect(bus.mmioRead(bar0.base + 0x12, size: 2) == 1)                  // num_queues
+        #expect(device.notifyRegions().first?.address == bar0.base + 0x3000)
+        bus.mmioWrite(bar1.base + 8, size: 4, value: 0x1234)                   // MSI-X entry 0 data
+        #expect(device.msix.entries[0].data == 0x1234)
+    }
+
     @Test func intxRaisesAndISRReadClears() throws {
         let rig = try BlockRig()
         let (s, _) = try rig.run(type: VirtioBlock.RequestType.flush, sector: 0)

@@ -45,13 +45,8 @@ public final class VirtioPCIDevice: PCIDevice, @unchecked Sendable {
     public static let bar1Size: UInt64 = 0x1000
     public static let noVector: UInt16 = 0xFFFF
 
-    // Capability offsets in config space.
-    static let capMSIX = 0x40
-    static let capCommon = 0x4C
-    static let capNotify = 0x5C
-    static let capISR = 0x70
-    static let capDevice = 0x80
-    static let capPCICfg = 0x90
+    /// The MSI-X capability is the first one in config space.
+    static let capMSIX = PCIConfig.firstCapability
 
     public let model: any VirtioDeviceModel
     public let memory: GuestMemory
@@ -66,8 +61,8 @@ public final class VirtioPCIDevice: PCIDevice, @unchecked Sendable {
     public var onNotifyRegionsChanged: (@Sendable ([VirtioNotifyRegion]) -> Void)?
 
     private let lock = Mutex<Void>(())
-    private var config = [UInt8](repeating: 0, count: 256)
-    private var writeMask = [UInt8](repeating: 0, count: 256)
+    /// Type-0 config space: header, BARs and the capability list.
+    public private(set) var header: PCIConfigHeader
 
     // Transport state (plain values).
     private var deviceFeatureSelect: UInt32 = 0
@@ -106,7 +101,8 @@ public final class VirtioPCIDevice: PCIDevice, @unchecked Sendable {
         self.msix = PCIMSIX(vectors: model.queueMaxSizes.count + 1)
         self.offeredFeatures = model.deviceFeatures | VirtioFeature.version1
             | VirtioFeature.indirectDescriptors | VirtioFeature.eventIndex
-        buildConfigSpace()
+        self.header = Self.makeHeader(model: model, queues: model.queueMaxSizes.count,
+                                      interruptLine: intx.map { UInt8(truncatingIfNeeded: $0.gsi) })
         if let host = model as? VirtioBackendAttachable { host.attach(self) }
     }
 
@@ -119,62 +115,40 @@ public final class VirtioPCIDevice: PCIDevice, @unchecked Sendable {
 
     // MARK: config space
 
-    private func put8(_ v: UInt8, _ o: Int) { config[o] = v }
-    private func put16(_ v: UInt16, _ o: Int) { config[o] = UInt8(v & 0xFF); config[o + 1] = UInt8(v >> 8) }
-    private func put32(_ v: UInt32, _ o: Int) { for i in 0..<4 { config[o + i] = UInt8(truncatingIfNeeded: v >> (8 * UInt32(i))) } }
-    private func get32(_ o: Int) -> UInt32 { (0..<4).reduce(UInt32(0)) { $0 | UInt32(config[o + $1]) << (8 * UInt32($1)) } }
-
-    private func buildConfigSpace() {
+    private static func makeHeader(model: any VirtioDeviceModel, queues: Int, interruptLine: UInt8?) -> PCIConfigHeader {
         let (cls, sub, progIF) = model.pciClass
-        put16(Self.vendorID, 0x00)
-        put16(0x1040 + model.deviceType.rawValue, 0x02)
-        put16(0x0010, 0x06)              // status: capability list
-        put8(1, 0x08)                    // revision 1: modern only
-        put8(progIF, 0x09); put8(sub, 0x0A); put8(cls, 0x0B)
-        put8(0, 0x0E)                    // header type 0
-        put32(0, 0x10)                   // BAR0: memory, 32-bit, not prefetchable
-        put32(0, 0x14)                   // BAR1
-        put16(Self.vendorID, 0x2C)
-        put16(0x1100, 0x2E)              // subsystem ID (>= 0x40 for modern devices)
-        put8(UInt8(Self.capMSIX), 0x34)
-        put8(intx.map { UInt8(truncatingIfNeeded: $0.gsi) } ?? 0xFF, 0x3C)
-        put8(1, 0x3D)                    // INTA#
+        var h = PCIConfigHeader(vendorID: vendorID, deviceID: 0x1040 + model.deviceType.rawValue,
+                                classCode: cls, subclass: sub, progIF: progIF,
+                                revision: 1,                      // modern only
+                                subsystemVendorID: vendorID, subsystemID: 0x1100, interruptPin: 1)
+        h.addBar(PCIBar(index: 0, kind: .memory32, size: bar0Size))
+        h.addBar(PCIBar(index: 1, kind: .memory32, size: bar1Size))
+        if let interruptLine { h.setRaw(PCIConfig.interruptLine, size: 1, value: UInt32(interruptLine)) }
 
-        // MSI-X capability.
-        put8(PCIMSIX.capabilityID, Self.capMSIX)
-        put8(UInt8(Self.capCommon), Self.capMSIX + 1)
-        put32(UInt32(Self.msixTableOffset) | 1, Self.capMSIX + 4)
-        put32(UInt32(Self.msixPBAOffset) | 1, Self.capMSIX + 8)
-
-        func vendorCap(_ at: Int, next: Int, length: UInt8, type: UInt8, offset: UInt64, size: Int) {
-            put8(0x09, at); put8(UInt8(next), at + 1); put8(length, at + 2); put8(type, at + 3)
-            put8(0, at + 4)                       // BAR 0
-            put32(UInt32(offset), at + 8); put32(UInt32(size), at + 12)
+        func le32(_ v: UInt32) -> [UInt8] { (0..<4).map { UInt8(truncatingIfNeeded: v >> (8 * UInt32($0))) } }
+        // MSI-X: message control (table size - 1; enable and function mask writable), table, PBA.
+        let msix = h.addCapability(id: PCIConfig.capabilityMSIX,
+                                   body: [UInt8(queues & 0xFF), UInt8(queues >> 8)]
+                                       + le32(UInt32(msixTableOffset) | 1) + le32(UInt32(msixPBAOffset) | 1),
+                                   writableMask: [0, 0xC0])
+        assert(msix == capMSIX)
+        func vendorCap(type: UInt8, offset: UInt64, length: Int, extra: [UInt8] = [], mask: [UInt8]? = nil) -> Int? {
+            let body: [UInt8] = [UInt8(2 + 14 + extra.count), type, 0 /* BAR 0 */, 0, 0, 0]
+                + le32(UInt32(offset)) + le32(UInt32(length)) + extra
+            return h.addCapability(id: PCIConfig.capabilityVendorSpecific, body: body, writableMask: mask)
         }
-        vendorCap(Self.capCommon, next: Self.capNotify, length: 16, type: 1,
-                  offset: Self.commonOffset, size: Int(Self.commonLength))
-        vendorCap(Self.capNotify, next: Self.capISR, length: 20, type: 2,
-                  offset: Self.notifyOffset, size: Int(Self.notifyMultiplier) * queues.count)
-        put32(Self.notifyMultiplier, Self.capNotify + 16)
-        vendorCap(Self.capISR, next: model.configSize > 0 ? Self.capDevice : Self.capPCICfg,
-                  length: 16, type: 3, offset: Self.isrOffset, size: 4)
-        if model.configSize > 0 {
-            vendorCap(Self.capDevice, next: Self.capPCICfg, length: 16, type: 4,
-                      offset: Self.deviceConfigOffset, size: model.configSize)
-        }
-        vendorCap(Self.capPCICfg, next: 0, length: 20, type: 5, offset: 0, size: 0)
-
-        // What the guest may write.
-        writeMask[0x04] = 0x07; writeMask[0x05] = 0x04   // command: I/O, memory, master, INTx disable
-        for (bar, size) in [(0, Self.bar0Size), (1, Self.bar1Size)] {
-            let mask = ~UInt32(size - 1) & 0xFFFF_FFF0
-            for i in 0..<4 { writeMask[0x10 + 4 * bar + i] = UInt8(truncatingIfNeeded: mask >> (8 * UInt32(i))) }
-        }
-        writeMask[0x3C] = 0xFF
-        writeMask[Self.capMSIX + 3] = 0xC0
-        writeMask[Self.capPCICfg + 4] = 0xFF
-        for i in 8..<16 { writeMask[Self.capPCICfg + i] = 0xFF }
+        _ = vendorCap(type: 1, offset: commonOffset, length: Int(commonLength))
+        _ = vendorCap(type: 2, offset: notifyOffset, length: Int(notifyMultiplier) * queues, extra: le32(notifyMultiplier))
+        _ = vendorCap(type: 3, offset: isrOffset, length: 4)
+        if model.configSize > 0 { _ = vendorCap(type: 4, offset: deviceConfigOffset, length: model.configSize) }
+        // VIRTIO_PCI_CAP_PCI_CFG: bar, offset and length writable; data handled by us.
+        let cfg = vendorCap(type: 5, offset: 0, length: 0, extra: [0, 0, 0, 0],
+                            mask: [0, 0, 0xFF, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF])
+        assert(cfg != nil)
+        return h
     }
+
+    private var pciCfgCap: Int { header.lastCapability }
 
     /// The guest-physical base of a BAR as programmed, or nil while memory decode is off.
     public func barAddress(_ index: Int) -> UInt64? {
@@ -182,9 +156,8 @@ public final class VirtioPCIDevice: PCIDevice, @unchecked Sendable {
     }
 
     private func barAddressLocked(_ index: Int) -> UInt64? {
-        guard index >= 0, index < 2, config[0x04] & 0x02 != 0 else { return nil }
-        let base = UInt64(get32(0x10 + 4 * index) & 0xFFFF_FFF0)
-        return base == 0 ? nil : base
+        guard header.memoryDecodeEnabled, let base = header.barAddress(index), base != 0 else { return nil }
+        return base
     }
 
     public func configRead(offset: Int, size: Int) -> UInt32 {
@@ -192,56 +165,51 @@ public final class VirtioPCIDevice: PCIDevice, @unchecked Sendable {
     }
 
     private func configReadLocked(offset: Int, size: Int) -> UInt32 {
-        guard offset >= 0, size > 0, size <= 4, offset + size <= 256 else { return 0xFFFF_FFFF }
-        let data = Self.capPCICfg + 16
+        guard offset >= 0, size > 0, size <= 4, offset + size <= PCIConfig.size else { return 0xFFFF_FFFF }
+        let data = pciCfgCap + 16
         if offset >= data, offset < data + 4 {
             return pciCfgWindowRead(size: size)
         }
-        var v: UInt32 = 0
-        for i in 0..<size {
-            let o = offset + i
-            var b = config[o]
-            if o == Self.capMSIX + 2 { b = UInt8(msix.messageControl & 0xFF) }
-            if o == Self.capMSIX + 3 { b = UInt8(msix.messageControl >> 8) }
-            v |= UInt32(b) << (8 * UInt32(i))
+        var v = header.read(offset: offset, size: size)
+        // Message control lives in the MSI-X state.
+        for i in 0..<size where offset + i == Self.capMSIX + 2 || offset + i == Self.capMSIX + 3 {
+            let byte = UInt32(truncatingIfNeeded: msix.messageControl >> (offset + i == Self.capMSIX + 2 ? 0 : 8)) & 0xFF
+            v = (v & ~(0xFF << (8 * UInt32(i)))) | byte << (8 * UInt32(i))
         }
         return v
     }
 
     public func configWrite(offset: Int, size: Int, value: UInt32) {
         lock.withLock { _ in
-            guard offset >= 0, size > 0, size <= 4, offset + size <= 256 else { return }
-            let data = Self.capPCICfg + 16
+            guard offset >= 0, size > 0, size <= 4, offset + size <= PCIConfig.size else { return }
+            let data = pciCfgCap + 16
             if offset >= data, offset < data + 4 {
                 pciCfgWindowWrite(size: size, value: value)
                 return
             }
-            for i in 0..<size {
-                let o = offset + i
-                let b = UInt8(truncatingIfNeeded: value >> (8 * UInt32(i)))
-                config[o] = (config[o] & ~writeMask[o]) | (b & writeMask[o])
-            }
+            header.write(offset: offset, size: size, value: value)
             if offset <= Self.capMSIX + 3, offset + size > Self.capMSIX + 3 {
-                let control = UInt16(config[Self.capMSIX + 3]) << 8
+                let control = UInt16(header.raw(Self.capMSIX + 3, size: 1)) << 8
                 msix.setMessageControl(control, controller: interrupts)
                 if msix.isEnabled { lowerINTx() }
             }
+            if header.interruptDisabled { lowerINTx() } else if isr != 0, !msix.isEnabled { raiseINTx() }
         }
     }
 
     /// VIRTIO_PCI_CAP_PCI_CFG: an access window onto the BARs through config space.
     private func pciCfgWindowRead(size: Int) -> UInt32 {
-        let bar = Int(config[Self.capPCICfg + 4])
-        let off = UInt64(get32(Self.capPCICfg + 8))
-        let len = Int(get32(Self.capPCICfg + 12))
+        let bar = Int(header.raw(pciCfgCap + 4, size: 1))
+        let off = UInt64(header.raw(pciCfgCap + 8, size: 4))
+        let len = Int(header.raw(pciCfgCap + 12, size: 4))
         guard [1, 2, 4].contains(len) else { return 0 }
         return UInt32(truncatingIfNeeded: barReadLocked(index: bar, offset: off, size: min(len, size)))
     }
 
     private func pciCfgWindowWrite(size: Int, value: UInt32) {
-        let bar = Int(config[Self.capPCICfg + 4])
-        let off = UInt64(get32(Self.capPCICfg + 8))
-        let len = Int(get32(Self.capPCICfg + 12))
+        let bar = Int(header.raw(pciCfgCap + 4, size: 1))
+        let off = UInt64(header.raw(pciCfgCap + 8, size: 4))
+        let len = Int(header.raw(pciCfgCap + 12, size: 4))
         guard [1, 2, 4].contains(len) else { return }
         barWriteLocked(index: bar, offset: off, size: min(len, size), value: UInt64(value))
     }
@@ -528,14 +496,16 @@ public final class VirtioPCIDevice: PCIDevice, @unchecked Sendable {
     }
 
     private func raiseINTx() {
-        guard config[0x05] & 0x04 == 0, !intxAsserted else { return }   // bit 10: INTx disabled
+        guard !header.interruptDisabled, !intxAsserted else { return }
         intxAsserted = true
+        header.setInterruptStatus(true)
         intx?.raise()
     }
 
     private func lowerINTx() {
         guard intxAsserted else { return }
         intxAsserted = false
+        header.setInterruptStatus(false)
         intx?.lower()
     }
 }
