@@ -58,8 +58,11 @@ let package = Package(
         // Runs the built vmd and vmctl binaries (stand-in guests; real guests when /dev/kvm works).
         .testTarget(name: "VMDTests", dependencies: ["Control", "VMConfig"]),
         .testTarget(name: "X86EmulatorTests", dependencies: ["X86Emulator", "Hypervisor", "GuestMemory"]),
-        .testTarget(name: "VMMTests", dependencies: ["VMM", "Devices", "Hypervisor", "GuestMemory", "Boot"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["VMM", "Boot", "Hypervisor", "GuestMemory", "Devices"]),
+        .testTarget(name: "VMMTests", dependencies: [
+            "VMM", "VMMTool", "Devices", "Hypervisor", "GuestMemory", "Boot",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .testTarget(name: "IntegrationTests", dependencies: ["VMM", "VMMTool", "Boot", "Hypervisor", "GuestMemory", "Devices"]),
     ],
     swiftLanguageModes: [.v6]
 )
