@@ -4,9 +4,9 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export PATH=/opt/swift/usr/bin:$PATH
 
 vmm_release() {
-    (cd "$root" && swift build -c release --product vmm >/dev/null 2>&1) || {
-        (cd "$root" && swift build -c release --product vmm 2>&1 | tail -20); exit 1; }
-    VMM="$(cd "$root" && swift build -c release --show-bin-path)/vmm"
+    (cd "$root" && swift build -c release --static-swift-stdlib --product vmm >/dev/null 2>&1) || {
+        (cd "$root" && swift build -c release --static-swift-stdlib --product vmm 2>&1 | tail -20); exit 1; }
+    VMM="$(cd "$root" && swift build -c release --static-swift-stdlib --show-bin-path)/vmm"
 }
 
 # The guest the VMM benchmarks boot: a freestanding test kernel that prints on COM1 at once

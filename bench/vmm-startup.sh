@@ -11,10 +11,9 @@ bench_guest
 fb="python3 $root/bench/vmm-firstbyte.py"
 
 qemu_machine=microvm
-if ! timeout 20 qemu-system-x86_64 -enable-kvm -M microvm -m "$MEM" -kernel "$GUEST" -display none \
-        -serial stdio -no-reboot -device isa-debug-exit,iobase=0xf4,iosize=0x04 </dev/null 2>/dev/null | head -c1 | grep -q .; then
-    qemu_machine=pc
-fi
+probe=$(timeout 20 qemu-system-x86_64 -enable-kvm -M microvm -m "$MEM" -kernel "$GUEST" -display none \
+        -serial stdio -no-reboot -device isa-debug-exit,iobase=0xf4,iosize=0x04 </dev/null 2>/dev/null | head -c 64 || true)
+[ -n "$probe" ] || qemu_machine=pc
 qemu=(qemu-system-x86_64 -enable-kvm -M "$qemu_machine" -m "$MEM" -kernel "$GUEST" -display none
       -serial stdio -net none -no-reboot -device isa-debug-exit,iobase=0xf4,iosize=0x04)
 

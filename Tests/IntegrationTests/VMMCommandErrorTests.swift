@@ -1,11 +1,11 @@
 import Foundation
 import Testing
 
-/// Bad input to the `vmm` command: one clear line on stderr, exit status 1, no crash.
+/// Bad input to the `vmm` command: one clear line on stderr, exit status 2, no crash.
 @Suite struct VMMCommandErrorTests {
     func expectOneLineError(_ args: [String], mentions: [String]) throws {
         let r = try Harness.vmm(args)
-        #expect(r.status == 1, "vmm \(args) exited with \(r.status): \(r.stderr)")
+        #expect(r.status == 2, "vmm \(args) exited with \(r.status): \(r.stderr)")
         let lines = r.stderr.split(separator: "\n")
         #expect(lines.count == 1, "expected one line, got: \(r.stderr)")
         for m in mentions { #expect(r.stderr.contains(m), "'\(r.stderr)' does not mention \(m)") }
