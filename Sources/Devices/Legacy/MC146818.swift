@@ -345,3 +345,31 @@ public final class MC146818: PortIODevice {
     let r = a % b
     return r != 0 && (r < 0) != (b < 0) ? r + b : r
 }
+
+// MARK: Snapshot
+
+extension MC146818 {
+    /// The RTC's state. The guest's time is kept as its offset from the host's wall clock,
+    /// so a restored VM's clock keeps the offset the guest set (not the absolute time).
+    public struct Snapshot: Sendable, Equatable, Codable {
+        public var cmos: [UInt8]
+        public var index: UInt8
+        public var nmiDisabled: Bool
+        public var offsetNanoseconds: Int64
+    }
+
+    public func snapshot() -> Snapshot {
+        Snapshot(cmos: cmos, index: index, nmiDisabled: nmiDisabled, offsetNanoseconds: offset)
+    }
+
+    public func restore(_ s: Snapshot) {
+        if s.cmos.count == 128 { cmos = s.cmos }
+        index = s.index & 0x7F
+        nmiDisabled = s.nmiDisabled
+        offset = s.offsetNanoseconds
+        lastSecond = floorDiv(guestNanoseconds, 1_000_000_000)
+        lastPeriod = periodIndex(clock.monotonicNanoseconds()) ?? 0
+        irqLevel = false
+        updateIRQ()
+    }
+}

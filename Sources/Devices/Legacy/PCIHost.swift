@@ -322,4 +322,30 @@ public final class PCIHostBridgeFunction: PCIDevice {
     public func configWrite(offset: Int, size: Int, value: UInt32) { header.write(offset: offset, size: size, value: value) }
     public func barRead(index: Int, offset: UInt64, size: Int) -> UInt64 { 0 }
     public func barWrite(index: Int, offset: UInt64, size: Int, value: UInt64) {}
+    func restoreHeader(_ h: PCIConfigHeader) {
+        if h.bytes.count == PCIConfig.size && h.writeMask.count == PCIConfig.size { header = h }
+    }
+}
+
+// MARK: Snapshot
+
+extension PCIHost {
+    /// The host bridge's own registers. The functions' config spaces belong to their
+    /// devices' snapshots; after restoring those, call `restore` to remap every BAR.
+    public struct Snapshot: Sendable, Equatable, Codable {
+        public var configAddress: UInt32
+        public var resetControl: UInt8
+        public var bridgeHeader: PCIConfigHeader
+    }
+
+    public func snapshot() -> Snapshot {
+        Snapshot(configAddress: configAddress, resetControl: resetControl, bridgeHeader: bridge.header)
+    }
+
+    public func restore(_ s: Snapshot) {
+        configAddress = s.configAddress & 0x80FF_FFFC
+        resetControl = s.resetControl & 0x0E
+        bridge.restoreHeader(s.bridgeHeader)
+        for case let fn? in functions { updateMappings(fn) }
+    }
 }
