@@ -127,7 +127,14 @@ public final class MC146818: PortIODevice {
     private var halted: Bool { cmos[Register.b] & B.set != 0 }
     private var guestNanoseconds: Int64 { clock.wallClockNanoseconds() &+ offset }
 
-    private static func isTimeRegister(_ r: Int) -> Bool { r <= Register.year || r == Register.century }
+    /// Registers refreshed from the clock on read (the alarms are plain storage).
+    private static func isTimeRegister(_ r: Int) -> Bool {
+        switch r {
+        case Register.seconds, Register.minutes, Register.hours, Register.dayOfWeek, Register.dayOfMonth,
+             Register.month, Register.year, Register.century: return true
+        default: return false
+        }
+    }
 
     public func readRegister(_ r: Int) -> UInt8 {
         guard r >= 0, r < cmos.count else { return 0xFF }
