@@ -35,7 +35,7 @@ enum Harness {
     static let guestDir: URL = packageRoot.appendingPathComponent(".build/guests")
 
     private static let buildLock = NSLock()
-    private static var built: [String: String] = [:]
+    nonisolated(unsafe) private static var built: [String: String] = [:]   // guarded by buildLock
 
     /// Runs `guests/<script>` (once per test process) and returns the path it printed last
     /// (or `output` when given).
