@@ -274,6 +274,27 @@ extension Array where Element == UInt8 {
     }
 }
 
+/// Decodes a big-endian UInt64 table (L1, L2, refcount table).
+func decodeBE64Table(_ raw: [UInt8], count: Int) -> [UInt64] {
+    [UInt64](unsafeUninitializedCapacity: count) { out, initialized in
+        raw.withUnsafeBytes { src in
+            // SAFETY: i * 8 + 8 <= count * 8 <= raw.count for every i read.
+            for i in 0..<count { out[i] = i * 8 + 8 <= src.count ? loadBE64(src.baseAddress!, i * 8) : 0 }
+        }
+        initialized = count
+    }
+}
+
+/// Encodes a UInt64 table big-endian.
+func encodeBE64Table(_ table: [UInt64]) -> [UInt8] {
+    [UInt8](unsafeUninitializedCapacity: table.count * 8) { out, initialized in
+        let raw = UnsafeMutableRawBufferPointer(out)
+        // SAFETY: i * 8 + 8 <= table.count * 8, the buffer's size.
+        for (i, v) in table.enumerated() { raw.storeBytes(of: v.bigEndian, toByteOffset: i * 8, as: UInt64.self) }
+        initialized = table.count * 8
+    }
+}
+
 func be64Bytes(_ v: UInt64) -> [UInt8] {
     var b = [UInt8](repeating: 0, count: 8)
     b.putBE64(v, at: 0)

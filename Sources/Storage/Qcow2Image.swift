@@ -129,7 +129,7 @@ public final class Qcow2Image: DiskBackend, AllocationMapping, @unchecked Sendab
         }
         l1Offset = h.l1TableOffset
         let l1Raw = try file.readBytes(count: Int(l1Bytes), at: l1Offset)
-        l1 = (0..<Int(h.l1Size)).map { l1Raw.be64($0 * 8) }
+        l1 = decodeBE64Table(l1Raw, count: Int(h.l1Size))
 
         // Refcount table.
         refcountBits = 1 << Int(h.refcountOrder)
@@ -147,7 +147,7 @@ public final class Qcow2Image: DiskBackend, AllocationMapping, @unchecked Sendab
         }
         refcountTableOffset = h.refcountTableOffset
         let rtRaw = try file.readBytes(count: Int(rtBytes), at: refcountTableOffset)
-        refcountTable = (0..<Int(rtBytes / 8)).map { rtRaw.be64($0 * 8) }
+        refcountTable = decodeBE64Table(rtRaw, count: Int(rtBytes / 8))
 
         nextFreeCluster = (fileLength + clusterMask) >> UInt64(clusterBits)
         l2Cache = ClusterCache(capacity: 64)
@@ -236,7 +236,7 @@ public final class Qcow2Image: DiskBackend, AllocationMapping, @unchecked Sendab
         }
         guard offset >= UInt64(clusterSize) else { throw corrupt("an L2 table offset points into the header") }
         let raw = try file.readBytes(count: clusterSize, at: offset)
-        let table = (0..<(clusterSize / 8)).map { raw.be64($0 * 8) }
+        let table = decodeBE64Table(raw, count: clusterSize / 8)
         l2Cache[offset] = table
         return table
     }
@@ -474,9 +474,7 @@ public final class Qcow2Image: DiskBackend, AllocationMapping, @unchecked Sendab
         // Zero-fill the new table on disk first, so partial table entry writes land in a valid table.
         try writeMeta([UInt8](repeating: 0, count: Int(newClusters) * clusterSize), at: newOffset)
         for c in start..<start + newClusters { try setRefcount(of: c, to: 1, depth: depth + 1) }
-        var raw = [UInt8](repeating: 0, count: refcountTable.count * 8)
-        for (i, e) in refcountTable.enumerated() { raw.putBE64(e, at: i * 8) }
-        try writeMeta(raw, at: newOffset)
+        try writeMeta(encodeBE64Table(refcountTable), at: newOffset)
         var header = [UInt8](repeating: 0, count: 12)
         header.putBE64(newOffset, at: 0)
         header.putBE32(UInt32(newClusters), at: 8)

@@ -11,10 +11,10 @@ struct Qcow2InteropTests {
     func ourImagesPassQemuCheckAndCompare(version: Int, clusterSize: Int) throws {
         let dir = TempDir()
         let path = dir.file("ours.qcow2")
-        let size: UInt64 = 24 << 20
+        let size: UInt64 = 12 << 20
         let image = try Qcow2Image.create(path: path, size: size, clusterSize: clusterSize, version: version)
         let expected = MemoryDisk(size: Int(size))
-        try randomWorkload([image, expected], seed: UInt64(version * 7 + clusterSize), operations: 150)
+        try randomWorkload([image, expected], seed: UInt64(version * 7 + clusterSize), operations: 100, maxSectors: 200)
         try image.flush()
         #expect(try image.readAll() == expected.bytes)
         try expectQemuCheckPasses(path)
@@ -35,9 +35,9 @@ struct Qcow2InteropTests {
         // so filling 12 MiB forces new refcount blocks and a larger refcount table.
         let dir = TempDir()
         let path = dir.file("grow.qcow2")
-        let image = try Qcow2Image.create(path: path, size: 12 << 20, clusterSize: 512)
+        let image = try Qcow2Image.create(path: path, size: 10 << 20, clusterSize: 512)
         var rng = TestRandom(seed: 5)
-        let data = rng.bytes(12 << 20)
+        let data = rng.bytes(10 << 20)
         try image.write(data, at: 0)
         #expect(try image.readAll() == data)
         try expectQemuCheckPasses(path)
@@ -147,7 +147,7 @@ struct Qcow2InteropTests {
     @Test(arguments: [UInt64(1), 2, 3])
     func randomWorkloadMatchesRaw(seed: UInt64) throws {
         let dir = TempDir()
-        let size: UInt64 = 32 << 20
+        let size: UInt64 = 16 << 20
         let qPath = dir.file("w.qcow2"), rPath = dir.file("w.raw")
         // Seed 3 runs over a backing file, the others on a fresh image.
         var backing: String?
@@ -160,7 +160,7 @@ struct Qcow2InteropTests {
         let q = try Qcow2Image.create(path: qPath, size: size, clusterSize: seed == 2 ? 4096 : 65536,
                                       backingFile: backing, backingFormat: backing == nil ? nil : .raw)
         let r = backing == nil ? try RawImage.create(path: rPath, size: size) : try RawImage(path: rPath)
-        try randomWorkload([q, r], seed: seed, operations: 400, maxSectors: 600)
+        try randomWorkload([q, r], seed: seed, operations: 300, maxSectors: 300)
         try q.flush()
         try r.flush()
         #expect(firstDifference(try q.readAll(), try r.readAll()) == nil)

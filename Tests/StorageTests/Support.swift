@@ -73,13 +73,11 @@ struct TestRandom {
     }
     mutating func next(_ bound: UInt64) -> UInt64 { next() % bound }
     mutating func bytes(_ count: Int) -> [UInt8] {
-        var out = [UInt8](repeating: 0, count: count)
-        var i = 0
-        while i < count {
-            let v = next()
-            for k in 0..<8 where i + k < count { out[i + k] = UInt8(truncatingIfNeeded: v >> (8 * UInt64(k))) }
-            i += 8
+        var out = [UInt8](repeating: 0, count: (count + 7) / 8 * 8)
+        out.withUnsafeMutableBytes { raw in
+            for i in 0..<raw.count / 8 { raw.storeBytes(of: next(), toByteOffset: i * 8, as: UInt64.self) }
         }
+        out.removeLast(out.count - count)
         return out
     }
 }
@@ -136,6 +134,7 @@ func randomWorkload(_ disks: [any DiskBackend], seed: UInt64, operations: Int, m
 
 /// The first offset where two byte arrays differ, for readable failures.
 func firstDifference(_ a: [UInt8], _ b: [UInt8]) -> Int? {
+    if a == b { return nil }
     if a.count != b.count { return min(a.count, b.count) }
-    return zip(a, b).enumerated().first { $0.element.0 != $0.element.1 }?.offset
+    return a.withUnsafeBufferPointer { x in b.withUnsafeBufferPointer { y in (0..<x.count).first { x[$0] != y[$0] } } }
 }
