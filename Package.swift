@@ -28,10 +28,12 @@ let package = Package(
         .target(name: "Storage", dependencies: ["CZlib"]),
         // Test helper: writes to a qcow2 image until killed (crash-consistency test).
         .executableTarget(name: "StorageCrashWriter", dependencies: ["Storage"]),
-        .target(name: "Devices", dependencies: ["GuestMemory", "Hypervisor", "Storage"]),
+        .target(name: "Devices", dependencies: [
+            "GuestMemory", "Hypervisor", "Storage", .product(name: "Logging", package: "swift-log"),
+        ]),
         .target(name: "Boot", dependencies: ["GuestMemory", "Hypervisor"]),
         .target(name: "VMConfig"),
-        .target(name: "Control"),
+        .target(name: "Control", dependencies: ["VMConfig"]),
         .target(name: "VMM", dependencies: [
             "KVM", "X86Emulator", "Hypervisor", "GuestMemory", "Devices", "Storage", "Boot",
             .product(name: "Logging", package: "swift-log"),
@@ -56,10 +58,15 @@ let package = Package(
         .testTarget(name: "StorageTests", dependencies: ["Storage", "StorageCrashWriter"]),
         .testTarget(name: "VMConfigTests", dependencies: ["VMConfig"],
                     resources: [.copy("Golden")]),
-        .testTarget(name: "ControlTests", dependencies: ["Control"]),
+        .testTarget(name: "ControlTests", dependencies: ["Control", "VMConfig"]),
+        // Runs the built vmd and vmctl binaries (stand-in guests; real guests when /dev/kvm works).
+        .testTarget(name: "VMDTests", dependencies: ["Control", "VMConfig"]),
         .testTarget(name: "X86EmulatorTests", dependencies: ["X86Emulator", "Hypervisor", "GuestMemory"]),
-        .testTarget(name: "VMMTests", dependencies: ["VMM", "Devices", "Hypervisor", "GuestMemory", "Boot"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["VMM", "Boot", "Hypervisor", "GuestMemory", "Devices"]),
+        .testTarget(name: "VMMTests", dependencies: [
+            "VMM", "VMMTool", "Devices", "Hypervisor", "GuestMemory", "Boot",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .testTarget(name: "IntegrationTests", dependencies: ["VMM", "VMMTool", "Boot", "Hypervisor", "GuestMemory", "Devices"]),
     ],
     swiftLanguageModes: [.v6]
 )
