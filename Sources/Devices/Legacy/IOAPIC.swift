@@ -191,3 +191,27 @@ public final class IOAPIC: MMIODevice {
         }
     }
 }
+
+// MARK: Snapshot
+
+extension IOAPIC {
+    public struct Snapshot: Sendable, Equatable, Codable {
+        public var id: UInt8
+        public var registerSelect: UInt8
+        public var redirection: [UInt64]
+        public var irr: UInt32
+    }
+
+    public func snapshot() -> Snapshot {
+        Snapshot(id: id, registerSelect: registerSelect, redirection: redirection, irr: irr)
+    }
+
+    /// Restores the registers; nothing is delivered (the LAPICs' IRR/ISR are restored too).
+    public func restore(_ s: Snapshot) {
+        guard s.redirection.count == IOAPIC.pinCount else { return }
+        id = s.id & 0x0F
+        registerSelect = s.registerSelect
+        redirection = s.redirection
+        irr = s.irr
+    }
+}
