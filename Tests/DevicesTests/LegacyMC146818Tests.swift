@@ -121,7 +121,8 @@ struct MC146818Tests {
         h.w(0x0B, 0x42) // PIE, 24h
         let d = try! #require(h.rtc.nextDeadline())
         #expect(d > h.clock.monotonic && d - h.clock.monotonic <= 976_562)
-        h.clock.advance(nanoseconds: d - h.clock.monotonic)
+        h.clock.advance(nanoseconds: d - h.clock.monotonic + 10)
+        #expect(h.rtc.nextDeadline() == h.clock.monotonic) // overdue until polled
         h.rtc.poll()
         #expect(h.irq.level(8) == true)
         let c = h.r(0x0C)

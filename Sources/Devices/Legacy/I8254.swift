@@ -153,7 +153,8 @@ public final class I8254 {
         }
     }
 
-    /// When (monotonic ns) counter 0's output next rises, nil when it never will.
+    /// When (monotonic ns) counter 0's output next rises without `poll()` having seen it,
+    /// nil when it never will. A time in the past means a poll is overdue.
     public func nextDeadline() -> UInt64? {
         let c = counters[0]
         guard c.armed, c.gate else { return nil }
@@ -164,8 +165,8 @@ public final class I8254 {
             guard c.edgesSignalled == 0 else { return nil }
             next = n
         case 2, 3:
-            let done = max(c.edgesSignalled, risingEdges(c, at: clock.monotonicNanoseconds()))
-            next = (done &+ 1) &* n
+            // The first edge not yet signalled: in the past when a poll is overdue.
+            next = (c.edgesSignalled &+ 1) &* n
         default:
             guard c.edgesSignalled == 0 else { return nil }
             next = n &+ 1

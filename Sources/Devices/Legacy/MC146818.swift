@@ -332,9 +332,11 @@ public final class MC146818: PortIODevice {
         let now = clock.monotonicNanoseconds()
         var next: UInt64?
         if b & B.periodicInterrupt != 0, let p = periodNanoseconds {
-            next = (now / p + 1) * p
+            // An unpolled boundary already passed: due now.
+            next = now / p != lastPeriod ? now : (now / p + 1) * p
         }
         if b & (B.updateInterrupt | B.alarmInterrupt) != 0, !halted, dividerRunning {
+            if floorDiv(guestNanoseconds, 1_000_000_000) != lastSecond { return now }
             let intoSecond = UInt64(floorMod(guestNanoseconds, 1_000_000_000))
             let t = now + (1_000_000_000 - intoSecond)
             next = min(next ?? t, t)
