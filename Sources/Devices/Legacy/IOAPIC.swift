@@ -38,6 +38,17 @@ public struct APICMessage: Sendable, Equatable, Codable {
     }
 }
 
+extension APICMessage {
+    /// The message as an MSI write (the inverse of `init(msiAddress:data:)`): how a
+    /// userspace IOAPIC hands interrupts to KVM's in-kernel LAPICs with a split irqchip
+    /// (KVM_SIGNAL_MSI), as QEMU does.
+    public var msi: (address: UInt64, data: UInt32) {
+        let address = 0xFEE0_0000 | UInt64(destination) << 12 | (logicalDestination ? 0x4 : 0)
+        let data = UInt32(vector) | UInt32(deliveryMode.rawValue) << 8 | (levelTriggered ? 0xC000 : 0)
+        return (address, data)
+    }
+}
+
 /// Where the IOAPIC (and the machine's MSI path) sends interrupt messages: the emulator's
 /// local APICs. The emulator helper implements it; `deliver` is called with the device lock
 /// held and must not call back into the IOAPIC synchronously except `endOfInterrupt`.
