@@ -24,10 +24,12 @@ let package = Package(
         .target(name: "KVM", dependencies: ["CKVM", "Hypervisor", "GuestMemory"]),
         .target(name: "X86Emulator", dependencies: ["Hypervisor", "GuestMemory"]),
         .target(name: "Storage"),
-        .target(name: "Devices", dependencies: ["GuestMemory", "Hypervisor", "Storage"]),
+        .target(name: "Devices", dependencies: [
+            "GuestMemory", "Hypervisor", "Storage", .product(name: "Logging", package: "swift-log"),
+        ]),
         .target(name: "Boot", dependencies: ["GuestMemory", "Hypervisor"]),
         .target(name: "VMConfig"),
-        .target(name: "Control"),
+        .target(name: "Control", dependencies: ["VMConfig"]),
         .target(name: "VMM", dependencies: [
             "KVM", "X86Emulator", "Hypervisor", "GuestMemory", "Devices", "Storage", "Boot",
             .product(name: "Logging", package: "swift-log"),
@@ -52,7 +54,7 @@ let package = Package(
         .testTarget(name: "StorageTests", dependencies: ["Storage"]),
         .testTarget(name: "VMConfigTests", dependencies: ["VMConfig"],
                     resources: [.copy("Golden")]),
-        .testTarget(name: "ControlTests", dependencies: ["Control"]),
+        .testTarget(name: "ControlTests", dependencies: ["Control", "VMConfig"]),
         .testTarget(name: "X86EmulatorTests", dependencies: ["X86Emulator", "Hypervisor", "GuestMemory"]),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "Devices", "Hypervisor", "GuestMemory", "Boot"]),
         .testTarget(name: "IntegrationTests", dependencies: ["VMM", "Boot", "Hypervisor", "GuestMemory", "Devices"]),

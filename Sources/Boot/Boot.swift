@@ -1,1 +1,0 @@
-// Boot: see docs/ARCHITECTURE.md.

@@ -1,0 +1,125 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// The kernel formats the loaders recognise, by content (never by file name).
+public enum KernelFormat: Equatable, Sendable, CustomStringConvertible {
+    /// A Linux bzImage (setup header magic "HdrS" at 0x202).
+    case bzImage
+    /// An ELF executable; `pvhEntry` is the XEN_ELFNOTE_PHYS32_ENTRY address when present.
+    case elf(is64Bit: Bool, pvhEntry: UInt64?)
+    /// A multiboot (v1) image: header with magic 0x1BADB002 in the first 8 KiB.
+    case multiboot
+
+    public var description: String {
+        switch self {
+        case .bzImage: return "Linux bzImage"
+        case let .elf(is64, pvh):
+            return "ELF\(is64 ? "64" : "32")\(pvh != nil ? " (PVH)" : "")"
+        case .multiboot: return "multiboot"
+        }
+    }
+}
+
+/// A kernel file's bytes with its detected format.
+public struct KernelImage: Sendable {
+    public let path: String
+    public let bytes: [UInt8]
+    public let format: KernelFormat
+
+    /// Reads and classifies `path`.
+    public init(path: String) throws {
+        try self.init(bytes: readFile(path), path: path)
+    }
+
+    /// Classifies `bytes` (`path` only names the image in errors).
+    ///
+    /// Order: a bzImage is recognised first (it also carries an ELF-free real-mode header);
+    /// multiboot before ELF, because a multiboot kernel is usually also an ELF and asks for
+    /// the multiboot protocol by carrying the header. An ELF with a PVH note is loaded as PVH.
+    public init(bytes: [UInt8], path: String) throws {
+        self.path = path
+        self.bytes = bytes
+        if LinuxSetupHeader.hasMagic(bytes) {
+            format = .bzImage
+        } else if MultibootHeader.find(in: bytes) != nil {
+            format = .multiboot
+        } else if ELFImage.hasMagic(bytes) {
+            let elf = try ELFImage(bytes: bytes, path: path)
+            format = .elf(is64Bit: elf.is64Bit, pvhEntry: elf.pvhEntry)
+        } else {
+            throw BootError.notAKernel(path: path)
+        }
+    }
+}
+
+/// Reads a whole file with plain POSIX calls (no Foundation in the loader).
+public func readFile(_ path: String, limit: Int = 1 << 31) throws -> [UInt8] {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else {
+        throw BootError.unreadableFile(path: path, reason: String(cString: strerror(errno)))
+    }
+    defer { close(fd) }
+    var st = stat()
+    guard fstat(fd, &st) == 0 else {
+        throw BootError.unreadableFile(path: path, reason: String(cString: strerror(errno)))
+    }
+    guard (st.st_mode & S_IFMT) == S_IFREG else {
+        throw BootError.unreadableFile(path: path, reason: "not a regular file")
+    }
+    guard st.st_size <= limit else {
+        throw BootError.unreadableFile(path: path, reason: "file is larger than \(limit) bytes")
+    }
+    var out = [UInt8](repeating: 0, count: Int(st.st_size))
+    var done = 0
+    while done < out.count {
+        // SAFETY: reads into the array's own storage, never past its count.
+        let n = out.withUnsafeMutableBytes { buf in
+            read(fd, buf.baseAddress! + done, buf.count - done)
+        }
+        if n < 0 {
+            if errno == EINTR { continue }
+            throw BootError.unreadableFile(path: path, reason: String(cString: strerror(errno)))
+        }
+        if n == 0 { break }
+        done += n
+    }
+    if done < out.count { out.removeLast(out.count - done) }
+    return out
+}
+
+// MARK: little-endian field access on byte arrays (bounds-checked, never traps)
+
+extension Array where Element == UInt8 {
+    /// The little-endian integer at `offset`, or nil when it does not fit in the array.
+    func le<T: FixedWidthInteger>(_ type: T.Type = T.self, at offset: Int) -> T? {
+        let n = MemoryLayout<T>.size
+        guard offset >= 0, offset <= count - n else { return nil }
+        var v: T = 0
+        for i in 0..<n { v |= T(self[offset + i]) << (8 * i) }
+        return v
+    }
+
+    func le<T: FixedWidthInteger>(_ type: T.Type = T.self, at offset: UInt64) -> T? {
+        guard offset <= UInt64(Int.max) else { return nil }
+        return le(type, at: Int(offset))
+    }
+
+    mutating func put<T: FixedWidthInteger>(_ value: T, at offset: Int) {
+        let n = MemoryLayout<T>.size
+        if offset + n > count { append(contentsOf: [UInt8](repeating: 0, count: offset + n - count)) }
+        for i in 0..<n { self[offset + i] = UInt8(truncatingIfNeeded: value >> (8 * i)) }
+    }
+
+    mutating func appendLE<T: FixedWidthInteger>(_ value: T) {
+        for i in 0..<MemoryLayout<T>.size { append(UInt8(truncatingIfNeeded: value >> (8 * i))) }
+    }
+
+    mutating func appendASCII(_ s: String, length: Int) {
+        var b = Array(s.utf8.prefix(length))
+        b += [UInt8](repeating: 0x20, count: length - b.count)
+        append(contentsOf: b)
+    }
+}

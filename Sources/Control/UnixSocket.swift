@@ -1,0 +1,136 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+public enum ControlError: Error, Equatable, Sendable, CustomStringConvertible {
+    case system(call: String, errno: Int32, detail: String)
+    case frameTooLarge(Int)
+    case truncatedFrame
+    case malformed(String)
+    case versionMismatch(peer: Int)
+    case pathTooLong(String)
+
+    public var description: String {
+        switch self {
+        case let .system(call, e, detail):
+            let d = detail.isEmpty ? "" : " \(detail)"
+            return "\(call)\(d): \(String(cString: strerror(e)))"
+        case .frameTooLarge(let n):
+            return "control message of \(n) bytes is larger than the \(ControlProtocol.maxFrameSize)-byte limit"
+        case .truncatedFrame: return "connection closed in the middle of a control message"
+        case .malformed(let why): return "malformed control message: \(why)"
+        case .versionMismatch(let v):
+            return "control protocol version \(v) is not ours (\(ControlProtocol.version)): vmd and vmctl must match"
+        case .pathTooLong(let p): return "socket path too long: \(p)"
+        }
+    }
+
+    static func sys(_ call: String, _ detail: String = "") -> ControlError {
+        .system(call: call, errno: errno, detail: detail)
+    }
+}
+
+/// The peer of a unix socket as the kernel reports it (SO_PEERCRED).
+public struct PeerCredentials: Hashable, Sendable {
+    public var pid: Int32
+    public var uid: UInt32
+    public var gid: UInt32
+    public init(pid: Int32, uid: UInt32, gid: UInt32) {
+        self.pid = pid; self.uid = uid; self.gid = gid
+    }
+}
+
+/// Unix stream sockets: listen, connect, socketpair, credentials.
+public enum UnixSocket {
+    private static let SO_PEERCRED: Int32 = 17
+
+    private static func address(_ path: String) throws(ControlError) -> sockaddr_un {
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        let capacity = MemoryLayout.size(ofValue: addr.sun_path)
+        guard bytes.count < capacity else { throw .pathTooLong(path) }
+        // SAFETY: writes bytes.count < capacity bytes into the fixed sun_path array.
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
+            raw.copyBytes(from: bytes)
+            raw[bytes.count] = 0
+        }
+        return addr
+    }
+
+    /// Binds and listens on `path` (replacing a stale socket there); returns the fd.
+    public static func listen(path: String, mode: mode_t = 0o660) throws(ControlError) -> Int32 {
+        var addr = try address(path)
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw .sys("socket") }
+        unlink(path)
+        // SAFETY: addr is a valid sockaddr_un for the duration of the call.
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
+        }
+        guard rc == 0 else {
+            let e = ControlError.sys("bind", path)
+            close(fd)
+            throw e
+        }
+        chmod(path, mode)
+        guard Glibc.listen(fd, 64) == 0 else {
+            let e = ControlError.sys("listen", path)
+            close(fd)
+            throw e
+        }
+        return fd
+    }
+
+    public static func connect(path: String) throws(ControlError) -> Int32 {
+        var addr = try address(path)
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw .sys("socket") }
+        // SAFETY: as in listen.
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
+        }
+        guard rc == 0 else {
+            let e = ControlError.sys("connect", path)
+            close(fd)
+            throw e
+        }
+        return fd
+    }
+
+    /// Accepts one connection; retries on EINTR.
+    public static func accept(_ listener: Int32) throws(ControlError) -> Int32 {
+        while true {
+            let fd = Glibc.accept(listener, nil, nil)
+            if fd >= 0 {
+                _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+                return fd
+            }
+            if errno == EINTR || errno == ECONNABORTED { continue }
+            throw .sys("accept")
+        }
+    }
+
+    public static func pair() throws(ControlError) -> (Int32, Int32) {
+        var fds: [Int32] = [-1, -1]
+        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) == 0 else {
+            throw .sys("socketpair")
+        }
+        return (fds[0], fds[1])
+    }
+
+    public static func peerCredentials(_ fd: Int32) throws(ControlError) -> PeerCredentials {
+        // struct ucred { pid_t pid; uid_t uid; gid_t gid; }
+        var cred: (Int32, UInt32, UInt32) = (0, 0, 0)
+        var len = socklen_t(MemoryLayout<(Int32, UInt32, UInt32)>.size)
+        // SAFETY: cred has the layout and size of struct ucred; len says so.
+        guard getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0, len == 12 else {
+            throw .sys("getsockopt(SO_PEERCRED)")
+        }
+        return PeerCredentials(pid: cred.0, uid: cred.1, gid: cred.2)
+    }
+}

@@ -1,1 +1,0 @@
-// VMConfig: see docs/ARCHITECTURE.md.

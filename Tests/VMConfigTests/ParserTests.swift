@@ -1,0 +1,113 @@
+import Testing
+@testable import VMConfig
+
+@Suite struct ParserTests {
+    func parse(_ text: String, macros: [String: String] = [:]) throws -> VMConfiguration {
+        try ConfigParser(macros: macros).parse(text: text, name: "t.conf").configuration
+    }
+    func errors(_ text: String) -> [String] {
+        do {
+            _ = try ConfigParser().parse(text: text, name: "t.conf")
+            return []
+        } catch {
+            return error.diagnostics.map(\.description)
+        }
+    }
+
+    @Test func sizesScaleLikeScanScaled() {
+        #expect(ScaledSize.parse("512M") == 512 << 20)
+        #expect(ScaledSize.parse("1g") == 1 << 30)
+        #expect(ScaledSize.parse("1.5G") == 3 << 29)
+        #expect(ScaledSize.parse("100") == 100)
+        #expect(ScaledSize.parse("12X") == nil)
+        #expect(ScaledSize.parse("") == nil)
+        #expect(ScaledSize.parse("99999999999E") == nil)
+        #expect(ScaledSize.format(3 << 29) == "1536M")
+        #expect(ScaledSize.format(1 << 30) == "1G")
+    }
+
+    @Test func commandLineMacrosOverrideTheFile() throws {
+        let c = try parse("k = \"/a\"\nvm x { boot $k }\n", macros: ["k": "/b"])
+        #expect(c.vms[0].boot == "/b")
+    }
+
+    @Test func macrosAreNotExpandedInQuotesNorRecursively() throws {
+        let c = try parse("a = \"/x\"\nvm x {\n boot \"$a\"\n}\n")
+        #expect(c.vms[0].boot == "$a")
+        // $a expands to the text $b, whose `$` is then an ordinary (invalid) character.
+        #expect(errors("a = \"$b\"\nb = \"/y\"\nvm x {\n cdrom $a\n}\n")
+                == ["t.conf:4: syntax error near \"$\""])
+    }
+
+    @Test func aMacroCanHoldSeveralTokens() throws {
+        let c = try parse("opts = \"switch lan group vms\"\nvm x {\n interface $opts\n}\n")
+        #expect(c.vms[0].interfaces[0].switchName == "lan")
+        #expect(c.vms[0].interfaces[0].group == "vms")
+    }
+
+    @Test func keywordsNeedQuotesToBeNames() throws {
+        #expect(errors("vm memory { disable }\n") == ["t.conf:1: syntax error near \"memory\""])
+        #expect(try parse("vm \"memory\" { disable }\n").vms[0].name == "memory")
+    }
+
+    @Test func errorsNameTheLineOfTheBadToken() {
+        #expect(errors("\n\n# c\nvm a {\n\n  disk \"/x\" 12\n}\n")
+                == ["t.conf:6: syntax error near \"12\""])
+        #expect(errors("vm a {\n memory 1G\n") == ["t.conf:3: syntax error near end of file"])
+        #expect(errors("vm a { memory 1G } vm b { disable }\n")
+                == ["t.conf:1: syntax error near \"vm\""])
+        #expect(errors("vm a {\n boot é\n}\n") == ["t.conf:2: syntax error near \"é\""])
+    }
+
+    @Test func continuationLinesCountForErrors() {
+        #expect(errors("vm a \\\n{\n\\\n  bad\n}\n") == ["t.conf:4: syntax error near \"bad\""])
+    }
+
+    @Test func ownersResolveAgainstTheUserDatabase() throws {
+        struct Fake: UserDatabase {
+            func uid(forUser name: String) -> UInt32? { name == "joe" ? 1000 : nil }
+            func gid(forGroup name: String) -> UInt32? { name == "staff" ? 50 : nil }
+            func groups(ofUID uid: UInt32) -> [UInt32] { [] }
+        }
+        let c = try parse("vm a {\n owner joe:staff\n}\nvm b {\n owner bob\n}\nvm c {\n owner :nogroup\n}\n")
+        #expect(try Fake().resolve(c.vms[0].owner!) == ResolvedOwner(uid: 1000, gid: 50))
+        #expect(try Fake().resolve(OwnerSpec(parsing: "42")) == ResolvedOwner(uid: 42, gid: nil))
+        let d = ConfigValidator.checkOwners(c, users: Fake()).map(\.description)
+        #expect(d == ["t.conf:4: failed to get user: bob", "t.conf:7: failed to get group: nogroup"])
+    }
+
+    @Test func instancesInheritFromTheirParent() throws {
+        let c = try parse("""
+            vm p {
+             memory 1G
+             disk "/p.img"
+             interface tap4 { switch "lan" lladdr 1:2:3:4:5:6 }
+             owner joe
+             vcpus 2
+            }
+            vm p instance c {
+             disk "/c.img"
+            }
+
+            """)
+        let r = ConfigValidator.resolvedVMs(c)
+        #expect(r[1].memory == 1 << 30)
+        #expect(r[1].disks == [DiskSpec(path: "/c.img")])
+        #expect(r[1].interfaces.count == 1)
+        #expect(r[1].interfaces[0].switchName == "lan")
+        #expect(r[1].interfaces[0].name == nil)
+        #expect(r[1].interfaces[0].lladdr == nil)
+        #expect(r[1].owner == OwnerSpec(user: "joe"))
+        #expect(r[1].vcpus == 2)
+    }
+
+    @Test func includeCyclesStop() {
+        let loader: ConfigFileLoader = { _ in Array("include \"self.conf\"\n".utf8) }
+        do {
+            _ = try ConfigParser(loader: loader).parse(path: "/x/self.conf")
+            Issue.record("expected an error")
+        } catch {
+            #expect(error.description.hasSuffix("includes nested too deeply"))
+        }
+    }
+}
