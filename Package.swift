@@ -56,8 +56,11 @@ let package = Package(
                     resources: [.copy("Golden")]),
         .testTarget(name: "ControlTests", dependencies: ["Control", "VMConfig"]),
         .testTarget(name: "X86EmulatorTests", dependencies: ["X86Emulator", "Hypervisor", "GuestMemory"]),
-        .testTarget(name: "VMMTests", dependencies: ["VMM", "Devices", "Hypervisor", "GuestMemory", "Boot"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["VMM", "Boot", "Hypervisor", "GuestMemory", "Devices"]),
+        .testTarget(name: "VMMTests", dependencies: [
+            "VMM", "VMMTool", "Devices", "Hypervisor", "GuestMemory", "Boot",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .testTarget(name: "IntegrationTests", dependencies: ["VMM", "VMMTool", "Boot", "Hypervisor", "GuestMemory", "Devices"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -37,7 +37,7 @@ public struct BootResult: Sendable {
 ///   The command line is still written at `BootLayout.cmdline` and rsi/esi point at it.
 public enum BootLoader {
     public static func load(kernel: String, initrd: String? = nil, cmdline: String = "",
-                            memory: GuestMemory, vcpus: Int = 1, pciRoutes: [PCIInterruptRoute] = [],
+                            memory: GuestMemory, vcpus: Int = 1, pciRoutes: [PCIRoutingEntry] = [],
                             preferLongMode: Bool = true, options: FirmwareOptions = FirmwareOptions()) throws -> BootResult {
         let image = try KernelImage(path: kernel)
         let initrdBytes = try initrd.map { try readFile($0) }
@@ -47,14 +47,14 @@ public enum BootLoader {
 
     /// The same for an image already in memory (tests, or a kernel passed by fd).
     public static func load(image: KernelImage, initrd: [UInt8]? = nil, initrdPath: String? = nil, cmdline: String = "",
-                            memory: GuestMemory, vcpus: Int = 1, pciRoutes: [PCIInterruptRoute] = [],
+                            memory: GuestMemory, vcpus: Int = 1, pciRoutes: [PCIRoutingEntry] = [],
                             preferLongMode: Bool = true, options: FirmwareOptions = FirmwareOptions()) throws -> BootResult {
         guard (1...255).contains(vcpus) else {
             throw BootError.invalidParameter("vCPU count \(vcpus) is out of range (1 to 255 with xAPIC IDs)")
         }
         for r in pciRoutes {
-            guard r.slot < 32, r.pin < 4, r.gsi < UInt32(options.ioapicPins) else {
-                throw BootError.invalidParameter("PCI route slot \(r.slot) pin \(r.pin) -> GSI \(r.gsi) is invalid (slot < 32, pin 0-3, GSI below \(options.ioapicPins))")
+            guard (0..<32).contains(r.slot), (1...4).contains(r.pin), r.gsi < UInt32(options.ioapicPins) else {
+                throw BootError.invalidParameter("PCI route slot \(r.slot) pin \(r.pin) -> GSI \(r.gsi) is invalid (slot 0-31, pin 1-4 for INTA#-INTD#, GSI below \(options.ioapicPins))")
             }
         }
         let e820 = E820.table(for: memory)

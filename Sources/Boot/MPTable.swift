@@ -10,7 +10,7 @@ public enum MPTable {
     public static let ioapicVersion: UInt8 = 0x11
 
     /// The configuration table ("PCMP"), base table only.
-    public static func configurationTable(vcpus: Int, pciRoutes: [PCIInterruptRoute], options: FirmwareOptions) -> [UInt8] {
+    public static func configurationTable(vcpus: Int, pciRoutes: [PCIRoutingEntry], options: FirmwareOptions) -> [UInt8] {
         var entries = [UInt8]()
         var count = 0
         for cpu in 0..<vcpus {
@@ -37,9 +37,9 @@ public enum MPTable {
             let flags: UInt16 = irq == ACPIPowerManagement.sciIRQ ? 0x000D : 0 // SCI level/high
             ioInterrupt(type: 0, flags: flags, bus: isaBusID, irq: irq, pin: pin)
         }
-        // PCI: source IRQ = slot << 2 | pin; level, active low (conforms to PCI).
+        // PCI: source IRQ = slot << 2 | (pin - 1); level, active high (as the DSDT says).
         for r in pciRoutes where r.gsi < UInt32(options.ioapicPins) {
-            ioInterrupt(type: 0, flags: 0x000F, bus: pciBusID, irq: (r.slot & 0x1F) << 2 | (r.pin & 3), pin: UInt8(r.gsi))
+            ioInterrupt(type: 0, flags: 0x000D, bus: pciBusID, irq: UInt8(r.slot & 0x1F) << 2 | ((r.pin &- 1) & 3), pin: UInt8(r.gsi))
         }
         // Local interrupts: ExtINT on LINT0, NMI on LINT1 of every LAPIC.
         entries += [4, 3]; entries.appendLE(UInt16(0)); entries += [isaBusID, 0, 0xFF, 0]; count += 1
@@ -75,7 +75,7 @@ public enum MPTable {
     /// Writes the floating pointer (EBDA) and the configuration table (0xF0000).
     /// Returns the floating pointer's address.
     @discardableResult
-    public static func write(into memory: GuestMemory, vcpus: Int, pciRoutes: [PCIInterruptRoute],
+    public static func write(into memory: GuestMemory, vcpus: Int, pciRoutes: [PCIRoutingEntry],
                              options: FirmwareOptions) throws -> UInt64 {
         let table = configurationTable(vcpus: vcpus, pciRoutes: pciRoutes, options: options)
         guard BootLayout.mpConfigTable + UInt64(table.count) <= BootLayout.mpConfigTableEnd else {

@@ -1,13 +1,16 @@
 import GuestMemory
 
-/// A PCI INTx route: device `slot` on bus 0, interrupt pin `pin` (0 = INTA# .. 3 = INTD#),
-/// wired to IOAPIC input `gsi`. The VMM passes its PCI host's routing; it becomes the
-/// DSDT's `_PRT` and the MP table's PCI interrupt entries.
-public struct PCIInterruptRoute: Equatable, Sendable, Codable {
-    public var slot: UInt8
+/// One row of the machine's PCI INTx routing: device `slot` (0-31) on bus 0, interrupt
+/// `pin` (1 = INTA# ... 4 = INTD#, as in the interrupt-pin config register) wired to IOAPIC
+/// input `gsi`. Same fields and pin numbering as Devices' `PCIInterruptRoute`, so the VMM
+/// converts with `PCIRoutingEntry(slot: $0.slot, pin: $0.pin, gsi: $0.gsi)`. It becomes
+/// the DSDT's `_PRT` (through one level-triggered, active-high, shared link device per GSI)
+/// and the MP table's PCI I/O interrupt entries.
+public struct PCIRoutingEntry: Equatable, Sendable, Codable {
+    public var slot: Int
     public var pin: UInt8
     public var gsi: UInt32
-    public init(slot: UInt8, pin: UInt8, gsi: UInt32) { self.slot = slot; self.pin = pin; self.gsi = gsi }
+    public init(slot: Int, pin: UInt8, gsi: UInt32) { self.slot = slot; self.pin = pin; self.gsi = gsi }
 }
 
 /// What the firmware tables describe beyond RAM and CPUs.
@@ -132,7 +135,7 @@ public enum ACPITables {
 
     /// MADT: a local APIC per vCPU (IDs 0..n-1), one IOAPIC, ISA overrides (IRQ0 -> GSI2,
     /// SCI level/active-high, level/active-high for PCI routes below GSI 16), LAPIC NMI on LINT1.
-    public static func madt(vcpus: Int, options: FirmwareOptions, pciRoutes: [PCIInterruptRoute]) -> [UInt8] {
+    public static func madt(vcpus: Int, options: FirmwareOptions, pciRoutes: [PCIRoutingEntry]) -> [UInt8] {
         var b = [UInt8]()
         b.appendLE(UInt32(PhysicalMap.lapicBase))
         b.appendLE(UInt32(1)) // PCAT_COMPAT: dual 8259s present
@@ -164,7 +167,7 @@ public enum ACPITables {
 
     /// The DSDT: \_SB.PCI0 (host bridge with bus/IO/MMIO windows and _PRT), COM1, optionally
     /// the RTC and i8042, and \_S5.
-    public static func dsdt(pciRoutes: [PCIInterruptRoute], options: FirmwareOptions) -> [UInt8] {
+    public static func dsdt(pciRoutes: [PCIRoutingEntry], options: FirmwareOptions) -> [UInt8] {
         typealias R = AML.Resource
         let window = PhysicalMap.pciMMIOWindow
         let crs = R.template([
@@ -175,9 +178,24 @@ public enum ACPITables {
             R.dwordMemory(min: 0x000A_0000, max: 0x000B_FFFF),
             R.dwordMemory(min: UInt32(window.lowerBound), max: UInt32(window.upperBound - 1)),
         ])
-        let prt = AML.package(pciRoutes.map { r in
-            AML.package([AML.integer(UInt64(r.slot) << 16 | 0xFFFF), AML.integer(UInt64(r.pin & 3)),
-                         AML.integer(0), AML.integer(UInt64(r.gsi))])
+        // One link device per GSI, so the interrupt's mode is stated (level, active high,
+        // shared) rather than implied (a bare GSI in _PRT means level, active low).
+        let gsis = Array(Set(pciRoutes.map(\.gsi))).sorted()
+        let links = gsis.map { gsi -> [UInt8] in
+            let irq = R.template([R.extendedInterrupt(gsi, level: true, activeHigh: true, shared: true)])
+            return AML.device(linkName(gsi), [
+                AML.name("_HID", AML.eisaID("PNP0C0F")),
+                AML.name("_UID", AML.integer(UInt64(gsi))),
+                AML.name("_STA", AML.integer(0x0B)),
+                AML.name("_PRS", irq),
+                AML.name("_CRS", irq),
+                AML.method("_SRS", args: 1, []),
+                AML.method("_DIS", []),
+            ])
+        }
+        let prt = AML.package(pciRoutes.sorted { ($0.slot, $0.pin) < ($1.slot, $1.pin) }.map { r in
+            AML.package([AML.integer(UInt64(r.slot) << 16 | 0xFFFF), AML.integer(UInt64(r.pin &- 1) & 3),
+                         AML.nameString(linkName(r.gsi)), AML.integer(0)])
         })
         let pci0 = AML.device("PCI0", [
             AML.name("_HID", AML.eisaID("PNP0A03")),
@@ -192,7 +210,7 @@ public enum ACPITables {
             AML.name("_UID", AML.integer(1)),
             AML.name("_CRS", R.template([R.io(min: 0x3F8, max: 0x3F8, alignment: 0, length: 8), R.irqNoFlags(4)])),
         ])
-        var sb: [[UInt8]] = [pci0, com1]
+        var sb: [[UInt8]] = links + [pci0, com1]
         if options.legacyDevices {
             sb.append(AML.device("RTC", [
                 AML.name("_HID", AML.eisaID("PNP0B00")),
@@ -211,8 +229,14 @@ public enum ACPITables {
         return table("DSDT", revision: 2, body: body)
     }
 
+    /// The link device for `gsi`: "LG" and two hex digits (\_SB.LG10 for GSI 16).
+    public static func linkName(_ gsi: UInt32) -> String {
+        let hex = String(gsi & 0xFF, radix: 16, uppercase: true)
+        return "LG" + (hex.count < 2 ? "0" + hex : hex)
+    }
+
     /// Writes all tables from `BootLayout.acpiTables`, RSDP first.
-    public static func write(into memory: GuestMemory, vcpus: Int, pciRoutes: [PCIInterruptRoute],
+    public static func write(into memory: GuestMemory, vcpus: Int, pciRoutes: [PCIRoutingEntry],
                              options: FirmwareOptions) throws -> ACPITableInfo {
         var cursor = BootLayout.acpiTables
         func place(_ bytes: [UInt8], align: UInt64 = 16) throws -> UInt64 {

@@ -123,6 +123,12 @@ public enum AML {
             return [0x22] + le(UInt64(mask), 2)
         }
 
+        /// Interrupt(ResourceConsumer, Level/Edge, ActiveHigh/ActiveLow, Shared/Exclusive){gsi}.
+        public static func extendedInterrupt(_ gsi: UInt32, level: Bool, activeHigh: Bool, shared: Bool) -> [UInt8] {
+            let flags: UInt8 = 0x01 | (level ? 0 : 0x02) | (activeHigh ? 0 : 0x04) | (shared ? 0x08 : 0)
+            return [0x89] + le(6, 2) + [flags, 1] + le(UInt64(gsi), 4)
+        }
+
         /// WordBusNumber(ResourceProducer, MinFixed, MaxFixed, PosDecode, 0, min, max, 0, n).
         public static func wordBusNumber(min: UInt16, max: UInt16) -> [UInt8] {
             wordAddress(type: 2, typeFlags: 0, min: min, max: max)

@@ -1,0 +1,124 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What the host offers for running guests, probed once.
+public struct HostCapabilities: Sendable, Equatable {
+    /// nil when /dev/kvm can be opened read-write; else why not.
+    public var kvmProblem: String?
+    /// The host's KVM is PVM-backed (kvm_pvm module): it runs our test kernels but not a
+    /// stock Linux kernel.
+    public var isPVM: Bool
+    /// The software CPU backend is built in and usable.
+    public var emulatorAvailable: Bool
+
+    public init(kvmProblem: String?, isPVM: Bool, emulatorAvailable: Bool) {
+        self.kvmProblem = kvmProblem; self.isPVM = isPVM; self.emulatorAvailable = emulatorAvailable
+    }
+
+    /// Probes this host: opens /dev/kvm, looks for /sys/module/kvm_pvm.
+    public static func probe(emulatorAvailable: Bool) -> HostCapabilities {
+        HostCapabilities(kvmProblem: probeKVM(), isPVM: access("/sys/module/kvm_pvm", F_OK) == 0,
+                         emulatorAvailable: emulatorAvailable)
+    }
+
+    /// nil when /dev/kvm opens read-write, else a sentence saying why not and what to do.
+    public static func probeKVM(path: String = "/dev/kvm") -> String? {
+        let fd = open(path, O_RDWR | O_CLOEXEC)
+        if fd >= 0 { close(fd); return nil }
+        let err = errno
+        switch err {
+        case ENOENT:
+            return "\(path) does not exist (load the kvm module, or enable virtualization for this host)"
+        case EACCES, EPERM:
+            return "no permission to open \(path) (run as root or join the group that owns it, usually kvm)"
+        default:
+            return "cannot open \(path): \(errnoString(err))"
+        }
+    }
+}
+
+/// The backend a machine runs on, and why it was chosen.
+public struct AcceleratorChoice: Sendable, Equatable {
+    public var backend: Accelerator
+    public var reason: String
+
+    /// Resolves `requested` for a kernel of `kind` on a host with `host` capabilities.
+    ///
+    /// `auto` takes KVM unless /dev/kvm is unusable, or the host's KVM is PVM-backed and
+    /// the guest is a full Linux kernel (bzImage), which PVM cannot run; then the emulator.
+    public static func choose(requested: Accelerator, kernel kind: KernelKind,
+                              host: HostCapabilities) throws -> AcceleratorChoice {
+        switch requested {
+        case .kvm:
+            if let problem = host.kvmProblem { throw VMMError.kvmUnavailable(problem) }
+            return AcceleratorChoice(backend: .kvm, reason: "--accel kvm was requested")
+        case .emulator:
+            guard host.emulatorAvailable else {
+                throw VMMError.acceleratorUnavailable("the software CPU (--accel emulator) is not available in this build yet; use --accel kvm")
+            }
+            return AcceleratorChoice(backend: .emulator, reason: "--accel emulator was requested")
+        case .auto:
+            if let problem = host.kvmProblem {
+                guard host.emulatorAvailable else { throw VMMError.kvmUnavailable(problem) }
+                return AcceleratorChoice(backend: .emulator, reason: "KVM is not usable (\(problem))")
+            }
+            if host.isPVM && kind == .linuxBzImage {
+                if host.emulatorAvailable {
+                    return AcceleratorChoice(backend: .emulator,
+                        reason: "the host's KVM is PVM-backed (/sys/module/kvm_pvm), which cannot run a full Linux kernel")
+                }
+                return AcceleratorChoice(backend: .kvm,
+                    reason: "the host's KVM is PVM-backed and may not run a full Linux kernel, but the software CPU is not available yet")
+            }
+            return AcceleratorChoice(backend: .kvm, reason: "/dev/kvm is usable" + (host.isPVM ? " (PVM-backed) for this \(kind) kernel" : ""))
+        }
+    }
+}
+
+/// What kind of kernel a file holds, judged by its content (never its name).
+public enum KernelKind: String, Sendable, Equatable, CustomStringConvertible {
+    case linuxBzImage = "Linux bzImage"
+    case elf = "ELF"
+    case multiboot = "multiboot"
+
+    public var description: String { rawValue }
+
+    /// Identifies the kernel in the first bytes of a file (at least 8 KiB when present).
+    public static func identify(_ head: [UInt8]) -> KernelKind? {
+        func u16(_ o: Int) -> UInt16 { o + 2 <= head.count ? UInt16(head[o]) | UInt16(head[o + 1]) << 8 : 0 }
+        func u32(_ o: Int) -> UInt32 { o + 4 <= head.count ? UInt32(u16(o)) | UInt32(u16(o + 2)) << 16 : 0 }
+        if u16(0x1FE) == 0xAA55 && u32(0x202) == 0x5372_6448 { return .linuxBzImage } // "HdrS"
+        if head.count >= 4 && head[0] == 0x7F && head[1] == 0x45 && head[2] == 0x4C && head[3] == 0x46 { return .elf }
+        var o = 0
+        while o + 12 <= min(head.count, 8192) {
+            if u32(o) == 0x1BAD_B002 && u32(o) &+ u32(o + 4) &+ u32(o + 8) == 0 { return .multiboot }
+            o += 4
+        }
+        return nil
+    }
+}
+
+/// Reads up to `count` bytes from the start of a file; throws a sentence naming the file.
+func readHead(path: String, count: Int, unreadable: (String, String) -> VMMError) throws -> [UInt8] {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { throw unreadable(path, errnoString(errno)) }
+    defer { close(fd) }
+    var st = stat()
+    if fstat(fd, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR {
+        throw unreadable(path, "it is a directory")
+    }
+    var buffer = [UInt8](repeating: 0, count: count)
+    var filled = 0
+    while filled < count {
+        // SAFETY: reads into the array's own storage, at most its remaining capacity.
+        let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress! + filled, count - filled) }
+        if n < 0 {
+            if errno == EINTR { continue }
+            throw unreadable(path, errnoString(errno))
+        }
+        if n == 0 { break }
+        filled += n
+    }
+    return Array(buffer[0..<filled])
+}

@@ -1,1 +1,0 @@
-// VMM: see docs/ARCHITECTURE.md.

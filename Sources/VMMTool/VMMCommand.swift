@@ -1,0 +1,90 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import ArgumentParser
+import Logging
+import VMM
+
+extension Accelerator: ExpressibleByArgument {}
+
+/// `vmm`: runs exactly one VM in the foreground with its serial console on this terminal.
+/// It is also what vmd starts for each VM.
+@main
+struct VMMCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "vmm",
+        abstract: "Run one virtual machine in the foreground, its serial console on this terminal.",
+        discussion: """
+            The kernel is recognised by its content: a Linux bzImage, an ELF kernel (PVH note) \
+            or a multiboot kernel. Type Ctrl-] on the console to stop the VM.
+
+            Exit status: 0 when the guest powers off or resets (the VM is not rebooted) or \
+            is stopped with Ctrl-] or a signal; (value << 1) | 1 when the guest writes value \
+            to the debug-exit port 0xf4; 1 with a one-line message on any error.
+            """)
+
+    @Option(name: [.customShort("k"), .long], help: ArgumentHelp("The kernel to boot.", valueName: "file"))
+    var kernel: String
+
+    @Option(name: [.customShort("i"), .long], help: ArgumentHelp("An initial ramdisk (Linux) or module (multiboot).", valueName: "file"))
+    var initrd: String?
+
+    @Option(name: [.customShort("p"), .long], help: ArgumentHelp("The kernel command line.", valueName: "string"))
+    var cmdline: String = "console=ttyS0"
+
+    @Option(name: [.customShort("m"), .long], help: ArgumentHelp("Guest memory, e.g. 512M or 2G (a bare number is MiB).", valueName: "size"))
+    var memory: String = "512M"
+
+    @Option(name: [.customShort("c"), .long], help: ArgumentHelp("Number of vCPUs.", valueName: "n"))
+    var cpus: Int = 1
+
+    @Option(name: [.customShort("d"), .long], help: ArgumentHelp("A disk image (repeatable, up to 4).", valueName: "file"))
+    var disk: [String] = []
+
+    @Option(name: .long, help: ArgumentHelp("CPU backend: kvm, emulator or auto.", valueName: "kvm|emulator|auto"))
+    var accel: Accelerator = .auto
+
+    /// The machine description these flags give (no file is touched).
+    func machineConfig(console: ConsoleSink = .standardIO) throws -> MachineConfig {
+        let config = MachineConfig(kernelPath: kernel, initrdPath: initrd, cmdline: cmdline,
+                                   memorySize: try parseMemorySize(memory), vcpus: cpus,
+                                   diskPaths: disk, accelerator: accel, console: console)
+        try config.validateSettings()
+        return config
+    }
+
+    func run() throws {
+        let level: Logger.Level
+        switch getenv("VMM_LOG").map({ String(cString: $0) }) {
+        case "debug"?: level = .debug
+        case "trace"?: level = .trace
+        case "warning"?, "quiet"?: level = .warning
+        default: level = .info
+        }
+        LoggingSystem.bootstrap { VMMLogHandler(label: $0, level: level) }
+        let log = Logger(label: "vmm")
+
+        let status: Int32
+        do {
+            let config = try machineConfig()
+            let machine = try Machine(config: config, log: log)
+            let _ = try SignalWatcher { [machine] sig in
+                machine.stop(reason: "received \(SignalWatcher.name(sig))")
+            }
+            try machine.start()
+            let outcome = machine.wait()
+            if getenv("VMM_STATS") != nil {
+                log.info("memory: \(MemoryStatistics.measure(guest: machine.memory))")
+            }
+            switch outcome {
+            case .error: log.error("\(outcome)")
+            default: log.info("\(outcome)")
+            }
+            status = outcome.exitStatus
+        } catch {
+            log.error("\(error)")
+            status = 1
+        }
+        if status != 0 { throw ExitCode(status) }
+    }
+}
