@@ -606,8 +606,9 @@ extension X86CPU {
     func shiftRM(_ kind: Int, _ s: Int, _ rawCount: UInt64) throws(X86Fault) {
         let count = rawCount & (s == 8 ? 0x3F : 0x1F)
         if count == 0 {
-            // No flags change; still performs the memory access checks.
-            _ = try readRM(s)
+            // No flags change; a 32-bit register destination is still zero-extended.
+            let v = try readRM(s)
+            if d.mod == 3 && s == 4 { setReg(d.rm, 4, v) }
             return
         }
         if d.mod == 3 {
@@ -698,7 +699,11 @@ extension X86CPU {
     func doubleShift(left: Bool, countRaw: UInt64) throws(X86Fault) {
         let s = d.opSize
         let count = countRaw & (s == 8 ? 0x3F : 0x1F)
-        if count == 0 { _ = try readRM(s); return }
+        if count == 0 {
+            let v = try readRM(s)
+            if d.mod == 3 && s == 4 { setReg(d.rm, 4, v) }
+            return
+        }
         let bits = UInt64(s * 8)
         let src = reg(d.reg, s)
         func compute(_ a: UInt64) -> UInt64 {
