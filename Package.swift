@@ -55,6 +55,8 @@ let package = Package(
         .testTarget(name: "VMConfigTests", dependencies: ["VMConfig"],
                     resources: [.copy("Golden")]),
         .testTarget(name: "ControlTests", dependencies: ["Control", "VMConfig"]),
+        // Runs the built vmd and vmctl binaries (stand-in guests; real guests when /dev/kvm works).
+        .testTarget(name: "VMDTests", dependencies: ["Control", "VMConfig"]),
         .testTarget(name: "X86EmulatorTests", dependencies: ["X86Emulator", "Hypervisor", "GuestMemory"]),
         .testTarget(name: "VMMTests", dependencies: [
             "VMM", "VMMTool", "Devices", "Hypervisor", "GuestMemory", "Boot",

@@ -236,3 +236,26 @@ import Testing
         #expect(sink.bytes.last == UInt8(ascii: "!"))
     }
 }
+
+@Suite struct VirtioMachineSetTests {
+    @Test func placesFunctionsOnTheirSlots() throws {
+        let bus = IOBus()
+        let irq = RecordingInterruptController()
+        let host = PCIHost(bus: bus, interrupts: irq)
+        let memory = try GuestMemory(size: 1 << 20)
+        let disks = (0..<2).map { VirtioDiskSpec(backend: MemoryDisk(size: 4096), readOnly: $0 == 1, serial: "d\($0)") }
+        let set = try VirtioMachineSet(host: host, memory: memory, interrupts: irq, disks: disks) { _ in }
+        #expect(set.all.count == 4)
+        #expect(host.device(slot: 2)?.pciName == "virtio-rng")
+        #expect(host.device(slot: 3)?.pciName == "virtio-blk0")
+        #expect(host.device(slot: 4)?.pciName == "virtio-blk1")
+        #expect(host.device(slot: 7)?.pciName == "virtio-console")
+        #expect(set.blockModels[1].isReadOnly && !set.blockModels[0].isReadOnly)
+        // Interrupt line registers were filled from the routing table.
+        #expect(set.blocks[0].configRead(offset: 0x3C, size: 1) != 0xFF)
+        let five = (0..<5).map { _ in VirtioDiskSpec(backend: MemoryDisk(size: 512), serial: "x") }
+        #expect(throws: VirtioMachineSet.SetupError.self) {
+            _ = try VirtioMachineSet(host: PCIHost(bus: IOBus(), interrupts: irq), memory: memory, interrupts: irq, disks: five)
+        }
+    }
+}

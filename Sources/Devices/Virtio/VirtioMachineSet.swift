@@ -1,0 +1,84 @@
+import GuestMemory
+import Hypervisor
+import Logging
+import Storage
+
+/// One disk for `VirtioMachineSet`: a backend (raw or qcow2 image from Storage, or a
+/// MemoryDisk), whether the guest sees it read-only, and its GET_ID serial.
+public struct VirtioDiskSpec {
+    public var backend: any DiskBackend
+    public var readOnly: Bool
+    public var serial: String
+
+    public init(backend: any DiskBackend, readOnly: Bool = false, serial: String) {
+        self.backend = backend; self.readOnly = readOnly; self.serial = serial
+    }
+}
+
+/// The virtio functions of one machine, created and placed on the PCI host bridge in one
+/// call, so the VMM's machine map stays one readable list:
+///
+///     slot 2       virtio-rng
+///     slots 3-6    virtio-blk, one per disk (at most 4, like vmd)
+///     slot 7       virtio-console (when a console backend is given)
+///
+/// INTx lines come from the host bridge's routing (shared, level triggered); MSI-X goes to
+/// `interrupts.signalMSI`.
+public final class VirtioMachineSet: @unchecked Sendable {
+    public static let entropySlot = 2
+    public static let firstDiskSlot = 3
+    public static let maximumDisks = 4
+    public static let consoleSlot = 7
+
+    public let blocks: [VirtioPCIDevice]
+    public let blockModels: [VirtioBlock]
+    public let entropy: VirtioPCIDevice?
+    public let console: VirtioPCIDevice?
+    public let consoleModel: VirtioConsole?
+
+    /// Every function, for iteration (ioeventfd set-up, snapshots, metrics).
+    public var all: [VirtioPCIDevice] { (entropy.map { [$0] } ?? []) + blocks + (console.map { [$0] } ?? []) }
+
+    public enum SetupError: Error, CustomStringConvertible {
+        case tooManyDisks(Int)
+        public var description: String {
+            switch self {
+            case let .tooManyDisks(n): return "\(n) virtio disks requested; a machine has at most \(VirtioMachineSet.maximumDisks)"
+            }
+        }
+    }
+
+    /// Creates the functions and registers them on `host` (which assigns their BARs).
+    /// `consoleOutput` receives virtio-console output (with the device lock held; it must not
+    /// take the machine's device lock).
+    public init(host: PCIHost, memory: GuestMemory, interrupts: any InterruptController,
+                disks: [VirtioDiskSpec], entropy: Bool = true,
+                consoleOutput: (@Sendable ([UInt8]) -> Void)? = nil,
+                logger: Logger = Logger(label: "virtio")) throws {
+        guard disks.count <= Self.maximumDisks else { throw SetupError.tooManyDisks(disks.count) }
+        func make(_ model: any VirtioDeviceModel, slot: Int, name: String) throws -> VirtioPCIDevice {
+            let device = VirtioPCIDevice(model: model, memory: memory, interrupts: interrupts,
+                                         intx: host.interruptLine(slot: slot, pin: 1), name: name, logger: logger)
+            try host.register(device, slot: slot)
+            return device
+        }
+        self.entropy = entropy ? try make(VirtioEntropy(), slot: Self.entropySlot, name: "virtio-rng") : nil
+        var blocks: [VirtioPCIDevice] = []
+        var models: [VirtioBlock] = []
+        for (i, disk) in disks.enumerated() {
+            let model = VirtioBlock(disk: disk.backend, serial: disk.serial, readOnly: disk.readOnly)
+            models.append(model)
+            blocks.append(try make(model, slot: Self.firstDiskSlot + i, name: "virtio-blk\(i)"))
+        }
+        self.blocks = blocks
+        self.blockModels = models
+        if let consoleOutput {
+            let model = VirtioConsole(output: consoleOutput)
+            self.consoleModel = model
+            self.console = try make(model, slot: Self.consoleSlot, name: "virtio-console")
+        } else {
+            self.consoleModel = nil
+            self.console = nil
+        }
+    }
+}

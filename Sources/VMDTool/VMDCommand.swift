@@ -1,0 +1,130 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import ArgumentParser
+import Foundation
+import Logging
+import Control
+import VMConfig
+
+/// vmd(8): the virtual machine daemon.
+struct VMDCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "vmd",
+        abstract: "Run virtual machines described in vm.conf and serve vmctl.",
+        discussion: "Without -d, vmd detaches and logs to syslog. SIGHUP reloads the configuration; SIGTERM stops every VM and exits.")
+
+    @Flag(name: .customShort("d"), help: "Do not daemonize; log to standard error.")
+    var foreground = false
+
+    @Flag(name: .customShort("n"), help: "Check the configuration file only, print \"configuration OK\" or the errors.")
+    var checkOnly = false
+
+    @Flag(name: .customShort("v"), help: "Verbose logging (repeat for more).")
+    var verbose: Int
+
+    @Option(name: .customShort("D"), help: ArgumentHelp("Define a macro for the configuration file.", valueName: "macro=value"))
+    var defines: [String] = []
+
+    @Option(name: .customShort("f"), help: ArgumentHelp("Configuration file.", valueName: "file"))
+    var file = "/etc/vm.conf"
+
+    @Option(name: .long, help: ArgumentHelp("Control socket (default $VMD_SOCKET or /var/run/vmd.sock).", valueName: "path"))
+    var socket: String?
+
+    @Flag(name: .customLong("fake-vms"), help: ArgumentHelp("Run stand-in guests instead of machines (tests).", visibility: .hidden))
+    var fakeVMs = false
+
+    @Flag(name: .customLong("detached"), help: ArgumentHelp(visibility: .private))
+    var detached = false
+
+    func run() throws {
+        var macros: [String: String] = [:]
+        for d in defines {
+            guard let (k, v) = ConfigParser.parseMacroDefinition(d) else {
+                throw ValidationError("could not parse macro definition \(d)")
+            }
+            macros[k] = v
+        }
+        let options = DaemonOptions(
+            configPath: file, macros: macros,
+            socketPath: socket ?? ProcessInfo.processInfo.environment["VMD_SOCKET"] ?? ControlProtocol.defaultSocketPath,
+            fakeVMs: fakeVMs, verbose: verbose)
+
+        if checkOnly {
+            do {
+                let parsed = try ConfigParser(macros: macros).parse(path: file)
+                for w in parsed.warnings { printError(w) }
+                let owners = ConfigValidator.checkOwners(parsed.configuration, users: SystemUserDatabase())
+                if !owners.isEmpty { throw ConfigError(owners) }
+                print("configuration OK")
+                return
+            } catch {
+                printError("\(error)")
+                throw ExitCode(1)
+            }
+        }
+
+        if !foreground && !detached {
+            // Detach by starting ourselves again in a new session (no fork without exec).
+            let devnull = open("/dev/null", O_RDWR)
+            let args = [Spawn.selfExecutable] + Array(CommandLine.arguments.dropFirst()) + ["--detached"]
+            _ = try Spawn.run(Spawn.selfExecutable, args, fds: [0: devnull, 1: devnull, 2: devnull])
+            return
+        }
+
+        let level: Logger.Level = verbose > 0 ? .debug : .info
+        let useSyslog = detached
+        if useSyslog { openlog("vmd", LOG_PID | LOG_NDELAY, LOG_DAEMON) }
+        LoggingSystem.bootstrap { label in
+            var h: any LogHandler = useSyslog ? SyslogLogHandler(label: label) : StderrLogHandler(label: label)
+            h.logLevel = level
+            return h
+        }
+        let log: Logger = {
+            var l = Logger(label: "vmd")
+            l.logLevel = level
+            return l
+        }()
+
+        // Signals are taken synchronously by one thread; every other thread blocks them.
+        var set = sigset_t()
+        sigemptyset(&set)
+        for s in [SIGHUP, SIGTERM, SIGINT] { sigaddset(&set, s) }
+        pthread_sigmask(SIG_BLOCK, &set, nil)
+        signal(SIGPIPE, SIG_IGN)
+
+        let daemon = Daemon(options: options, log: log)
+        do {
+            try daemon.loadInitialConfig()
+        } catch {
+            printError("\(error)")
+            log.error("\(error.description)")
+            throw ExitCode(1)
+        }
+        do {
+            try daemon.listen()
+        } catch {
+            log.error("\(error)")
+            printError("vmd: \(error)")
+            throw ExitCode(1)
+        }
+        let signals = Thread {
+            var set = sigset_t()
+            sigemptyset(&set)
+            for s in [SIGHUP, SIGTERM, SIGINT] { sigaddset(&set, s) }
+            while true {
+                var sig: Int32 = 0
+                guard sigwait(&set, &sig) == 0 else { continue }
+                if sig == SIGHUP {
+                    log.info("SIGHUP: reloading \(options.configPath)")
+                    _ = daemon.reload()
+                } else {
+                    daemon.shutdownAll()
+                }
+            }
+        }
+        signals.start()
+        daemon.serve()
+    }
+}

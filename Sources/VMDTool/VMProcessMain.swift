@@ -1,0 +1,174 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import Control
+import VMConfig
+
+/// What runs a guest inside a VM process.
+protocol GuestRunner: AnyObject, Sendable {
+    func start() throws
+    func pause() throws
+    func resume() throws
+    /// Asks the guest to stop; `wait` then returns.
+    func stop()
+    /// Blocks until the guest has stopped; the process exit status to report.
+    func wait() -> Int32
+}
+
+/// The VM process: `vmd _vm` started by vmd with the console pty on fds 0 and 1 and the
+/// control socketpair on fd 3. It reads its ChildSpec, starts the guest, then obeys
+/// pause/unpause/shutdown until the guest stops; if vmd goes away it stops the guest.
+enum VMProcessMain {
+    static func run() -> Never {
+        signal(SIGPIPE, SIG_IGN)
+        let channel = ControlChannel(fd: 3)
+        guard let (first, _) = try? channel.receive(ParentMessage.self), case .spec(let spec) = first else {
+            FileHandle.standardError.write(Data("vmd: VM process: no VM description from vmd\n".utf8))
+            exit(2)
+        }
+        let runner: any GuestRunner
+        do {
+            runner = spec.fake ? FakeGuest(spec: spec) : try MachineGuest(spec: spec)
+            try runner.start()
+            try channel.send(ChildMessage.started)
+        } catch {
+            try? channel.send(ChildMessage.failed("\(error)"))
+            exit(1)
+        }
+        let commands = Thread {
+            while true {
+                guard let (msg, _) = try? channel.receive(ParentMessage.self) else {
+                    runner.stop()  // vmd is gone: do not leave an orphan guest running
+                    return
+                }
+                let reply: ChildMessage
+                do {
+                    switch msg {
+                    case .pause: try runner.pause(); reply = .ok
+                    case .unpause: try runner.resume(); reply = .ok
+                    case .shutdown: runner.stop(); reply = .ok
+                    case .spec: reply = .error("already running")
+                    }
+                } catch {
+                    reply = .error("\(error)")
+                }
+                try? channel.send(reply)
+            }
+        }
+        commands.start()
+        exit(runner.wait())
+    }
+}
+
+struct GuestError: Error, CustomStringConvertible {
+    var description: String
+}
+
+/// Runs the VM on the VMM machine. Until the VMM target's Machine API is on main this
+/// says so; vmd's process model, console and state tracking run with FakeGuest meanwhile.
+final class MachineGuest: GuestRunner, @unchecked Sendable {
+    init(spec: ChildSpec) throws {
+        throw GuestError(description: "vm \(spec.vm.name): this build has no machine runner yet; start vmd with --fake-vms to run stand-in guests")
+    }
+    func start() throws {}
+    func pause() throws {}
+    func resume() throws {}
+    func stop() {}
+    func wait() -> Int32 { 1 }
+}
+
+/// A stand-in guest: prints a banner on its console and echoes what it is sent. Typing
+/// `poweroff` and Enter makes it exit as a guest that shut itself down; `crash` makes it
+/// exit with status 3. While paused it neither reads nor echoes.
+final class FakeGuest: GuestRunner, @unchecked Sendable {
+    private let spec: ChildSpec
+    private let cond = NSCondition()
+    private var paused = false
+    private var stopped = false
+    private var exitCode: Int32 = 0
+
+    init(spec: ChildSpec) { self.spec = spec }
+
+    private func out(_ s: String) {
+        var b = Array(s.utf8)
+        var off = 0
+        while off < b.count {
+            let n = b[off...].withUnsafeMutableBytes { write(1, $0.baseAddress, $0.count) }
+            if n <= 0 { if errno == EINTR { continue }; return }
+            off += n
+        }
+        _ = b.count
+        b.removeAll()
+    }
+
+    func start() throws {
+        let vm = spec.vm
+        out("\(vm.name): fake guest booted, \(vm.vcpus ?? 1) vcpus, \(ScaledSize.format(vm.effectiveMemory)) memory\r\n\(vm.name)> ")
+        let t = Thread { [self] in readLoop() }
+        t.start()
+    }
+
+    private func readLoop() {
+        var line: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 256)
+        while true {
+            cond.lock()
+            while paused && !stopped { cond.wait() }
+            let done = stopped
+            cond.unlock()
+            if done { return }
+            var pfd = pollfd(fd: 0, events: Int16(POLLIN), revents: 0)
+            let r = poll(&pfd, 1, 100)
+            if r == 0 || (r < 0 && errno == EINTR) { continue }
+            let n = read(0, &buf, buf.count)
+            if n <= 0 {
+                if n < 0 && errno == EINTR { continue }
+                if n < 0 && errno == EIO { usleep(50_000); continue }  // no one on the pty yet
+                return
+            }
+            cond.lock()
+            let nowPaused = paused
+            cond.unlock()
+            if nowPaused { continue }
+            for c in buf[0..<n] {
+                if c == 0x0d || c == 0x0a {
+                    let cmd = String(decoding: line, as: UTF8.self)
+                    line = []
+                    out("\r\n")
+                    if cmd == "poweroff" { finish(0, "\(spec.vm.name): powering off\r\n"); return }
+                    if cmd == "crash" { finish(3, "\(spec.vm.name): crashing\r\n"); return }
+                    if !cmd.isEmpty { out("echo: \(cmd)\r\n") }
+                    out("\(spec.vm.name)> ")
+                } else {
+                    line.append(c)
+                    out(String(decoding: [c], as: UTF8.self))
+                }
+            }
+        }
+    }
+
+    private func finish(_ code: Int32, _ message: String) {
+        out(message)
+        cond.lock()
+        exitCode = code
+        stopped = true
+        cond.broadcast()
+        cond.unlock()
+    }
+
+    func pause() throws {
+        cond.lock(); paused = true; cond.unlock()
+    }
+    func resume() throws {
+        cond.lock(); paused = false; cond.broadcast(); cond.unlock()
+    }
+    func stop() { finish(0, "\(spec.vm.name): shutting down\r\n") }
+    func wait() -> Int32 {
+        cond.lock()
+        while !stopped { cond.wait() }
+        let c = exitCode
+        cond.unlock()
+        return c
+    }
+}
