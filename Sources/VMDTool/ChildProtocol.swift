@@ -11,6 +11,8 @@ enum ParentMessage: Codable {
 /// VM process -> vmd replies.
 enum ChildMessage: Codable {
     case started
+    /// Started; the console is this pty (its slave side travels with the message).
+    case startedWithConsole(String)
     case failed(String)
     case ok
     case error(String)

@@ -384,7 +384,7 @@ final class Daemon: @unchecked Sendable {
             switch reply {
             case .ok: return "ok"
             case .error(let s), .failed(let s): return s
-            case .started: return "unexpected reply"
+            case .started, .startedWithConsole: return "unexpected reply"
             }
         } catch {
             return "\(error)"
@@ -594,10 +594,23 @@ final class Daemon: @unchecked Sendable {
         cond.unlock()
         monitor(e, pid)
 
-        let answer: ChildMessage?
+        var answer: ChildMessage?
         do {
             try ch.send(ParentMessage.spec(ChildSpec(vm: d, fake: options.fakeVMs, verbose: options.verbose)))
-            answer = try ch.receive(ChildMessage.self)?.0
+            let got = try ch.receive(ChildMessage.self)
+            answer = got?.0
+            if case .startedWithConsole(let path) = answer, let fd = got?.1.first {
+                // The machine made its own pty: consoles attach to that one.
+                for extra in got?.1.dropFirst() ?? [] { close(extra) }
+                cond.lock()
+                if e.ptyMaster >= 0 { close(e.ptyMaster) }
+                e.ptyMaster = fd
+                e.ttyPath = path
+                cond.unlock()
+                answer = .started
+            } else {
+                for f in got?.1 ?? [] { close(f) }
+            }
         } catch {
             answer = .failed("\(error)")
         }
@@ -609,12 +622,12 @@ final class Daemon: @unchecked Sendable {
             defer { cond.unlock() }
             if e.state == .starting { e.state = .running }
             cond.broadcast()
-            log.info("started vm \(e.id) (\(d.name)) pid \(pid) console \(pty.path)")
+            log.info("started vm \(e.id) (\(d.name)) pid \(pid) console \(e.ttyPath ?? pty.path)")
             return (.vm(status(e)), [])
         case .failed(let m), .error(let m):
             kill(pid, SIGKILL)
             waitStopped(e)
-            log.error("vm \(d.name): \(m)")
+            log.error("\(m)")
             return Self.fail(.failed, m)
         default:
             kill(pid, SIGKILL)

@@ -3,7 +3,9 @@ import Glibc
 #endif
 import Foundation
 import Control
+import Logging
 import VMConfig
+import VMM
 
 /// What runs a guest inside a VM process.
 protocol GuestRunner: AnyObject, Sendable {
@@ -31,7 +33,11 @@ enum VMProcessMain {
         do {
             runner = spec.fake ? FakeGuest(spec: spec) : try MachineGuest(spec: spec)
             try runner.start()
-            try channel.send(ChildMessage.started)
+            if let m = runner as? MachineGuest, m.consoleFD >= 0, let path = m.consolePath {
+                try channel.send(ChildMessage.startedWithConsole(path), fds: [m.consoleFD])
+            } else {
+                try channel.send(ChildMessage.started)
+            }
         } catch {
             try? channel.send(ChildMessage.failed("\(error)"))
             exit(1)
@@ -65,17 +71,45 @@ struct GuestError: Error, CustomStringConvertible {
     var description: String
 }
 
-/// Runs the VM on the VMM machine. Until the VMM target's Machine API is on main this
-/// says so; vmd's process model, console and state tracking run with FakeGuest meanwhile.
+/// Runs the VM on the VMM target's Machine. Its console is the machine's own pty (output is
+/// dropped while nobody reads); the VM process hands vmd that pty's slave side.
 final class MachineGuest: GuestRunner, @unchecked Sendable {
+    private let machine: Machine
+    private let name: String
+    let consoleFD: Int32
+    let consolePath: String?
+
     init(spec: ChildSpec) throws {
-        throw GuestError(description: "vm \(spec.vm.name): this build has no machine runner yet; start vmd with --fake-vms to run stand-in guests")
+        let vm = spec.vm
+        name = vm.name
+        guard let kernel = vm.boot else {
+            throw GuestError(description: "vm \(vm.name): no kernel to boot: set boot in vm.conf or use vmctl start -b (BIOS boot is not supported yet)")
+        }
+        let config = MachineConfig(
+            kernelPath: kernel, initrdPath: vm.initrd, cmdline: vm.cmdline ?? "",
+            memorySize: vm.effectiveMemory, vcpus: vm.vcpus ?? 1, diskPaths: vm.disks.map(\.path),
+            accelerator: VMM.Accelerator(rawValue: (vm.accel ?? .auto).rawValue) ?? .auto,
+            console: .pty)
+        var log = Logger(label: "vm \(vm.name)")
+        log.logLevel = spec.verbose > 0 ? .debug : .warning
+        do {
+            machine = try Machine(config: config, log: log)
+        } catch {
+            throw GuestError(description: "vm \(vm.name): \(error)")
+        }
+        consolePath = machine.consolePath
+        consoleFD = machine.consolePath.map { open($0, O_RDWR | O_NOCTTY | O_CLOEXEC) } ?? -1
     }
-    func start() throws {}
-    func pause() throws {}
-    func resume() throws {}
-    func stop() {}
-    func wait() -> Int32 { 1 }
+
+    func start() throws { try machine.start() }
+    func pause() throws { machine.pause() }
+    func resume() throws { machine.resume() }
+    func stop() { machine.stop(reason: "stopped by vmd") }
+    func wait() -> Int32 {
+        let outcome = machine.wait()
+        printError("vmd: vm \(name): \(outcome)")
+        return outcome.exitStatus
+    }
 }
 
 /// A stand-in guest: prints a banner on its console and echoes what it is sent. Typing

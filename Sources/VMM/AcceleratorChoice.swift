@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Boot
 
 /// What the host offers for running guests, probed once.
 public struct HostCapabilities: Sendable, Equatable {
@@ -84,18 +85,12 @@ public enum KernelKind: String, Sendable, Equatable, CustomStringConvertible {
 
     public var description: String { rawValue }
 
-    /// Identifies the kernel in the first bytes of a file (at least 8 KiB when present).
-    public static func identify(_ head: [UInt8]) -> KernelKind? {
-        func u16(_ o: Int) -> UInt16 { o + 2 <= head.count ? UInt16(head[o]) | UInt16(head[o + 1]) << 8 : 0 }
-        func u32(_ o: Int) -> UInt32 { o + 4 <= head.count ? UInt32(u16(o)) | UInt32(u16(o + 2)) << 16 : 0 }
-        if u16(0x1FE) == 0xAA55 && u32(0x202) == 0x5372_6448 { return .linuxBzImage } // "HdrS"
-        if head.count >= 4 && head[0] == 0x7F && head[1] == 0x45 && head[2] == 0x4C && head[3] == 0x46 { return .elf }
-        var o = 0
-        while o + 12 <= min(head.count, 8192) {
-            if u32(o) == 0x1BAD_B002 && u32(o) &+ u32(o + 4) &+ u32(o + 8) == 0 { return .multiboot }
-            o += 4
+    public init(_ format: KernelFormat) {
+        switch format {
+        case .bzImage: self = .linuxBzImage
+        case .elf: self = .elf
+        case .multiboot: self = .multiboot
         }
-        return nil
     }
 }
 

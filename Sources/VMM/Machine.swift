@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Boot
 import Devices
 import GuestMemory
 import Hypervisor
@@ -25,7 +26,10 @@ public final class Machine: @unchecked Sendable {
     public let devices: MachineDevices
     public let handler: ExitHandler
     public let runner: MachineRunner
+    /// Where the loader put the kernel, initrd and firmware tables.
+    public let bootResult: BootResult
     private let log: Logger
+    private var rtcTimer: DeviceTimer?
 
     /// The console's pty path when the console is `.pty`.
     public var consolePath: String? { console.path }
@@ -36,8 +40,15 @@ public final class Machine: @unchecked Sendable {
         self.log = log
         try config.validateSettings()
 
-        let head = try readHead(path: config.kernelPath, count: 8192, unreadable: VMMError.kernelUnreadable)
-        guard let kind = KernelKind.identify(head) else { throw VMMError.notAKernel(path: config.kernelPath) }
+        let image: KernelImage
+        do {
+            image = try KernelImage(path: config.kernelPath)
+        } catch let BootError.unreadableFile(path, reason) {
+            throw VMMError.kernelUnreadable(path: path, reason: reason == "not a regular file" ? "it is not a regular file" : reason)
+        } catch BootError.notAKernel {
+            throw VMMError.notAKernel(path: config.kernelPath)
+        }
+        let kind = KernelKind(image.format)
         kernelKind = kind
         if let initrd = config.initrdPath {
             _ = try readHead(path: initrd, count: 1, unreadable: VMMError.initrdUnreadable)
@@ -54,8 +65,21 @@ public final class Machine: @unchecked Sendable {
         backend = try (backendFactory ?? Machine.defaultBackend)(memory, config, accelerator)
         console = try Console(sink: config.console)
         devices = try MachineMap.build(bus: bus, interrupts: backend.interrupts, events: events,
-                                       console: console, memorySize: config.memorySize)
-        let entry = try Machine.loadKernel(config: config, memory: memory)
+                                       console: console, memorySize: config.memorySize, vcpus: config.vcpus)
+        let boot: BootResult
+        do {
+            let initrd = try config.initrdPath.map { path in
+                do { return try readFile(path) } catch let BootError.unreadableFile(p, reason) {
+                    throw VMMError.initrdUnreadable(path: p, reason: reason)
+                }
+            }
+            boot = try BootLoader.load(image: image, initrd: initrd, initrdPath: config.initrdPath,
+                                       cmdline: config.cmdline, memory: memory, vcpus: config.vcpus,
+                                       pciRoutes: devices.pciRoutes)
+        }
+        bootResult = boot
+        log.debug("loaded \(image.format) kernel \(config.kernelPath), entry rip 0x\(String(boot.cpuState.regs.rip, radix: 16))")
+        let entry: X86CPUState? = boot.cpuState
 
         var vcpus: [any VirtualCPU] = []
         for i in 0..<config.vcpus {
@@ -73,15 +97,16 @@ public final class Machine: @unchecked Sendable {
         throw VMMError.acceleratorUnavailable("the \(choice.backend.rawValue) backend is not wired into this build yet")
     }
 
-    static func loadKernel(config: MachineConfig, memory: GuestMemory) throws -> X86CPUState? {
-        nil
-    }
-
     /// Starts the vCPU threads and the console input.
     public func start() throws {
         let lock = deviceLock, devices = self.devices, events = self.events
+        // MachineDevices is @unchecked Sendable: its chips are touched only under the lock.
+        let timer = try DeviceTimer(lock: lock, clock: .host, name: "rtc-timer",
+                                    deadline: { devices.rtc.nextDeadline() }, fire: { devices.rtc.poll() })
+        rtcTimer = timer
+        devices.rtcWritten.action = { [weak timer] in timer?.wake() }
         try console.startInput(deliver: { bytes in
-            lock.withLock { devices.consoleInput?(bytes) }
+            lock.withLock { devices.consoleInput(bytes) }
         }, detach: {
             events.request(.stopped(reason: "console detached with Ctrl-]"))
         })
@@ -100,6 +125,8 @@ public final class Machine: @unchecked Sendable {
     public func wait() -> MachineOutcome {
         let outcome = runner.wait()
         console.close()
+        rtcTimer?.stop()
+        rtcTimer = nil
         return outcome
     }
 

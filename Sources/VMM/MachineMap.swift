@@ -1,35 +1,117 @@
+import Boot
 import Devices
 import Hypervisor
 
-/// The machine's device models, as built by `MachineMap.build`.
+/// The machine's device models, as built by `MachineMap.build`. Touch them only with the
+/// machine's device lock held.
 public final class MachineDevices: @unchecked Sendable {
-    public let post = POSTCodeSink()
-    /// Feeds console input to COM1 (called with the device lock held).
-    public var consoleInput: (([UInt8]) -> Void)?
+    public let com1: NS8250
+    public let keyboardController: I8042
+    public let rtc: MC146818
+    public let pciHost: PCIHost
+    public let debugExit: DebugExit
+    public let acpiPM: ACPIPMBlock
+    public let post: POSTCodeSink
+    /// Runs after every guest write to the RTC (the machine re-arms its device timer).
+    let rtcWritten: Notifier
+
+    /// Console input not yet taken by COM1's receive FIFO (bounded).
+    private var pendingInput: [UInt8] = []
+    static let pendingInputLimit = 64 * 1024
+
+    init(com1: NS8250, keyboardController: I8042, rtc: MC146818, pciHost: PCIHost,
+         debugExit: DebugExit, acpiPM: ACPIPMBlock, post: POSTCodeSink, rtcWritten: Notifier) {
+        self.rtcWritten = rtcWritten
+        self.com1 = com1; self.keyboardController = keyboardController; self.rtc = rtc
+        self.pciHost = pciHost; self.debugExit = debugExit; self.acpiPM = acpiPM; self.post = post
+        com1.onReceiveSpace = { [weak self] in self?.flushInput() }
+    }
+
+    /// Feeds console input to COM1, keeping what does not fit until the guest reads.
+    /// Call with the device lock held.
+    public func consoleInput(_ bytes: [UInt8]) {
+        let room = Self.pendingInputLimit - pendingInput.count
+        pendingInput.append(contentsOf: bytes.prefix(max(0, room)))
+        flushInput()
+    }
+
+    private func flushInput() {
+        guard !pendingInput.isEmpty else { return }
+        let taken = com1.receive(pendingInput)
+        pendingInput.removeFirst(min(taken, pendingInput.count))
+    }
+
+    /// The PCI interrupt routing the firmware tables describe.
+    public var pciRoutes: [PCIRoutingEntry] {
+        pciHost.routing.routes().map { PCIRoutingEntry(slot: $0.slot, pin: $0.pin, gsi: $0.gsi) }
+    }
 }
 
 /// THE port-I/O and MMIO map of the machine, in one place. Every device the guest can
-/// reach through the bus is mapped here and nowhere else:
+/// reach through the bus is created and mapped in `build` and nowhere else:
 ///
-///     port 0x0020-0x0021, 0x00a0-0x00a1   i8259 PICs         (in-kernel with KVM's irqchip)
-///     port 0x0040-0x0043, 0x0061          i8254 PIT, port B  (in-kernel with KVM's PIT)
-///     port 0x0060, 0x0064                 i8042 keyboard controller (reset line)
-///     port 0x0070-0x0071                  MC146818 RTC/CMOS
+///     port 0x0020-0x0021, 0x00a0-0x00a1   i8259 PICs            in-kernel (KVM irqchip)
+///     port 0x0040-0x0043, 0x0061          i8254 PIT, port B     in-kernel (KVM PIT)
+///     port 0x0060, 0x0064                 I8042 keyboard controller, IRQ 1/12 (reset line)
+///     port 0x0070-0x0071                  MC146818 RTC/CMOS, IRQ 8
 ///     port 0x0080                         POST-code / I/O-delay sink
-///     port 0x00f4                         debug exit (QEMU isa-debug-exit)
+///     port 0x00f4                         DebugExit (QEMU isa-debug-exit)
 ///     port 0x03f8-0x03ff                  NS8250 COM1, IRQ 4
-///     port 0x0cf8-0x0cff                  PCI host bridge, config mechanism #1
-///     MMIO 0xfec00000                     IOAPIC             (in-kernel with KVM's irqchip)
-///     MMIO 0xfee00000                     LAPIC              (in-kernel)
+///     port 0x0600-0x0603                  ACPI PM1a event block (PM1_STS, PM1_EN)
+///     port 0x0604-0x0605                  ACPI PM1a control block (S5 write = power off)
+///     port 0x0cf8-0x0cff                  PCIHost: config mechanism #1, 0xcf9 reset control
+///     port 0xc000-0xffff                  PCI I/O BARs (assigned by PCIHost)
+///     MMIO 0xc0000000-0xfdffffff          PCI memory BARs (assigned by PCIHost)
+///     MMIO 0xfec00000                     IOAPIC                in-kernel (KVM irqchip)
+///     MMIO 0xfee00000                     LAPIC                 in-kernel
+///
+/// Interrupts: ISA IRQ n is GSI n (PIC pin n and IOAPIC pin n; the PIT's IRQ 0 arrives at
+/// IOAPIC pin 2); PCI INTx lines PIRQA-D are GSIs 16-19 (PCIInterruptRouting.ioapic).
 public enum MachineMap {
-    public static let post: UInt16 = 0x80
+    public static let postPort: UInt16 = 0x80
 
     /// Builds the devices and maps them on `bus`. Devices report machine events (reset,
-    /// power off, debug exit) to `events`; console output goes to `console`.
+    /// power off, debug exit) to `events`; COM1 output goes to `console`.
     public static func build(bus: IOBus, interrupts: any InterruptController, events: MachineEvents,
-                             console: Console, memorySize: UInt64) throws -> MachineDevices {
-        let devices = MachineDevices()
-        try bus.mapPorts(devices.post, name: "post", base: post, count: 1)
-        return devices
+                             console: Console, memorySize: UInt64, vcpus: Int,
+                             clock: DeviceClock = .host) throws -> MachineDevices {
+        func irq(_ gsi: UInt32) -> IRQLine { IRQLine(controller: interrupts, gsi: gsi) }
+
+        let com1 = NS8250(irq: irq(NS8250.com1.irq), output: { console.write($0) })
+        try bus.mapPorts(com1, name: "com1", base: NS8250.com1.base, count: NS8250.portCount)
+
+        let kbc = I8042(keyboardIRQ: irq(1), auxIRQ: irq(12))
+        kbc.onReset = { events.request(.reset(reason: "the guest pulsed the i8042 reset line")) }
+        try kbc.map(on: bus)
+
+        let rtc = MC146818(ramSize: memorySize, cpus: vcpus, irq: irq(MC146818.irq), clock: clock)
+        let rtcWritten = Notifier()
+        try bus.mapPorts(WriteNotifyingPorts(rtc) { rtcWritten.action?() }, name: "rtc",
+                         base: MC146818.basePort, count: MC146818.portCount)
+
+        let post = POSTCodeSink()
+        try bus.mapPorts(post, name: "post", base: postPort, count: 1)
+
+        let debugExit = DebugExit(onExit: { events.request(.debugExit(status: $0)) })
+        try bus.mapPorts(debugExit, name: "debug-exit", base: DebugExit.defaultPort, count: 1)
+
+        let pm = ACPIPMBlock()
+        pm.onPowerOff = { events.request(.poweredOff) }
+        try bus.mapPorts(pm.eventPorts, name: "acpi pm1a event", base: ACPIPowerManagement.pm1aEventPort,
+                         count: UInt16(ACPIPowerManagement.pm1EventLength))
+        try bus.mapPorts(pm.controlPorts, name: "acpi pm1a control", base: ACPIPowerManagement.pm1aControlPort,
+                         count: UInt16(ACPIPowerManagement.pm1ControlLength))
+
+        let pci = PCIHost(bus: bus, interrupts: interrupts)
+        pci.onReset = { events.request(.reset(reason: "the guest reset the machine through port 0xcf9")) }
+        try bus.mapPorts(pci, name: "pci", base: PCIHost.basePort, count: PCIHost.portCount)
+
+        return MachineDevices(com1: com1, keyboardController: kbc, rtc: rtc, pciHost: pci,
+                              debugExit: debugExit, acpiPM: pm, post: post, rtcWritten: rtcWritten)
     }
+}
+
+/// A settable action, for wiring a device callback before its target exists.
+final class Notifier: @unchecked Sendable {
+    var action: (() -> Void)?
 }

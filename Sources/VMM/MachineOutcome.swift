@@ -8,9 +8,9 @@ public enum MachineOutcome: Equatable, Sendable, CustomStringConvertible {
     /// The guest reset the machine: the i8042 reset line, a triple fault, the backend's
     /// system-reset event. We do not reboot: the run ends (status 0) with this reason.
     case reset(reason: String)
-    /// The guest wrote `value` to the debug-exit port; the process exit status is
-    /// `(value << 1) | 1`, as with QEMU's isa-debug-exit.
-    case debugExit(value: UInt32)
+    /// The guest wrote value v to the debug-exit port; `status` is `(v << 1) | 1`, as with
+    /// QEMU's isa-debug-exit, and becomes the process exit status (low 8 bits).
+    case debugExit(status: Int32)
     /// The host stopped the machine (Ctrl-] on the console, SIGINT/SIGTERM, `stop()`).
     case stopped(reason: String)
     /// Every vCPU halted and nothing can wake them.
@@ -22,7 +22,7 @@ public enum MachineOutcome: Equatable, Sendable, CustomStringConvertible {
     public var exitStatus: Int32 {
         switch self {
         case .poweredOff, .reset, .stopped: return 0
-        case let .debugExit(value): return Int32(truncatingIfNeeded: (value << 1) | 1) & 0xFF
+        case let .debugExit(status): return status & 0xFF
         case .halted, .error: return 1
         }
     }
@@ -31,8 +31,8 @@ public enum MachineOutcome: Equatable, Sendable, CustomStringConvertible {
         switch self {
         case .poweredOff: return "guest powered off"
         case let .reset(reason): return "guest reset (\(reason)); the VM stops instead of rebooting"
-        case let .debugExit(value):
-            return "guest wrote 0x\(String(value, radix: 16)) to the debug-exit port (exit status \(exitStatus))"
+        case let .debugExit(status):
+            return "guest exited through the debug-exit port with status \(status & 0xFF)"
         case let .stopped(reason): return "VM stopped: \(reason)"
         case .halted: return "every vCPU halted with no interrupt to wake it; the VM stops"
         case let .error(why): return why

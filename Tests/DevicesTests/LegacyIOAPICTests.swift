@@ -85,6 +85,8 @@ struct IOAPICTests {
         #expect(msi == APICMessage(vector: 0x51, deliveryMode: .lowestPriority, logicalDestination: true,
                                    destination: 3, levelTriggered: true))
         #expect(APICMessage(msiAddress: 0xC000_0000, data: 0x30) == nil)
+        #expect(msi?.msi.address == 0xFEE0_3004)
+        #expect(APICMessage(msiAddress: msi!.msi.address, data: msi!.msi.data) == msi)
 
         let sink = Sink()
         let chip = UserspaceIRQChip(ioapic: IOAPIC(sink: sink))

@@ -121,7 +121,8 @@ struct MC146818Tests {
         h.w(0x0B, 0x42) // PIE, 24h
         let d = try! #require(h.rtc.nextDeadline())
         #expect(d > h.clock.monotonic && d - h.clock.monotonic <= 976_562)
-        h.clock.advance(nanoseconds: d - h.clock.monotonic)
+        h.clock.advance(nanoseconds: d - h.clock.monotonic + 10)
+        #expect(h.rtc.nextDeadline() == h.clock.monotonic) // overdue until polled
         h.rtc.poll()
         #expect(h.irq.level(8) == true)
         let c = h.r(0x0C)
@@ -134,11 +135,19 @@ struct MC146818Tests {
         h.rtc.poll()
         #expect(h.irq.level(8) == true)
         #expect(h.r(0x0C) & 0x90 == 0x90)
+        // Writing the alarm registers does not disturb the clock's sub-second phase.
+        h.clock.advance(nanoseconds: 600_000_000)
+        let phaseBefore = h.r(0x00)
+        h.w(0x01, 0x30)
+        h.clock.advance(nanoseconds: 500_000_000)
+        #expect(h.r(0x00) == phaseBefore + 1)
+        h.clock.advance(nanoseconds: 900_000_000)
+        _ = h.r(0x0C)
         // Alarm at the next second.
         h.w(0x0B, 0x22)
-        h.w(0x01, 0x09); h.w(0x03, 0xC0); h.w(0x05, 0xC0)
+        h.w(0x01, 0x11); h.w(0x03, 0xC0); h.w(0x05, 0xC0)
         _ = h.r(0x0C)
-        h.clock.advance(nanoseconds: 1_000_000_000) // now :09
+        h.clock.advance(nanoseconds: 1_000_000_000) // now :11
         h.rtc.poll()
         #expect(h.irq.level(8) == true)
         #expect(h.r(0x0C) & 0xA0 == 0xA0)

@@ -114,6 +114,11 @@ struct PCIHostTests {
         #expect(cfgRead(bus, slot: 0, reg: 0) == 0x1237_8086)
         #expect(cfgRead(bus, slot: 0, reg: 0x0A, size: 2) == 0x0600)
         #expect(cfgRead(bus, slot: 0, reg: 0x0E, size: 1) == 0x00)
+        // PAM registers keep what firmware writes; the vendor ID does not.
+        cfgWrite(bus, slot: 0, reg: 0x59, size: 1, value: 0x30)
+        #expect(cfgRead(bus, slot: 0, reg: 0x59, size: 1) == 0x30)
+        cfgWrite(bus, slot: 0, reg: 0x00, size: 2, value: 0)
+        #expect(cfgRead(bus, slot: 0, reg: 0x00, size: 2) == 0x8086)
         // Nothing at 0:5.0, nor on bus 1, nor with the enable bit off.
         #expect(cfgRead(bus, slot: 5, reg: 0) == 0xFFFF_FFFF)
         #expect(cfgRead(bus, slot: 0, fn: 3, reg: 0, size: 2) == 0xFFFF)

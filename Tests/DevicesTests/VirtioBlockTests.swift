@@ -20,7 +20,7 @@ struct BlockRig {
         disk = diskBytes.map { MemoryDisk(bytes: $0) } ?? MemoryDisk(size: sectors * 512)
         block = VirtioBlock(disk: disk, serial: serial, readOnly: readOnly)
         device = VirtioPCIDevice(model: block, memory: memory, interrupts: irq,
-                                 intx: IRQLine(controller: irq, gsi: 10))
+                                 intx: IRQLine(controller: irq, gsi: 10), logger: VirtioPCIDevice.discardingLogger)
         driver = VirtioTestDriver(device: device, memory: memory)
         queue = driver.start(wanted: wanted)[0]
     }

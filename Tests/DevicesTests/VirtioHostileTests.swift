@@ -138,7 +138,7 @@ import Testing
     @Test func ringsOutsideRAMAreRefusedAtEnable() throws {
         let memory = try GuestMemory(size: 1 << 20)
         let device = VirtioPCIDevice(model: VirtioBlock(disk: MemoryDisk(size: 4096)), memory: memory,
-                                     interrupts: RecordingInterruptController())
+                                     interrupts: RecordingInterruptController(), logger: VirtioPCIDevice.discardingLogger)
         let driver = VirtioTestDriver(device: device, memory: memory)
         driver.negotiate()
         driver.setCommon(0x16, 2, 0)

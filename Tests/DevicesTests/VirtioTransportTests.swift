@@ -1,3 +1,4 @@
+import Foundation
 import Devices
 import GuestMemory
 import Hypervisor
@@ -257,5 +258,31 @@ import Testing
         #expect(throws: VirtioMachineSet.SetupError.self) {
             _ = try VirtioMachineSet(host: PCIHost(bus: IOBus(), interrupts: irq), memory: memory, interrupts: irq, disks: five)
         }
+    }
+}
+
+@Suite struct VirtioSnapshotTests {
+    @Test func restoredDeviceContinuesWhereTheOldOneStopped() throws {
+        let rig = try BlockRig()
+        let buf = rig.driver.alloc(512)
+        try rig.memory.write(bytes: [UInt8](repeating: 0x42, count: 512), at: buf)
+        #expect(try rig.run(type: VirtioBlock.RequestType.write, sector: 3, data: buf, length: 512).0 == 0)
+        let snap = rig.device.snapshot()
+        let data = try JSONEncoder().encode(snap)
+        let decoded = try JSONDecoder().decode(VirtioPCIDevice.Snapshot.self, from: data)
+        #expect(decoded == snap)
+
+        // A fresh function on the same memory and disk takes over the live queue.
+        let fresh = VirtioPCIDevice(model: VirtioBlock(disk: rig.disk), memory: rig.memory, interrupts: rig.irq)
+        #expect(fresh.restore(decoded))
+        #expect(fresh.status == 0x0F && fresh.queues[0].usedIndex == 1)
+        let st = try rig.driver.blockRequest(rig.queue, type: VirtioBlock.RequestType.read, sector: 3,
+                                             data: buf + 1024, dataLength: 512, dataWritable: true)
+        fresh.notify(queue: 0)
+        #expect(try rig.memory.read(UInt8.self, at: st) == 0)
+        #expect(try rig.memory.readBytes(at: buf + 1024, count: 512).allSatisfy { $0 == 0x42 })
+        // A snapshot of another device type is refused.
+        let rng = VirtioPCIDevice(model: VirtioEntropy(), memory: rig.memory, interrupts: rig.irq)
+        #expect(!rng.restore(decoded))
     }
 }

@@ -113,7 +113,8 @@ final class TestDaemon {
 
     @discardableResult
     func vmctl(_ args: String..., stdin: String? = nil, as user: String? = nil) throws -> RunResult {
-        let prefix = user.map { ["/usr/sbin/runuser", "-u", $0, "--"] } ?? []
+        // setpriv execs vmctl directly (no helper process left behind on a timeout).
+        let prefix = user.map { ["/usr/bin/setpriv", "--reuid=\($0)", "--regid=\($0)", "--init-groups", "--"] } ?? []
         return try run(Binaries.vmctl, ["--socket", socket] + args, stdin: stdin, prefix: prefix)
     }
 

@@ -79,14 +79,13 @@ import Testing
     }
 
     @Test func aDeviceEventDuringTheAccessStopsTheMachine() throws {
-        let dev = RecordingPortDevice()
         let events = self.events
-        dev.onWrite = { value in events.request(.debugExit(value: value)) }
+        let dev = DebugExit(onExit: { events.request(.debugExit(status: $0)) })
         try bus.mapPorts(dev, name: "debug-exit", base: 0xF4, count: 1)
         let buf = ExitBuffer(bytes: [0x10])
         let action = handler.handle(.io(IOExit(port: 0xF4, size: 1, isWrite: true, data: buf.pointer)), vcpu: 0)
-        #expect(action == .stop(.debugExit(value: 0x10)))
-        #expect(MachineOutcome.debugExit(value: 0x10).exitStatus == 0x21)
+        #expect(action == .stop(.debugExit(status: 0x21)))
+        #expect(MachineOutcome.debugExit(status: 0x21).exitStatus == 0x21)
     }
 
     @Test func backendEventsMapToOutcomes() {
@@ -109,8 +108,8 @@ import Testing
         #expect(MachineOutcome.poweredOff.exitStatus == 0)
         #expect(MachineOutcome.reset(reason: "i8042").exitStatus == 0)
         #expect(MachineOutcome.stopped(reason: "x").exitStatus == 0)
-        #expect(MachineOutcome.debugExit(value: 0).exitStatus == 1)
-        #expect(MachineOutcome.debugExit(value: 0x7F).exitStatus == 0xFF)
+        #expect(MachineOutcome.debugExit(status: 1).exitStatus == 1)
+        #expect(MachineOutcome.debugExit(status: 0x1FF).exitStatus == 0xFF)
         #expect(MachineOutcome.error("x").exitStatus == 1)
         #expect(MachineOutcome.halted.exitStatus == 1)
     }

@@ -32,9 +32,8 @@ func eventually(_ condition: () -> Bool) -> Bool {
 
     @Test func aDebugExitOnOneVCPUStopsAllOfThem() throws {
         let bus = IOBus()
-        let exitDev = RecordingPortDevice()
         let events = MachineEvents()
-        exitDev.onWrite = { events.request(.debugExit(value: $0)) }
+        let exitDev = DebugExit(onExit: { events.request(.debugExit(status: $0)) })
         try bus.mapPorts(exitDev, name: "debug-exit", base: 0xF4, count: 1)
         let buf = ExitBuffer(bytes: [3])
         let bsp = FakeVCPU(index: 0) { n in
@@ -43,7 +42,7 @@ func eventually(_ condition: () -> Bool) -> Bool {
         let aps = (1..<4).map { i in FakeVCPU(index: i) { _ in .spinUntilKicked } }
         let runner = MachineRunner(vcpus: [bsp] + aps, handler: ExitHandler(bus: bus, deviceLock: DeviceLock(), events: events))
         try runner.start()
-        #expect(runner.wait() == .debugExit(value: 3))
+        #expect(runner.wait() == .debugExit(status: 7))
         #expect(runner.state == .stopped)
     }
 

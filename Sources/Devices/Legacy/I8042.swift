@@ -252,3 +252,44 @@ public final class I8042 {
         if aux != auxLevel { auxLevel = aux; auxIRQ.set(aux) }
     }
 }
+
+// MARK: Snapshot
+
+extension I8042 {
+    public struct Snapshot: Sendable, Equatable, Codable {
+        public struct Byte: Sendable, Equatable, Codable {
+            public var value: UInt8
+            /// 0 controller, 1 keyboard, 2 AUX.
+            public var source: UInt8
+            public var timeout: Bool
+        }
+        public var commandByte, outputPort: UInt8
+        public var output: [Byte]
+        public var pendingCommand, keyboardPendingCommand: UInt8?
+        public var lastWriteWasCommand: Bool
+        public var ram: [UInt8]
+    }
+
+    public func snapshot() -> Snapshot {
+        Snapshot(commandByte: commandByte, outputPort: outputPort,
+                 output: output.map { Snapshot.Byte(value: $0.value, source: $0.source == .controller ? 0 : $0.source == .keyboard ? 1 : 2,
+                                                    timeout: $0.timeout) },
+                 pendingCommand: pendingCommand, keyboardPendingCommand: keyboardPendingCommand,
+                 lastWriteWasCommand: lastWriteWasCommand, ram: ram)
+    }
+
+    /// Restores a snapshot into a freshly built controller (raising IRQ 1/12 if data waits).
+    public func restore(_ s: Snapshot) {
+        commandByte = s.commandByte
+        outputPort = s.outputPort | 0x01
+        output = s.output.prefix(I8042.outputLimit).map {
+            OutputByte(value: $0.value, source: $0.source == 0 ? .controller : $0.source == 1 ? .keyboard : .aux, timeout: $0.timeout)
+        }
+        pendingCommand = s.pendingCommand
+        keyboardPendingCommand = s.keyboardPendingCommand
+        lastWriteWasCommand = s.lastWriteWasCommand
+        ram = s.ram.count == 32 ? s.ram : [UInt8](repeating: 0, count: 32)
+        keyboardLevel = false; auxLevel = false
+        updateIRQ()
+    }
+}

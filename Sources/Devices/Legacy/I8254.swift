@@ -153,7 +153,8 @@ public final class I8254 {
         }
     }
 
-    /// When (monotonic ns) counter 0's output next rises, nil when it never will.
+    /// When (monotonic ns) counter 0's output next rises without `poll()` having seen it,
+    /// nil when it never will. A time in the past means a poll is overdue.
     public func nextDeadline() -> UInt64? {
         let c = counters[0]
         guard c.armed, c.gate else { return nil }
@@ -164,11 +165,11 @@ public final class I8254 {
             guard c.edgesSignalled == 0 else { return nil }
             next = n
         case 2, 3:
-            let done = max(c.edgesSignalled, risingEdges(c, at: clock.monotonicNanoseconds()))
-            next = (done + 1) * n
+            // The first edge not yet signalled: in the past when a poll is overdue.
+            next = (c.edgesSignalled &+ 1) &* n
         default:
             guard c.edgesSignalled == 0 else { return nil }
-            next = n + 1
+            next = n &+ 1
         }
         return time(c, tick: next)
     }
@@ -332,5 +333,36 @@ public final class I8254 {
             c.edgesSignalled = 0
         }
         counters[index] = c
+    }
+}
+
+// MARK: Snapshot
+
+extension I8254 {
+    /// The counters with their load times made relative to "now" (monotonic clocks differ
+    /// between hosts and boots), plus port B.
+    public struct Snapshot: Sendable, Equatable, Codable {
+        public var counters: [Counter]
+        /// For each counter: nanoseconds between its load and the snapshot.
+        public var elapsed: [UInt64]
+        public var speakerDataEnabled: Bool
+    }
+
+    public func snapshot() -> Snapshot {
+        let now = clock.monotonicNanoseconds()
+        return Snapshot(counters: counters, elapsed: counters.map { now > $0.loadTime ? now - $0.loadTime : 0 },
+                        speakerDataEnabled: speakerDataEnabled)
+    }
+
+    public func restore(_ s: Snapshot) {
+        guard s.counters.count == 3, s.elapsed.count == 3 else { return }
+        let now = clock.monotonicNanoseconds()
+        for i in 0..<3 {
+            var c = s.counters[i]
+            if c.count == 0 || c.count > 0x1_0000 { c.count = 0x1_0000 }
+            c.loadTime = now > s.elapsed[i] ? now - s.elapsed[i] : 0
+            counters[i] = c
+        }
+        speakerDataEnabled = s.speakerDataEnabled
     }
 }

@@ -272,3 +272,22 @@ public final class I8259 {
         update()
     }
 }
+
+// MARK: Snapshot
+
+extension I8259 {
+    public struct Snapshot: Sendable, Equatable, Codable {
+        public var master: Chip
+        public var slave: Chip
+    }
+
+    public func snapshot() -> Snapshot { Snapshot(master: master, slave: slave) }
+
+    public func restore(_ s: Snapshot) {
+        guard s.master.isMaster, !s.slave.isMaster else { return }
+        master = s.master
+        slave = s.slave
+        output = false
+        update()
+    }
+}

@@ -38,6 +38,17 @@ public struct APICMessage: Sendable, Equatable, Codable {
     }
 }
 
+extension APICMessage {
+    /// The message as an MSI write (the inverse of `init(msiAddress:data:)`): how a
+    /// userspace IOAPIC hands interrupts to KVM's in-kernel LAPICs with a split irqchip
+    /// (KVM_SIGNAL_MSI), as QEMU does.
+    public var msi: (address: UInt64, data: UInt32) {
+        let address = 0xFEE0_0000 | UInt64(destination) << 12 | (logicalDestination ? 0x4 : 0)
+        let data = UInt32(vector) | UInt32(deliveryMode.rawValue) << 8 | (levelTriggered ? 0xC000 : 0)
+        return (address, data)
+    }
+}
+
 /// Where the IOAPIC (and the machine's MSI path) sends interrupt messages: the emulator's
 /// local APICs. The emulator helper implements it; `deliver` is called with the device lock
 /// held and must not call back into the IOAPIC synchronously except `endOfInterrupt`.
@@ -189,5 +200,29 @@ public final class IOAPIC: MMIODevice {
         case 0x40: endOfInterrupt(vector: UInt8(truncatingIfNeeded: value))
         default: break
         }
+    }
+}
+
+// MARK: Snapshot
+
+extension IOAPIC {
+    public struct Snapshot: Sendable, Equatable, Codable {
+        public var id: UInt8
+        public var registerSelect: UInt8
+        public var redirection: [UInt64]
+        public var irr: UInt32
+    }
+
+    public func snapshot() -> Snapshot {
+        Snapshot(id: id, registerSelect: registerSelect, redirection: redirection, irr: irr)
+    }
+
+    /// Restores the registers; nothing is delivered (the LAPICs' IRR/ISR are restored too).
+    public func restore(_ s: Snapshot) {
+        guard s.redirection.count == IOAPIC.pinCount else { return }
+        id = s.id & 0x0F
+        registerSelect = s.registerSelect
+        redirection = s.redirection
+        irr = s.irr
     }
 }

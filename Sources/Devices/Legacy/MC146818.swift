@@ -127,7 +127,14 @@ public final class MC146818: PortIODevice {
     private var halted: Bool { cmos[Register.b] & B.set != 0 }
     private var guestNanoseconds: Int64 { clock.wallClockNanoseconds() &+ offset }
 
-    private static func isTimeRegister(_ r: Int) -> Bool { r <= Register.year || r == Register.century }
+    /// Registers refreshed from the clock on read (the alarms are plain storage).
+    private static func isTimeRegister(_ r: Int) -> Bool {
+        switch r {
+        case Register.seconds, Register.minutes, Register.hours, Register.dayOfWeek, Register.dayOfMonth,
+             Register.month, Register.year, Register.century: return true
+        default: return false
+        }
+    }
 
     public func readRegister(_ r: Int) -> UInt8 {
         guard r >= 0, r < cmos.count else { return 0xFF }
@@ -325,9 +332,11 @@ public final class MC146818: PortIODevice {
         let now = clock.monotonicNanoseconds()
         var next: UInt64?
         if b & B.periodicInterrupt != 0, let p = periodNanoseconds {
-            next = (now / p + 1) * p
+            // An unpolled boundary already passed: due now.
+            next = now / p != lastPeriod ? now : (now / p + 1) * p
         }
         if b & (B.updateInterrupt | B.alarmInterrupt) != 0, !halted, dividerRunning {
+            if floorDiv(guestNanoseconds, 1_000_000_000) != lastSecond { return now }
             let intoSecond = UInt64(floorMod(guestNanoseconds, 1_000_000_000))
             let t = now + (1_000_000_000 - intoSecond)
             next = min(next ?? t, t)
@@ -344,4 +353,32 @@ public final class MC146818: PortIODevice {
 @inline(__always) func floorMod(_ a: Int64, _ b: Int64) -> Int64 {
     let r = a % b
     return r != 0 && (r < 0) != (b < 0) ? r + b : r
+}
+
+// MARK: Snapshot
+
+extension MC146818 {
+    /// The RTC's state. The guest's time is kept as its offset from the host's wall clock,
+    /// so a restored VM's clock keeps the offset the guest set (not the absolute time).
+    public struct Snapshot: Sendable, Equatable, Codable {
+        public var cmos: [UInt8]
+        public var index: UInt8
+        public var nmiDisabled: Bool
+        public var offsetNanoseconds: Int64
+    }
+
+    public func snapshot() -> Snapshot {
+        Snapshot(cmos: cmos, index: index, nmiDisabled: nmiDisabled, offsetNanoseconds: offset)
+    }
+
+    public func restore(_ s: Snapshot) {
+        if s.cmos.count == 128 { cmos = s.cmos }
+        index = s.index & 0x7F
+        nmiDisabled = s.nmiDisabled
+        offset = s.offsetNanoseconds
+        lastSecond = floorDiv(guestNanoseconds, 1_000_000_000)
+        lastPeriod = periodIndex(clock.monotonicNanoseconds()) ?? 0
+        irqLevel = false
+        updateIRQ()
+    }
 }

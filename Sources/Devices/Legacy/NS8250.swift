@@ -299,3 +299,33 @@ public final class NS8250: PortIODevice {
 private extension Bool {
     var toBit: UInt8 { self ? 1 : 0 }
 }
+
+// MARK: Snapshot
+
+extension NS8250 {
+    /// The UART's complete guest-visible state, for save/restore and migration.
+    public struct Snapshot: Sendable, Equatable, Codable {
+        public var ier, lcr, mcr, fcr, scratch: UInt8
+        public var divisor: UInt16
+        public var lsrErrors, msrDeltas: UInt8
+        public var thrInterruptPending: Bool
+        public var rx: [UInt8]
+    }
+
+    public func snapshot() -> Snapshot {
+        Snapshot(ier: ier, lcr: lcr, mcr: mcr, fcr: fcr, scratch: scratch, divisor: divisor,
+                 lsrErrors: lsrErrors, msrDeltas: msrDeltas, thrInterruptPending: thrInterruptPending,
+                 rx: rx)
+    }
+
+    /// Restores a snapshot (into a freshly built UART) and raises the IRQ line if an
+    /// enabled interrupt is pending in it.
+    public func restore(_ s: Snapshot) {
+        ier = s.ier & 0x0F; lcr = s.lcr; mcr = s.mcr & 0x1F; fcr = s.fcr & 0xC1; scratch = s.scratch
+        divisor = s.divisor; lsrErrors = s.lsrErrors; msrDeltas = s.msrDeltas
+        thrInterruptPending = s.thrInterruptPending
+        rx = Array(s.rx.prefix(NS8250.fifoSize))
+        irqLevel = false
+        updateIRQ()
+    }
+}

@@ -54,8 +54,10 @@ public final class PCIHost: PortIODevice {
 
     private weak var bus: IOBus?
     private let sharing: PCIInterruptSharing
-    private let mmioWindow: Range<UInt64>
-    private let ioWindow: Range<UInt32>
+    /// Where memory BARs are assigned from (the DSDT _CRS must include it).
+    public let mmioWindow: Range<UInt64>
+    /// Where I/O BARs are assigned from (the DSDT _CRS must include it).
+    public let ioWindow: Range<UInt32>
     private var nextMMIO: UInt64
     private var nextIO: UInt32
 
@@ -311,15 +313,48 @@ final class PCIBarPortAdaptor: PortIODevice {
 }
 
 /// The host bridge's own function at 0:0.0: an Intel 82441FX (i440FX) PMC, 8086:1237
-/// revision 2, class 06/00 (host bridge). No BARs, no interrupt.
+/// revision 2, class 06/00 (host bridge). No BARs, no interrupt. The PAM registers
+/// (0x59-0x5F) and SMRAM control (0x72) read back what firmware writes (SeaBIOS programs
+/// them to shadow itself); they change nothing, as the BIOS area is plain RAM here.
 public final class PCIHostBridgeFunction: PCIDevice {
-    public private(set) var header = PCIConfigHeader(vendorID: 0x8086, deviceID: 0x1237,
-                                                     classCode: 0x06, subclass: 0x00, revision: 0x02)
-    public init() {}
+    public private(set) var header: PCIConfigHeader
+    public init() {
+        header = PCIConfigHeader(vendorID: 0x8086, deviceID: 0x1237, classCode: 0x06, subclass: 0x00, revision: 0x02)
+        header.setMask(0x58, size: 4, mask: 0xFFFF_FF00) // PAM0-PAM2 (0x59-0x5B)
+        header.setMask(0x5C, size: 4, mask: 0xFFFF_FFFF) // PAM3-PAM6
+        header.setMask(0x72, size: 1, mask: 0x78)        // SMRAM: D_OPEN, D_CLS, D_LCK, G_SMRAME
+        header.setRaw(0x72, size: 1, value: 0x02)        // C_BASE_SEG = 010 (A0000)
+    }
     public var pciName: String { "i440fx-host-bridge" }
     public var bars: [PCIBar] { [] }
     public func configRead(offset: Int, size: Int) -> UInt32 { header.read(offset: offset, size: size) }
     public func configWrite(offset: Int, size: Int, value: UInt32) { header.write(offset: offset, size: size, value: value) }
     public func barRead(index: Int, offset: UInt64, size: Int) -> UInt64 { 0 }
     public func barWrite(index: Int, offset: UInt64, size: Int, value: UInt64) {}
+    func restoreHeader(_ h: PCIConfigHeader) {
+        if h.bytes.count == PCIConfig.size && h.writeMask.count == PCIConfig.size { header = h }
+    }
+}
+
+// MARK: Snapshot
+
+extension PCIHost {
+    /// The host bridge's own registers. The functions' config spaces belong to their
+    /// devices' snapshots; after restoring those, call `restore` to remap every BAR.
+    public struct Snapshot: Sendable, Equatable, Codable {
+        public var configAddress: UInt32
+        public var resetControl: UInt8
+        public var bridgeHeader: PCIConfigHeader
+    }
+
+    public func snapshot() -> Snapshot {
+        Snapshot(configAddress: configAddress, resetControl: resetControl, bridgeHeader: bridge.header)
+    }
+
+    public func restore(_ s: Snapshot) {
+        configAddress = s.configAddress & 0x80FF_FFFC
+        resetControl = s.resetControl & 0x0E
+        bridge.restoreHeader(s.bridgeHeader)
+        for case let fn? in functions { updateMappings(fn) }
+    }
 }

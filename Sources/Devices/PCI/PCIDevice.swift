@@ -135,6 +135,29 @@ public struct PCIConfigHeader: Sendable, Equatable, Codable {
         writeMask[PCIConfig.interruptLine] = 0xFF
     }
 
+    private enum CodingKeys: String, CodingKey {
+        case bytes, writeMask, writeOneToClearMask, bars, lastCapability, nextCapabilityOffset
+    }
+
+    /// Decodes a saved header, rejecting one whose arrays are not 256 bytes long.
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        bytes = try c.decode([UInt8].self, forKey: .bytes)
+        writeMask = try c.decode([UInt8].self, forKey: .writeMask)
+        writeOneToClearMask = try c.decode([UInt8].self, forKey: .writeOneToClearMask)
+        bars = try c.decode([PCIBar].self, forKey: .bars)
+        lastCapability = try c.decode(Int.self, forKey: .lastCapability)
+        nextCapabilityOffset = try c.decode(Int.self, forKey: .nextCapabilityOffset)
+        guard bytes.count == PCIConfig.size, writeMask.count == PCIConfig.size,
+              writeOneToClearMask.count == PCIConfig.size,
+              (0..<PCIConfig.size).contains(lastCapability),
+              (PCIConfig.firstCapability...PCIConfig.size + 3).contains(nextCapabilityOffset),
+              bars.allSatisfy({ (0..<6).contains($0.index) && $0.size > 0 && $0.size & ($0.size - 1) == 0 }) else {
+            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath,
+                                                    debugDescription: "PCI config header snapshot is malformed"))
+        }
+    }
+
     // MARK: Guest accesses
 
     /// A config read of 1, 2 or 4 bytes (little endian). Out-of-range reads return all ones.

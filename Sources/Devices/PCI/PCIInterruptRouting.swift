@@ -63,6 +63,8 @@ public struct PCIInterruptRouting: Sendable, Equatable, Codable {
 /// Level-triggered PCI interrupt lines are shared: a GSI is asserted while any device on
 /// it asserts. `PCIInterruptSharing` keeps one proxy controller per device pin and
 /// forwards the OR of their levels to the machine's controller (MSIs pass straight through).
+/// Like the device models, it is not locked: devices raise and lower their lines with the
+/// VMM's device lock held.
 public final class PCIInterruptSharing: @unchecked Sendable {
     private let controller: any InterruptController
     private var asserted: [UInt32: Set<Int>] = [:]

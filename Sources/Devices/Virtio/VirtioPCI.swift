@@ -44,6 +44,8 @@ public final class VirtioPCIDevice: PCIDevice, @unchecked Sendable {
     public static let msixPBAOffset: UInt64 = 0x800
     public static let bar1Size: UInt64 = 0x1000
     public static let noVector: UInt16 = 0xFFFF
+    /// A logger that drops everything (unit tests feeding the device garbage on purpose).
+    public static let discardingLogger = Logger(label: "virtio", factory: { _ in SwiftLogNoOpLogHandler() })
 
     /// The MSI-X capability is the first one in config space.
     static let capMSIX = PCIConfig.firstCapability
@@ -65,19 +67,19 @@ public final class VirtioPCIDevice: PCIDevice, @unchecked Sendable {
     public private(set) var header: PCIConfigHeader
 
     // Transport state (plain values).
-    private var deviceFeatureSelect: UInt32 = 0
-    private var driverFeatureSelect: UInt32 = 0
+    fileprivate(set) var deviceFeatureSelect: UInt32 = 0
+    fileprivate(set) var driverFeatureSelect: UInt32 = 0
     public private(set) var driverFeatures: UInt64 = 0
     public private(set) var status: UInt8 = 0
     public private(set) var configGeneration: UInt8 = 0
-    private var queueSelect: UInt16 = 0
-    private var configVector: UInt16 = noVector
+    fileprivate(set) var queueSelect: UInt16 = 0
+    fileprivate(set) var configVector: UInt16 = noVector
     public private(set) var isr: UInt8 = 0
     public private(set) var queues: [SplitVirtqueue]
     public private(set) var msix: PCIMSIX
     /// The last reason the device entered DEVICE_NEEDS_RESET (for logs and tests).
     public private(set) var lastError: VirtioError?
-    private var intxAsserted = false
+    fileprivate(set) var intxAsserted = false
 
     public let offeredFeatures: UInt64
 
@@ -514,4 +516,51 @@ public final class VirtioPCIDevice: PCIDevice, @unchecked Sendable {
 /// handle on its transport.
 public protocol VirtioBackendAttachable: AnyObject {
     func attach(_ transport: VirtioPCIDevice)
+}
+
+extension VirtioPCIDevice {
+    /// The transport's complete state as plain values (for snapshots and migration).
+    /// Device models keep their own (small) state; backends are re-attached by the VMM.
+    public struct Snapshot: Codable, Sendable, Equatable {
+        public var header: PCIConfigHeader
+        public var msix: PCIMSIX
+        public var queues: [SplitVirtqueue]
+        public var deviceFeatureSelect: UInt32
+        public var driverFeatureSelect: UInt32
+        public var driverFeatures: UInt64
+        public var status: UInt8
+        public var configGeneration: UInt8
+        public var queueSelect: UInt16
+        public var configVector: UInt16
+        public var isr: UInt8
+        public var intxAsserted: Bool
+    }
+
+    public func snapshot() -> Snapshot {
+        lock.withLock { _ in
+            Snapshot(header: header, msix: msix, queues: queues, deviceFeatureSelect: deviceFeatureSelect,
+                     driverFeatureSelect: driverFeatureSelect, driverFeatures: driverFeatures, status: status,
+                     configGeneration: configGeneration, queueSelect: queueSelect, configVector: configVector,
+                     isr: isr, intxAsserted: intxAsserted)
+        }
+    }
+
+    /// Restores a snapshot taken from a function of the same device type and queue count;
+    /// returns false (and changes nothing) otherwise. Re-asserts INTx when it was asserted.
+    @discardableResult
+    public func restore(_ s: Snapshot) -> Bool {
+        lock.withLock { _ in
+            guard s.queues.count == queues.count, s.msix.vectorCount == msix.vectorCount,
+                  s.header.deviceID == header.deviceID,
+                  zip(s.queues, queues).allSatisfy({ $0.maxSize == $1.maxSize }) else { return false }
+            header = s.header; msix = s.msix; queues = s.queues
+            deviceFeatureSelect = s.deviceFeatureSelect; driverFeatureSelect = s.driverFeatureSelect
+            driverFeatures = s.driverFeatures; status = s.status; configGeneration = s.configGeneration
+            queueSelect = s.queueSelect; configVector = s.configVector; isr = s.isr
+            intxAsserted = false
+            if s.intxAsserted { raiseINTx() }
+            if status & VirtioStatus.driverOK != 0 { model.activate(features: driverFeatures) }
+            return true
+        }
+    }
 }

@@ -1,1 +1,0 @@
-// KVM: see docs/ARCHITECTURE.md.

@@ -1,0 +1,67 @@
+import Boot
+import Devices
+
+/// The fixed ACPI power-management hardware the FADT describes (Boot's
+/// `ACPIPowerManagement` constants): PM1a event block (PM1_STS +0, PM1_EN +2) and PM1a
+/// control block. A control write with SLP_EN and SLP_TYP = S5 powers the VM off. The
+/// machine is always in ACPI mode, so control reads have SCI_EN set. Map the event block
+/// and the control block separately (`eventPorts`, `controlPorts`).
+public final class ACPIPMBlock {
+    public private(set) var status: UInt16 = 0
+    public private(set) var enable: UInt16 = 0
+    public private(set) var control: UInt16 = ACPIPowerManagement.sciEnable
+    /// Called when the guest enters S5 (soft off).
+    public var onPowerOff: (() -> Void)?
+
+    /// The port facets to map (each keeps this block alive).
+    public var eventPorts: EventBlock { EventBlock(owner: self) }
+    public var controlPorts: ControlBlock { ControlBlock(owner: self) }
+
+    public init() {}
+
+    public final class EventBlock: PortIODevice {
+        let owner: ACPIPMBlock
+        init(owner: ACPIPMBlock) { self.owner = owner }
+
+        public func ioRead(offset: UInt16, size: Int) -> UInt32 {
+            let regs = UInt32(owner.status) | UInt32(owner.enable) << 16
+            return (regs >> (UInt32(offset & 3) * 8)) & ACPIPMBlock.mask(size)
+        }
+
+        public func ioWrite(offset: UInt16, size: Int, value: UInt32) {
+            for i in 0..<size {
+                let byte = UInt16(truncatingIfNeeded: value >> (8 * i))
+                let o = Int(offset) + i
+                switch o {
+                case 0: owner.status &= ~byte          // write-one-to-clear
+                case 1: owner.status &= ~(byte << 8)
+                case 2: owner.enable = owner.enable & 0xFF00 | byte
+                case 3: owner.enable = owner.enable & 0x00FF | byte << 8
+                default: break
+                }
+            }
+        }
+    }
+
+    public final class ControlBlock: PortIODevice {
+        let owner: ACPIPMBlock
+        init(owner: ACPIPMBlock) { self.owner = owner }
+
+        public func ioRead(offset: UInt16, size: Int) -> UInt32 {
+            (UInt32(owner.control) >> (UInt32(offset & 1) * 8)) & ACPIPMBlock.mask(size)
+        }
+
+        public func ioWrite(offset: UInt16, size: Int, value: UInt32) {
+            var v = owner.control
+            for i in 0..<size where Int(offset) + i < 2 {
+                let byte = UInt16(truncatingIfNeeded: value >> (8 * i))
+                v = (Int(offset) + i == 0) ? (v & 0xFF00 | byte) : (v & 0x00FF | byte << 8)
+            }
+            // SLP_EN is write-only; SCI_EN stays set.
+            owner.control = (v & ~ACPIPowerManagement.sleepEnable) | ACPIPowerManagement.sciEnable
+            if ACPIPowerManagement.isPowerOff(controlWrite: v) { owner.onPowerOff?() }
+        }
+    }
+
+    static func mask(_ size: Int) -> UInt32 { size >= 4 ? 0xFFFF_FFFF : (UInt32(1) << (size * 8)) - 1 }
+}
