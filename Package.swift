@@ -26,7 +26,11 @@ let package = Package(
         // slow to boot Linux in the test suite (see docs/emulator.md).
         .target(name: "X86Emulator", dependencies: ["Hypervisor", "GuestMemory"],
                 swiftSettings: [.unsafeFlags(["-O", "-enforce-exclusivity=unchecked"])]),
-        .target(name: "Storage"),
+        // System zlib (zlib1g-dev) through a module map only: inflates compressed qcow2 clusters.
+        .systemLibrary(name: "CZlib", path: "Sources/CZlib"),
+        .target(name: "Storage", dependencies: ["CZlib"]),
+        // Test helper: writes to a qcow2 image until killed (crash-consistency test).
+        .executableTarget(name: "StorageCrashWriter", dependencies: ["Storage"]),
         .target(name: "Devices", dependencies: [
             "GuestMemory", "Hypervisor", "Storage", .product(name: "Logging", package: "swift-log"),
         ]),
@@ -54,7 +58,7 @@ let package = Package(
         .testTarget(name: "DevicesTests", dependencies: ["Devices", "GuestMemory", "Hypervisor", "Storage"]),
         .testTarget(name: "BootTests", dependencies: ["Boot", "GuestMemory", "Hypervisor"]),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "Hypervisor", "GuestMemory"]),
-        .testTarget(name: "StorageTests", dependencies: ["Storage"]),
+        .testTarget(name: "StorageTests", dependencies: ["Storage", "StorageCrashWriter"]),
         .testTarget(name: "VMConfigTests", dependencies: ["VMConfig"],
                     resources: [.copy("Golden")]),
         .testTarget(name: "ControlTests", dependencies: ["Control", "VMConfig"]),
