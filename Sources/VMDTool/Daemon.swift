@@ -438,9 +438,8 @@ final class Daemon: @unchecked Sendable {
                 }
             }
             var d = VMDefinition(name: name, parent: template, location: parent.definition.location)
-            d.owner = c.uid == 0 ? nil : OwnerSpec(user: String(c.uid))
             d = d.inheriting(from: parent.definition)
-            if c.uid != 0 { d.owner = OwnerSpec(user: String(c.uid)) }
+            if c.uid != 0 { d.owner = OwnerSpec(user: Self.userName(c.uid)) }
             entry = VMEntry(id: nextID, definition: d, fromConfig: false,
                             owner: c.uid == 0 ? parent.owner : ResolvedOwner(uid: c.uid, gid: nil))
             nextID += 1
@@ -489,6 +488,18 @@ final class Daemon: @unchecked Sendable {
             cond.unlock()
         }
         return r
+    }
+
+    /// A user's name for display (the number when it has none).
+    static func userName(_ uid: UInt32) -> String {
+        var pw = passwd()
+        var result: UnsafeMutablePointer<passwd>?
+        var buf = [CChar](repeating: 0, count: 16384)
+        // SAFETY: buf outlives the call; pw's strings point into it and are copied at once.
+        if getpwuid_r(uid, &pw, &buf, buf.count, &result) == 0, result != nil, let n = pw.pw_name {
+            return String(cString: n)
+        }
+        return String(uid)
     }
 
     /// The definition a start request runs: the VM's settings with the request's on top.

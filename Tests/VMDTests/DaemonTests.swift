@@ -109,6 +109,29 @@ let twoVMs = """
         #expect(row(try d.vmctl("status").stdout, "web")?[7] == "running")
     }
 
+    @Test func startWithConsoleAttachesAtOnce() throws {
+        let d = try TestDaemon(config: twoVMs)
+        defer { d.stop() }
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: Binaries.vmctl)
+        p.arguments = ["--socket", d.socket, "start", "-c", "db"]
+        let inp = Pipe(), out = Pipe()
+        p.standardInput = inp
+        p.standardOutput = out
+        try p.run()
+        let collected = OutputCollector(out.fileHandleForReading)
+        inp.fileHandleForWriting.write(Data("abc\r".utf8))
+        let deadline = Date().addingTimeInterval(10)
+        while !collected.snapshot().contains("echo: abc") && Date() < deadline { usleep(20_000) }
+        inp.fileHandleForWriting.write(Data("~.".utf8))
+        p.waitUntilExit()
+        let text = collected.text()
+        #expect(text.hasPrefix("vmctl: started vm 2 successfully, tty /dev/pts/"))
+        #expect(text.contains("Connected to /dev/pts/"))
+        #expect(text.contains("echo: abc"))
+        #expect(p.terminationStatus == 0)
+    }
+
     @Test func pausedGuestsDoNotRun() throws {
         let d = try TestDaemon(config: twoVMs)
         defer { d.stop() }

@@ -78,7 +78,7 @@ import Testing
         #expect(consoleAlice.status == 1)
         #expect(try d.vmctl("start", "-t", "tmpl", "-m", "128M", "mine", as: "vmdtest2").status == 0)
         let mine = try #require(row(try d.vmctl("status").stdout, "mine"))
-        #expect(mine[3] == "128M" && mine[7] == "running")
+        #expect(mine[3] == "128M" && mine[7] == "running" && mine[6] == "vmdtest2")
         #expect(try d.vmctl("stop", "mine", as: "vmdtest2").status == 0)
         let forbidden = try d.vmctl("start", "-t", "tmpl", "-r", "/etc/hostname", "mine2", as: "vmdtest2")
         #expect(forbidden.stderr == "vmctl: vm tmpl: instances may not change that setting\n")
