@@ -39,9 +39,10 @@ struct Start: ParsableCommand {
         r.boot = boot.map(absolute)
         r.bootDevice = bootDevice.flatMap(BootDevice.init(rawValue:))
         r.cdrom = cdrom.map(absolute)
+        // `qcow2:path` or `raw:path` names the format, as `vmctl create` does.
         r.disks = disks.map { d in
-            if let colon = d.lastIndex(of: ":"), let f = DiskFormat(rawValue: String(d[d.index(after: colon)...])) {
-                return DiskSpec(path: absolute(String(d[..<colon])), format: f)
+            if let colon = d.firstIndex(of: ":"), let f = DiskFormat(rawValue: String(d[..<colon])) {
+                return DiskSpec(path: absolute(String(d[d.index(after: colon)...])), format: f)
             }
             return DiskSpec(path: absolute(d))
         }

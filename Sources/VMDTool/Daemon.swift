@@ -185,8 +185,14 @@ final class Daemon: @unchecked Sendable {
                 guard let (f, fds) = try ch.receive(RequestFrame.self) else { return }
                 for x in fds { close(x) }
                 frame = f
+            } catch let e as ControlError {
+                if case .versionMismatch = e {
+                    try? ch.send(ReplyFrame(.failure(ControlFailure(.versionMismatch, e.description))))
+                } else {
+                    try? ch.send(ReplyFrame(.failure(ControlFailure(.invalidRequest, e.description))))
+                }
+                return
             } catch {
-                try? ch.send(ReplyFrame(.failure(ControlFailure(.versionMismatch, "\(error)"))))
                 return
             }
             // Credentials are checked on every request, not once per connection.
