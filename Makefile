@@ -3,7 +3,7 @@
 SWIFT ?= swift
 export PATH := /opt/swift/usr/bin:$(PATH)
 
-APT_PACKAGES = gcc make busybox-static cpio qemu-system-x86 qemu-utils seabios acpica-tools
+APT_PACKAGES = gcc make busybox-static cpio qemu-system-x86 qemu-utils seabios acpica-tools zlib1g-dev
 
 .PHONY: all build test demo deps bench clean
 

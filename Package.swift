@@ -23,7 +23,11 @@ let package = Package(
         .target(name: "Hypervisor", dependencies: ["GuestMemory"]),
         .target(name: "KVM", dependencies: ["CKVM", "Hypervisor", "GuestMemory"]),
         .target(name: "X86Emulator", dependencies: ["Hypervisor", "GuestMemory"]),
-        .target(name: "Storage"),
+        // System zlib (zlib1g-dev) through a module map only: inflates compressed qcow2 clusters.
+        .systemLibrary(name: "CZlib", path: "Sources/CZlib"),
+        .target(name: "Storage", dependencies: ["CZlib"]),
+        // Test helper: writes to a qcow2 image until killed (crash-consistency test).
+        .executableTarget(name: "StorageCrashWriter", dependencies: ["Storage"]),
         .target(name: "Devices", dependencies: [
             "GuestMemory", "Hypervisor", "Storage", .product(name: "Logging", package: "swift-log"),
         ]),
@@ -51,7 +55,7 @@ let package = Package(
         .testTarget(name: "DevicesTests", dependencies: ["Devices", "GuestMemory", "Hypervisor", "Storage"]),
         .testTarget(name: "BootTests", dependencies: ["Boot", "GuestMemory", "Hypervisor"]),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "Hypervisor", "GuestMemory"]),
-        .testTarget(name: "StorageTests", dependencies: ["Storage"]),
+        .testTarget(name: "StorageTests", dependencies: ["Storage", "StorageCrashWriter"]),
         .testTarget(name: "VMConfigTests", dependencies: ["VMConfig"],
                     resources: [.copy("Golden")]),
         .testTarget(name: "ControlTests", dependencies: ["Control", "VMConfig"]),

@@ -64,7 +64,9 @@ public final class MemoryDisk: DiskBackend, @unchecked Sendable {
     public func writeZeroes(offset: UInt64, length: UInt64) throws {
         if isReadOnly { throw DiskError.readOnly }
         let start = try check(offset, Int(clamping: length))
-        for i in start..<start + Int(length) { bytes[i] = 0 }
+        bytes.withUnsafeMutableBytes { dst in
+            UnsafeMutableRawBufferPointer(rebasing: dst[start..<start + Int(length)]).initializeMemory(as: UInt8.self, repeating: 0)
+        }
     }
 }
 
