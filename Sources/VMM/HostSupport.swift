@@ -27,18 +27,28 @@ public struct VMMLogHandler: LogHandler {
     }
 }
 
-/// Turns SIGINT, SIGTERM and SIGHUP into a clean stop: the signals are blocked in the
-/// calling thread (and so in every thread started after this call) and a watcher thread
-/// waits for them with sigwait. Call before starting the machine.
+/// Turns SIGINT, SIGTERM and SIGHUP into a clean stop: `blockSignals()` blocks them in
+/// the calling thread (and so in every thread started after it; call it before starting
+/// the machine), and a watcher thread waits for them with sigwait.
 public final class SignalWatcher: @unchecked Sendable {
     private var thread: HostThread?
 
-    public init(onSignal: @escaping @Sendable (Int32) -> Void) throws {
+    static var watchedSignals: sigset_t {
         var set = sigset_t()
         sigemptyset(&set)
         for s in [SIGINT, SIGTERM, SIGHUP] { sigaddset(&set, s) }
+        return set
+    }
+
+    /// Blocks the watched signals in the calling thread.
+    public static func blockSignals() {
+        var set = watchedSignals
         pthread_sigmask(SIG_BLOCK, &set, nil)
-        let watched = set
+    }
+
+    public init(onSignal: @escaping @Sendable (Int32) -> Void) throws {
+        Self.blockSignals()
+        let watched = Self.watchedSignals
         thread = try HostThread(name: "signals") {
             var set = watched
             while true {

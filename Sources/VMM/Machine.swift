@@ -5,6 +5,7 @@ import Boot
 import Devices
 import GuestMemory
 import Hypervisor
+import KVM
 import Logging
 
 /// One virtual machine built from a `MachineConfig`: guest RAM, the backend (KVM or the
@@ -74,7 +75,8 @@ public final class Machine: @unchecked Sendable {
                 }
             }
             boot = try BootLoader.load(image: image, initrd: initrd, initrdPath: config.initrdPath,
-                                       cmdline: config.cmdline, memory: memory, vcpus: config.vcpus,
+                                       cmdline: Machine.effectiveCmdline(config.cmdline, kind: kind),
+                                       memory: memory, vcpus: config.vcpus,
                                        pciRoutes: devices.pciRoutes)
         }
         bootResult = boot
@@ -94,11 +96,33 @@ public final class Machine: @unchecked Sendable {
 
     static func defaultBackend(memory: GuestMemory, config: MachineConfig,
                                choice: AcceleratorChoice) throws -> any VirtualMachineBackend {
-        throw VMMError.acceleratorUnavailable("the \(choice.backend.rawValue) backend is not wired into this build yet")
+        switch choice.backend {
+        case .kvm, .auto:
+            do {
+                let system = try KVMSystem()
+                guard config.vcpus <= system.maxVCPUs else {
+                    throw VMMError.invalidCPUCount(config.vcpus, maximum: min(system.maxVCPUs, MachineConfig.maximumVCPUs))
+                }
+                return try system.createVirtualMachine(
+                    memory: memory, configuration: KVMVirtualMachine.Configuration(vcpuCount: config.vcpus))
+            } catch let error as KVMError {
+                if case .notAvailable = error { throw VMMError.kvmUnavailable(error.description.replacingPrefix("KVM is not available: ")) }
+                throw VMMError.machine("cannot create the KVM virtual machine: \(error)")
+            }
+        case .emulator:
+            throw VMMError.acceleratorUnavailable("the software CPU (--accel emulator) is not available in this build yet; use --accel kvm")
+        }
+    }
+
+    /// A Linux kernel without a command line gets `console=ttyS0`, so its console is COM1.
+    static func effectiveCmdline(_ cmdline: String, kind: KernelKind) -> String {
+        cmdline.isEmpty && kind == .linuxBzImage ? "console=ttyS0" : cmdline
     }
 
     /// Starts the vCPU threads and the console input.
     public func start() throws {
+        // vCPUs first: the guest's first instruction should not wait for helper threads.
+        try runner.start()
         let lock = deviceLock, devices = self.devices, events = self.events
         // MachineDevices is @unchecked Sendable: its chips are touched only under the lock.
         let timer = try DeviceTimer(lock: lock, clock: .host, name: "rtc-timer",
@@ -110,7 +134,6 @@ public final class Machine: @unchecked Sendable {
         }, detach: {
             events.request(.stopped(reason: "console detached with Ctrl-]"))
         })
-        try runner.start()
     }
 
     /// Parks every vCPU; returns when all are parked.
@@ -134,5 +157,11 @@ public final class Machine: @unchecked Sendable {
     public func run() throws -> MachineOutcome {
         try start()
         return wait()
+    }
+}
+
+extension String {
+    func replacingPrefix(_ prefix: String) -> String {
+        hasPrefix(prefix) ? String(dropFirst(prefix.count)) : self
     }
 }

@@ -23,7 +23,8 @@ public enum MachineOutcome: Equatable, Sendable, CustomStringConvertible {
         switch self {
         case .poweredOff, .reset, .stopped: return 0
         case let .debugExit(status): return status & 0xFF
-        case .halted, .error: return 1
+        // Even, so it never looks like a debug-exit status (always odd).
+        case .halted, .error: return 2
         }
     }
 

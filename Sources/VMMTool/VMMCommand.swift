@@ -20,7 +20,7 @@ struct VMMCommand: ParsableCommand {
 
             Exit status: 0 when the guest powers off or resets (the VM is not rebooted) or \
             is stopped with Ctrl-] or a signal; (value << 1) | 1 when the guest writes value \
-            to the debug-exit port 0xf4; 1 with a one-line message on any error.
+            to the debug-exit port 0xf4 (always odd); 2 with a one-line message on any error.
             """)
 
     @Option(name: [.customShort("k"), .long], help: ArgumentHelp("The kernel to boot.", valueName: "file"))
@@ -29,8 +29,8 @@ struct VMMCommand: ParsableCommand {
     @Option(name: [.customShort("i"), .long], help: ArgumentHelp("An initial ramdisk (Linux) or module (multiboot).", valueName: "file"))
     var initrd: String?
 
-    @Option(name: [.customShort("p"), .long], help: ArgumentHelp("The kernel command line.", valueName: "string"))
-    var cmdline: String = "console=ttyS0"
+    @Option(name: [.customShort("p"), .long], help: ArgumentHelp("The kernel command line (default for a Linux bzImage: console=ttyS0).", valueName: "string"))
+    var cmdline: String?
 
     @Option(name: [.customShort("m"), .long], help: ArgumentHelp("Guest memory, e.g. 512M or 2G (a bare number is MiB).", valueName: "size"))
     var memory: String = "512M"
@@ -46,7 +46,7 @@ struct VMMCommand: ParsableCommand {
 
     /// The machine description these flags give (no file is touched).
     func machineConfig(console: ConsoleSink = .standardIO) throws -> MachineConfig {
-        let config = MachineConfig(kernelPath: kernel, initrdPath: initrd, cmdline: cmdline,
+        let config = MachineConfig(kernelPath: kernel, initrdPath: initrd, cmdline: cmdline ?? "",
                                    memorySize: try parseMemorySize(memory), vcpus: cpus,
                                    diskPaths: disk, accelerator: accel, console: console)
         try config.validateSettings()
@@ -68,10 +68,12 @@ struct VMMCommand: ParsableCommand {
         do {
             let config = try machineConfig()
             let machine = try Machine(config: config, log: log)
-            let _ = try SignalWatcher { [machine] sig in
+            SignalWatcher.blockSignals()   // before any thread starts, so all inherit the mask
+            try machine.start()
+            let watcher = try SignalWatcher { [machine] sig in
                 machine.stop(reason: "received \(SignalWatcher.name(sig))")
             }
-            try machine.start()
+            defer { withExtendedLifetime(watcher) {} }
             let outcome = machine.wait()
             if getenv("VMM_STATS") != nil {
                 log.info("memory: \(MemoryStatistics.measure(guest: machine.memory))")
@@ -83,7 +85,7 @@ struct VMMCommand: ParsableCommand {
             status = outcome.exitStatus
         } catch {
             log.error("\(error)")
-            status = 1
+            status = MachineOutcome.error("").exitStatus
         }
         if status != 0 { throw ExitCode(status) }
     }

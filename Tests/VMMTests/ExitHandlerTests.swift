@@ -110,7 +110,7 @@ import Testing
         #expect(MachineOutcome.stopped(reason: "x").exitStatus == 0)
         #expect(MachineOutcome.debugExit(status: 1).exitStatus == 1)
         #expect(MachineOutcome.debugExit(status: 0x1FF).exitStatus == 0xFF)
-        #expect(MachineOutcome.error("x").exitStatus == 1)
-        #expect(MachineOutcome.halted.exitStatus == 1)
+        #expect(MachineOutcome.error("x").exitStatus == 2)
+        #expect(MachineOutcome.halted.exitStatus == 2)
     }
 }
