@@ -185,6 +185,18 @@ struct SyntheticBzImage {
         #expect(range.lowerBound == (0x3800_0000 - 5000) & ~0xFFF)
     }
 
+    @Test func largeGuestHasHighRAMAndKeepsTheInitrdLow() throws {
+        let mem = try Support.memory(6 << 30)
+        let r = try BootLoader.load(image: KernelImage(bytes: SyntheticBzImage().bytes, path: "bz"),
+                                    initrd: [UInt8](repeating: 9, count: 4096), memory: mem)
+        let range = try #require(r.initrdRange)
+        #expect(range == 0x7FFF_F000..<0x8000_0000) // initrd_addr_max 0x7FFFFFFF
+        #expect(try mem.read(UInt8.self, at: BootLayout.zeroPage + 0x1E8) == 4)
+        let high = BootLayout.zeroPage + 0x2D0 + 3 * 20
+        #expect(try mem.read(UInt64.self, at: high) == 0x1_0000_0000)
+        #expect(try mem.read(UInt64.self, at: high + 8) == (6 << 30) - PhysicalMap.pciHoleStart)
+    }
+
     @Test func tooLittleMemoryForInitSizeIsReported() throws {
         let mem = try Support.memory(16 << 20) // init_size 32 MiB from 16 MiB does not fit
         do {
@@ -203,6 +215,38 @@ struct SyntheticBzImage {
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         candidates.append(root.appendingPathComponent(".build/guests/debian/amd64/vmlinuz").path)
         return candidates.first { FileManager.default.isReadableFile(atPath: $0) }
+    }
+
+    /// The uncompressed Debian vmlinux (guests/debian/build.sh extracts it): a PVH ELF.
+    static var debianVmlinux: String? {
+        var candidates: [String] = []
+        if let cache = ProcessInfo.processInfo.environment["SWIFTVMM_GUEST_CACHE"] { candidates.append(cache + "/amd64/vmlinux") }
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        candidates.append(root.appendingPathComponent(".build/guests/debian/amd64/vmlinux").path)
+        return candidates.first { FileManager.default.isReadableFile(atPath: $0) }
+    }
+
+    @Test func debianVmlinuxLoadsAsPVH() throws {
+        guard let path = Self.debianVmlinux else {
+            print("SKIPPED debianVmlinuxLoadsAsPVH: no Debian vmlinux (run guests/debian/build.sh)")
+            return
+        }
+        let image = try KernelImage(path: path)
+        guard case let .elf(is64, pvh?) = image.format else {
+            Issue.record("\(path) should be an ELF64 with a PVH note, is \(image.format)")
+            return
+        }
+        #expect(is64)
+        let mem = try Support.memory(256 << 20)
+        let r = try BootLoader.load(image: image, initrd: [1, 2, 3], cmdline: "console=ttyS0", memory: mem, vcpus: 2)
+        #expect(r.entryMode == .protected32 && r.cpuState.regs.rip == pvh)
+        #expect(r.kernelRange.lowerBound == 0x100_0000)
+        let elf = try ELFImage(bytes: image.bytes, path: path)
+        // Every PT_LOAD landed at its physical address with its file bytes.
+        for seg in elf.segments where seg.fileSize >= 64 {
+            let off = Int(seg.fileOffset)
+            #expect(try Support.bytes(mem, seg.physicalAddress, 64) == Array(image.bytes[off..<(off + 64)]))
+        }
     }
 
     @Test func debianKernelHeader() throws {
