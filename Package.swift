@@ -28,6 +28,8 @@ let package = Package(
         .target(name: "Storage", dependencies: ["CZlib"]),
         // Test helper: writes to a qcow2 image until killed (crash-consistency test).
         .executableTarget(name: "StorageCrashWriter", dependencies: ["Storage"]),
+        // Benchmark driver for bench/storage-qcow2.sh.
+        .executableTarget(name: "StorageBench", dependencies: ["Storage"]),
         .target(name: "Devices", dependencies: [
             "GuestMemory", "Hypervisor", "Storage", .product(name: "Logging", package: "swift-log"),
         ]),

@@ -75,6 +75,11 @@ final class ImageFile: @unchecked Sendable {
         return ImageFile(path: path, fd: fd, readOnly: readOnly)
     }
 
+    /// Wraps an already open descriptor (passed from vmd); it is closed with the object.
+    static func adopt(fd: Int32, path: String, readOnly: Bool) -> ImageFile {
+        ImageFile(path: path, fd: fd, readOnly: readOnly)
+    }
+
     /// Creates a new file; fails if it exists (never overwrites a disk).
     static func create(_ path: String) throws -> ImageFile {
         let fd = Glibc.open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)

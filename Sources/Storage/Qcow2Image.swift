@@ -60,11 +60,23 @@ public final class Qcow2Image: DiskBackend, AllocationMapping, @unchecked Sendab
         try self.init(path: path, readOnly: readOnly, chain: [])
     }
 
+    /// Uses an already open descriptor (e.g. passed by vmd); the image owns and closes it.
+    /// A backing file is still opened by name, relative to `path`'s directory.
+    public convenience init(fileDescriptor: Int32, path: String, readOnly: Bool) throws {
+        try self.init(file: ImageFile.adopt(fd: fileDescriptor, path: path, readOnly: readOnly), chain: [])
+    }
+
     /// `chain` holds the canonical paths of the images above this one (loop detection).
-    init(path: String, readOnly: Bool, chain: [String]) throws {
+    convenience init(path: String, readOnly: Bool, chain: [String]) throws {
+        try self.init(file: ImageFile.open(path, readOnly: readOnly), chain: chain)
+    }
+
+    init(file: ImageFile, chain: [String]) throws {
+        let path = file.path
+        let readOnly = file.isReadOnly
         self.path = path
         self.isReadOnly = readOnly
-        file = try ImageFile.open(path, readOnly: readOnly)
+        self.file = file
         fileLength = try file.length()
         // The header and its extensions live in the first cluster.
         var first = try file.readBytes(count: 4096, at: 0)

@@ -20,6 +20,15 @@ public final class RawImage: DiskBackend, @unchecked Sendable {
         size = try file.length()
     }
 
+    /// Uses an already open descriptor (e.g. passed by vmd to a sandboxed VM process);
+    /// the image owns it from now on and closes it. `path` is used in messages only.
+    public init(fileDescriptor: Int32, path: String, readOnly: Bool) throws {
+        file = ImageFile.adopt(fd: fileDescriptor, path: path, readOnly: readOnly)
+        self.path = path
+        self.isReadOnly = readOnly
+        size = try file.length()
+    }
+
     /// Creates a sparse raw image of `size` bytes; fails if the file exists.
     @discardableResult
     public static func create(path: String, size: UInt64) throws -> RawImage {

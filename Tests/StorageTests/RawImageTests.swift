@@ -76,3 +76,20 @@ import Testing
         }
     }
 }
+
+@Suite struct DescriptorTests {
+    @Test func imagesOpenFromPassedDescriptors() throws {
+        let dir = TempDir()
+        try RawImage.create(path: dir.file("a.raw"), size: 1 << 20)
+        try Qcow2Image.create(path: dir.file("b.qcow2"), size: 2 << 20)
+        let rawFD = open(dir.file("a.raw"), O_RDWR)
+        let qFD = open(dir.file("b.qcow2"), O_RDWR)
+        let raw = try RawImage(fileDescriptor: rawFD, path: "disk0", readOnly: false)
+        let q = try Qcow2Image(fileDescriptor: qFD, path: dir.file("b.qcow2"), readOnly: false)
+        try raw.write([9, 9], at: 10)
+        try q.write([8, 8], at: 70_000)
+        #expect(raw.size == 1 << 20 && q.size == 2 << 20)
+        #expect(try RawImage(path: dir.file("a.raw")).read(2, at: 10) == [9, 9])
+        #expect(try Qcow2Image(path: dir.file("b.qcow2")).read(2, at: 70_000) == [8, 8])
+    }
+}
