@@ -1,1 +1,0 @@
-// X86Emulator: see docs/ARCHITECTURE.md.

@@ -1,0 +1,103 @@
+#!/bin/sh
+# Builds the Debian test guests for the software CPU (and anyone else):
+#   $CACHE/amd64/vmlinuz        Debian linux-image-amd64 kernel (bzImage)
+#   $CACHE/amd64/initramfs.cpio.gz  busybox initramfs that loads the virtio modules,
+#                                   prints SWIFTVMM-INIT-OK and powers off
+#   $CACHE/i386/...             the same for linux-image-686:i386 (with --i386)
+# CACHE defaults to .build/guests/debian (override with SWIFTVMM_GUEST_CACHE).
+# Needs: apt-get (packages are fetched with `apt-get download`, never installed),
+# dpkg-deb, cpio, gzip and busybox-static. Idempotent: re-running reuses the cache.
+set -eu
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+CACHE=${SWIFTVMM_GUEST_CACHE:-$ROOT/.build/guests/debian}
+ARCHES="amd64"
+for a in "$@"; do
+  case "$a" in
+    --i386) ARCHES="$ARCHES i386" ;;
+    --only-i386) ARCHES="i386" ;;
+    *) echo "usage: $0 [--i386|--only-i386]" >&2; exit 2 ;;
+  esac
+done
+
+MARKER="SWIFTVMM-INIT-OK"
+MODULES="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk failover net_failover virtio_net virtio-rng virtio_console"
+
+build_arch() {
+  arch=$1
+  case "$arch" in
+    amd64) meta=linux-image-amd64; pkgarch=amd64 ;;
+    i386) meta=linux-image-686; pkgarch=i386
+          if ! dpkg --print-foreign-architectures | grep -qx i386; then
+            if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO=sudo; fi
+            $SUDO dpkg --add-architecture i386
+            $SUDO apt-get update -qq
+          fi ;;
+  esac
+  out=$CACHE/$arch
+  if [ -f "$out/vmlinuz" ] && [ -f "$out/vmlinux" ] && [ -f "$out/initramfs.cpio.gz" ]; then
+    echo "$arch guest already built in $out"; return 0
+  fi
+  mkdir -p "$out/debs" "$out/root"
+  # The meta package depends on the versioned image package: resolve it.
+  image=$(apt-cache depends "$meta:$pkgarch" 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+  [ -n "$image" ] || { echo "cannot resolve the kernel package behind $meta:$pkgarch (run apt-get update)" >&2; exit 1; }
+  image=${image%%:*}
+  echo "fetching $image:$pkgarch"
+  (cd "$out/debs" && ls "$image"_*.deb >/dev/null 2>&1 || apt-get download "$image:$pkgarch")
+  rm -rf "$out/root"; mkdir -p "$out/root"
+  dpkg-deb -x "$out/debs/$image"_*.deb "$out/root"
+  kver=$(ls "$out/root/lib/modules" | head -1)
+  cp "$out/root/boot/vmlinuz-$kver" "$out/vmlinuz"
+  # The uncompressed kernel (ELF with a PVH entry note): skips the in-guest XZ
+  # decompression, which dominates boot time on the software CPU.
+  off=$(grep -abo "$(printf '\3757zXZ')" "$out/vmlinuz" | head -1 | cut -d: -f1)
+  if [ -n "$off" ]; then
+    tail -c +$((off + 1)) "$out/vmlinuz" | xz -dc > "$out/vmlinux" 2>/dev/null || true
+  fi
+  echo "$kver" > "$out/kernel-version"
+
+  # initramfs
+  ird=$out/initramfs
+  rm -rf "$ird"; mkdir -p "$ird/bin" "$ird/sbin" "$ird/proc" "$ird/sys" "$ird/dev" "$ird/lib/modules"
+  bb=$(command -v busybox || echo /bin/busybox)
+  if [ "$arch" = i386 ]; then
+    # A 64-bit busybox cannot run on an i386 kernel: use the i386 busybox-static.
+    (cd "$out/debs" && ls busybox-static_*_i386.deb >/dev/null 2>&1 || apt-get download busybox-static:i386)
+    mkdir -p "$out/bb"; dpkg-deb -x "$out/debs"/busybox-static_*_i386.deb "$out/bb"
+    bb=$out/bb/bin/busybox
+  fi
+  cp "$bb" "$ird/bin/busybox"
+  for m in $MODULES; do
+    f=$(find "$out/root/lib/modules/$kver" -name "$m.ko*" | head -1)
+    if [ -z "$f" ]; then
+      f=$(find "$out/root/lib/modules/$kver" -name "$(echo $m | tr - _).ko*" | head -1)
+    fi
+    [ -n "$f" ] || { echo "module $m not found in $image" >&2; exit 1; }
+    case "$f" in
+      *.ko.xz) xz -dc "$f" > "$ird/lib/modules/$m.ko" ;;
+      *.ko.zst) zstd -qdc "$f" > "$ird/lib/modules/$m.ko" ;;
+      *) cp "$f" "$ird/lib/modules/$m.ko" ;;
+    esac
+  done
+  cat > "$ird/init" <<INIT
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+echo "swiftvmm init: loading virtio modules"
+for m in $MODULES; do
+  insmod /lib/modules/\$m.ko 2>/dev/null && echo "loaded \$m" || echo "could not load \$m"
+done
+uname -a
+echo $MARKER
+poweroff -f
+INIT
+  chmod +x "$ird/init"
+  (cd "$ird" && find . | cpio -o -H newc --quiet | gzip -9 > "$out/initramfs.cpio.gz")
+  echo "built $out/vmlinuz ($kver) and $out/initramfs.cpio.gz"
+}
+
+for a in $ARCHES; do build_arch "$a"; done
