@@ -111,3 +111,26 @@ import Hypervisor
         #expect(throws: BootError.self) { try KernelImage(bytes: b, path: "short") }
     }
 }
+
+@Suite struct ELFEntryTests {
+    /// vmlinux-style: segments linked at a virtual address, loaded at p_paddr; an e_entry in
+    /// the virtual range is translated to the physical one.
+    @Test func virtualEntryIsTranslatedToPhysical() throws {
+        var b = ELFTests.elf64(paddr: 0x20_0000)
+        b.put(UInt64(0xFFFF_FFFF_8100_0008), at: 24)  // e_entry (virtual)
+        b.put(UInt64(0xFFFF_FFFF_8100_0000), at: 64 + 16) // p_vaddr
+        let elf = try ELFImage(bytes: b, path: "v")
+        #expect(elf.physicalEntry == 0x20_0008)
+        let mem = try Support.memory(16 << 20)
+        let r = try BootLoader.load(image: KernelImage(bytes: b, path: "v"), memory: mem)
+        #expect(r.cpuState.regs.rip == 0x20_0008)
+    }
+
+    @Test func unreadableInitrdIsNamed() throws {
+        let path = try Support.buildELF(haltKernelSource, bits: 64, name: "k")
+        let mem = try Support.memory()
+        #expect(throws: BootError.unreadableFile(path: "/nonexistent/initrd.img", reason: "No such file or directory")) {
+            try BootLoader.load(kernel: path, initrd: "/nonexistent/initrd.img", memory: mem)
+        }
+    }
+}

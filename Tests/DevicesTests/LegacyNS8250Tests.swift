@@ -193,3 +193,50 @@ struct NS8250Tests {
         #expect(h.r(0) == 1)
     }
 }
+
+struct NS8250TransmitBackpressureTests {
+    @Test func refusedBytesWaitInTheFIFOUntilTheHostIsReady() {
+        let irq = RecordingInterruptController()
+        let uart = NS8250(irq: IRQLine(controller: irq, gsi: 4))
+        var accepted: [UInt8] = []
+        var room = 2
+        uart.tryOutput = { b in
+            guard room > 0 else { return false }
+            room -= 1
+            accepted.append(b)
+            return true
+        }
+        uart.ioWrite(offset: 2, size: 1, value: 0x01) // FIFOs on
+        uart.ioWrite(offset: 4, size: 1, value: 0x08) // OUT2
+        uart.ioWrite(offset: 1, size: 1, value: 0x02) // THRI
+        _ = uart.ioRead(offset: 2, size: 1)           // consume the enable-time THRE
+        for b: UInt8 in [1, 2, 3, 4] { uart.ioWrite(offset: 0, size: 1, value: UInt32(b)) }
+        #expect(accepted == [1, 2])
+        #expect(uart.transmitPending == 2)
+        #expect(uart.ioRead(offset: 5, size: 1) & 0x60 == 0) // THRE and TEMT clear
+        #expect(irq.level(4) == false)
+        #expect(uart.ioRead(offset: 2, size: 1) & 0x0F == 0x01)
+        // Re-enabling THRI while the FIFO holds data does not fake an empty transmitter.
+        uart.ioWrite(offset: 1, size: 1, value: 0x00)
+        uart.ioWrite(offset: 1, size: 1, value: 0x02)
+        #expect(irq.level(4) == false)
+        room = 1
+        uart.transmitterReady()
+        #expect(accepted == [1, 2, 3])
+        #expect(irq.level(4) == false)
+        room = 10
+        uart.transmitterReady()
+        #expect(accepted == [1, 2, 3, 4])
+        #expect(uart.ioRead(offset: 5, size: 1) & 0x60 == 0x60)
+        #expect(irq.level(4) == true)
+        #expect(uart.ioRead(offset: 2, size: 1) & 0x0F == 0x02)
+        #expect(uart.bytesTransmitted == 4)
+        // FCR "clear transmit FIFO" drops waiting bytes and frees the transmitter.
+        room = 0
+        uart.ioWrite(offset: 0, size: 1, value: 9)
+        #expect(uart.transmitPending == 1)
+        uart.ioWrite(offset: 2, size: 1, value: 0x05)
+        #expect(uart.transmitPending == 0)
+        #expect(uart.ioRead(offset: 5, size: 1) & 0x20 != 0)
+    }
+}

@@ -22,7 +22,7 @@ struct CrashConsistencyTests {
         let dir = TempDir()
         let path = dir.file("crash.qcow2")
         // 512-byte clusters make refcount blocks and refcount table growth frequent.
-        try Qcow2Image.create(path: path, size: clusterSize == 512 ? 24 << 20 : 64 << 20, clusterSize: clusterSize)
+        try Qcow2Image.create(path: path, size: clusterSize == 512 ? 16 << 20 : 32 << 20, clusterSize: clusterSize)
         var rng = TestRandom(seed: UInt64(clusterSize))
         for round in 0..<6 {
             let process = Process()

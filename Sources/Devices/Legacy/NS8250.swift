@@ -6,7 +6,9 @@
 /// Model:
 /// - Transmission is instantaneous: a THR write hands the byte to `output` at once, so the
 ///   transmitter is always empty again (LSR THRE|TEMT) and the THRE interrupt re-arms after
-///   each write, exactly when Linux's 8250 driver expects it.
+///   each write, exactly when Linux's 8250 driver expects it. With `tryOutput` the host
+///   side may refuse bytes; they then wait in a 16-byte transmit FIFO (THRE clear) until
+///   `transmitterReady()`.
 /// - The receive FIFO holds 16 bytes (1 with FIFOs disabled). Input is pushed with
 ///   `receive(_:)`, which takes only what fits and returns the count; the VMM keeps the
 ///   rest and is called back through `onReceiveSpace` when the guest frees room
@@ -61,8 +63,13 @@ public final class NS8250: PortIODevice {
         public static let cts: UInt8 = 0x10, dsr: UInt8 = 0x20, ri: UInt8 = 0x40, dcd: UInt8 = 0x80
     }
 
-    /// Where transmitted bytes go (stdout, a pty: the VMM decides).
+    /// Where transmitted bytes go (stdout, a pty: the VMM decides). Always accepts.
     public var output: (UInt8) -> Void
+    /// Optional output with backpressure: returns false when the byte cannot be taken now
+    /// (a full pty nobody reads). Refused bytes wait in the 16-byte transmit FIFO, LSR
+    /// THRE/TEMT read clear and the guest waits; the VMM calls `transmitterReady()` when it
+    /// can take more. When set, it is used instead of `output`.
+    public var tryOutput: ((UInt8) -> Bool)?
     /// Called when the guest has read from a receive FIFO that earlier refused input.
     public var onReceiveSpace: (() -> Void)?
     /// Whether MCR OUT2 must be set for the IRQ to reach the interrupt controller (PC wiring).
@@ -83,6 +90,7 @@ public final class NS8250: PortIODevice {
     private var msrLines: UInt8 = MSR.dcd | MSR.dsr | MSR.cts
     private var thrInterruptPending = false
     private var rx: [UInt8] = []
+    private var tx: [UInt8] = []
     private var inputRefused = false
 
     /// Counters (for metrics).
@@ -133,7 +141,7 @@ public final class NS8250: PortIODevice {
     }
 
     private var lsr: UInt8 {
-        var v = lsrErrors | LSR.thre | LSR.temt
+        var v = lsrErrors | (tx.isEmpty ? LSR.thre | LSR.temt : 0)
         if !rx.isEmpty { v |= LSR.dataReady }
         return v
     }
@@ -234,7 +242,7 @@ public final class NS8250: PortIODevice {
                 let old = ier
                 ier = v & 0x0F
                 // Enabling the THRE interrupt while the transmitter is empty raises it.
-                if ier & IER.thre != 0 && old & IER.thre == 0 { thrInterruptPending = true }
+                if ier & IER.thre != 0 && old & IER.thre == 0 && tx.isEmpty { thrInterruptPending = true }
                 updateIRQ()
             }
         case 2:
@@ -244,7 +252,10 @@ public final class NS8250: PortIODevice {
             }
             if v & 1 != 0 {
                 if v & 0x02 != 0 { rx.removeAll(keepingCapacity: true) }
-                // 0x04 clears the transmit FIFO, which is always empty here.
+                if v & 0x04 != 0 && !tx.isEmpty {
+                    tx.removeAll(keepingCapacity: true)
+                    thrInterruptPending = true
+                }
                 fcr = v & 0xC1
             } else {
                 fcr = 0
@@ -283,6 +294,16 @@ public final class NS8250: PortIODevice {
     private func transmit(_ byte: UInt8) {
         if loopback {
             if rx.count < rxCapacity { rx.append(byte) } else { lsrErrors |= LSR.overrun }
+        } else if let tryOutput {
+            if tx.isEmpty && tryOutput(byte) {
+                bytesTransmitted &+= 1
+            } else {
+                // Held until `transmitterReady()`; a guest overfilling the FIFO loses bytes.
+                if tx.count < (fifoEnabled ? NS8250.fifoSize : 1) { tx.append(byte) }
+                thrInterruptPending = false
+                updateIRQ()
+                return
+            }
         } else {
             bytesTransmitted &+= 1
             output(byte)
@@ -294,6 +315,23 @@ public final class NS8250: PortIODevice {
         thrInterruptPending = true
         updateIRQ()
     }
+
+    /// The output can take bytes again (see `tryOutput`): drains the transmit FIFO and,
+    /// once it is empty, raises the THRE interrupt.
+    public func transmitterReady() {
+        guard !tx.isEmpty, let tryOutput else { return }
+        while let b = tx.first, tryOutput(b) {
+            tx.removeFirst()
+            bytesTransmitted &+= 1
+        }
+        if tx.isEmpty {
+            thrInterruptPending = true
+            updateIRQ()
+        }
+    }
+
+    /// Bytes waiting in the transmit FIFO (only with `tryOutput`).
+    public var transmitPending: Int { tx.count }
 }
 
 private extension Bool {
@@ -310,12 +348,13 @@ extension NS8250 {
         public var lsrErrors, msrDeltas: UInt8
         public var thrInterruptPending: Bool
         public var rx: [UInt8]
+        public var tx: [UInt8]
     }
 
     public func snapshot() -> Snapshot {
         Snapshot(ier: ier, lcr: lcr, mcr: mcr, fcr: fcr, scratch: scratch, divisor: divisor,
                  lsrErrors: lsrErrors, msrDeltas: msrDeltas, thrInterruptPending: thrInterruptPending,
-                 rx: rx)
+                 rx: rx, tx: tx)
     }
 
     /// Restores a snapshot (into a freshly built UART) and raises the IRQ line if an
@@ -325,6 +364,7 @@ extension NS8250 {
         divisor = s.divisor; lsrErrors = s.lsrErrors; msrDeltas = s.msrDeltas
         thrInterruptPending = s.thrInterruptPending
         rx = Array(s.rx.prefix(NS8250.fifoSize))
+        tx = Array(s.tx.prefix(NS8250.fifoSize))
         irqLevel = false
         updateIRQ()
     }
