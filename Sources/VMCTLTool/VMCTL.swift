@@ -13,7 +13,7 @@ struct VMCTL: ParsableCommand {
 
     static var commandList: [any ParsableCommand.Type] {
         [Start.self, Stop.self, Status.self, Console.self, Pause.self, Unpause.self, Wait.self,
-         Load.self, Reload.self, Reset.self, Log.self]
+         Load.self, Reload.self, Reset.self, Log.self, Create.self]
     }
 }
 

@@ -2,37 +2,113 @@ import Foundation
 import Testing
 import VMM
 
-/// Real boots through KVM: the `vmm` binary and the Machine API. Skipped (with a printed
-/// reason) when /dev/kvm is not usable.
-@Suite(.serialized) struct VMMBootTests {
-    static let virtioTestPath = Harness.guestDir.appendingPathComponent("virtio-test.elf").path
-
-    func virtioTestGuest() throws -> String {
-        try Harness.buildGuest(script: "build-virtio-test.sh", arguments: [Self.virtioTestPath])
+/// Real boots of the test guests (guests/, see guests/README.md) through KVM, via the `vmm`
+/// binary and via the Machine API. Skipped, with a printed reason, when /dev/kvm is not
+/// usable. A passing guest writes 0 to the debug-exit port: status (0 << 1) | 1 = 1.
+@Suite struct VMMBootTests {
+    func boot(_ guest: String, _ extra: [String] = [], timeout: Double = 60) throws -> Harness.RunResult {
+        let kernel = try Harness.testGuest(guest)
+        let r = try Harness.vmm(["-k", kernel, "-m", "64M", "--accel", "kvm"] + extra, timeout: timeout)
+        #expect(!r.timedOut, "\(guest) did not finish in \(timeout) s; output so far: \(r.stdout)")
+        #expect(!r.stdout.contains("FAIL"), "\(guest): \(r.stdout)")
+        return r
     }
 
-    @Test func aMultibootGuestPrintsAndExitsWithItsStatusThroughTheBinary() throws {
+    @Test func longModeGuestPassesEveryCheck() throws {
         if Harness.skipUnlessKVM() { return }
-        let kernel = try virtioTestGuest()
-        let r = try Harness.vmm(["-k", kernel, "-m", "64M", "--accel", "kvm", "-p", "hello-from-test"])
-        #expect(!r.timedOut)
-        // No virtio-blk is attached: the guest says so and exits with 1, status (1 << 1) | 1.
-        #expect(r.stdout.contains("virtio-test: start, cmdline '\(kernel) hello-from-test'"), "\(r.stdout)")
-        #expect(r.stdout.contains("virtio-test: FAIL"))
-        #expect(r.status == 3, "stderr: \(r.stderr)")
+        let r = try boot("longmode", ["-p", "marker-7e3"])
+        #expect(r.stdout.contains("longmode: hello from 64-bit long mode"))
+        #expect(r.stdout.contains("marker-7e3"), "the command line reaches the guest")
+        #expect(r.stdout.contains("string I/O: rep outsb reached the console"))
+        #expect(r.stdout.contains("SUMMARY: 8 tests, 0 failures"), "\(r.stdout)")
+        #expect(r.status == 1, "stderr: \(r.stderr)")
         #expect(r.stderr.contains("accelerator kvm"))
+        #expect(r.stderr.contains("debug-exit port with status 1"))
+    }
+
+    @Test func timerGuestGetsPITAndLAPICInterrupts() throws {
+        if Harness.skipUnlessKVM() { return }
+        let r = try boot("timer")
+        #expect(r.stdout.contains("SUMMARY: 3 tests, 0 failures"), "\(r.stdout)")
+        #expect(r.status == 1)
+    }
+
+    @Test(arguments: ["i386", "multiboot"])
+    func thirtyTwoBitGuestsPass(guest: String) throws {
+        if Harness.skipUnlessKVM() { return }
+        let r = try boot(guest)
+        #expect(r.stdout.contains("i386: hello from 32-bit protected mode"), "\(r.stdout)")
+        #expect(r.stdout.contains(guest == "multiboot" ? "SUMMARY: 7 tests, 0 failures" : "SUMMARY: 6 tests, 0 failures"),
+                "\(r.stdout)")
+        #expect(r.status == 1)
+    }
+
+    @Test(arguments: [2, 4])
+    func smpGuestStartsEveryVCPU(cpus: Int) throws {
+        if Harness.skipUnlessKVM() { return }
+        // 4 vCPUs on this 2-core host take a while (each AP start-up waits on the others).
+        let r = try boot("smp", ["-c", "\(cpus)"], timeout: 110)
+        #expect(r.stdout.contains("smp: \(cpus) CPU(s) online"), "\(r.stdout)")
+        #expect(r.stdout.contains("0 failures"))
+        #expect(r.status == 1)
+    }
+
+    @Test func aTripleFaultEndsTheRunWithAMessage() throws {
+        if Harness.skipUnlessKVM() { return }
+        let r = try boot("triplefault")
+        #expect(r.stdout.contains("triplefault: about to triple-fault"))
+        #expect(r.status == 0)
+        #expect(r.stderr.contains("guest reset") && r.stderr.contains("triple-fault"), "\(r.stderr)")
+    }
+
+    @Test func anI8042ResetEndsTheRunWithAMessage() throws {
+        if Harness.skipUnlessKVM() { return }
+        let r = try boot("reset")
+        #expect(r.stdout.contains("reset: resetting through the i8042"))
+        #expect(r.status == 0)
+        #expect(r.stderr.contains("i8042 reset line"), "\(r.stderr)")
     }
 
     @Test func theMachineAPIRunsAGuestAndCapturesItsConsole() throws {
         if Harness.skipUnlessKVM() { return }
-        let kernel = try virtioTestGuest()
+        let kernel = try Harness.testGuest("longmode")
         let capture = ConsoleCapture()
         let machine = try Machine(config: MachineConfig(kernelPath: kernel, cmdline: "api", memorySize: 32 << 20,
                                                         accelerator: .kvm, console: capture.sink))
-        #expect(machine.kernelKind == .multiboot)
+        #expect(machine.kernelKind == .elf)
+        #expect(machine.accelerator.backend == .kvm)
         let outcome = try machine.run()
-        #expect(outcome == .debugExit(status: 3))
-        #expect(capture.text.contains("virtio-test: start"))
+        #expect(outcome == .debugExit(status: 1))
+        #expect(capture.text.contains("SUMMARY: 8 tests, 0 failures"), "\(capture.text)")
         #expect(machine.devices.com1.bytesTransmitted == UInt64(capture.text.utf8.count))
+        #expect(machine.handler.ioExits.load(ordering: .relaxed) > 0)
+    }
+
+    @Test func pauseAndResumeARunningGuest() throws {
+        if Harness.skipUnlessKVM() { return }
+        let kernel = try Harness.testGuest("smp")
+        let capture = ConsoleCapture()
+        let machine = try Machine(config: MachineConfig(kernelPath: kernel, memorySize: 32 << 20, vcpus: 2,
+                                                        accelerator: .kvm, console: capture.sink))
+        try machine.start()
+        machine.pause()
+        #expect(machine.state == .paused)
+        let frozen = capture.text
+        usleep(200_000)
+        #expect(capture.text == frozen, "no output while paused")
+        machine.resume()
+        #expect(machine.state == .running || machine.state == .stopped)
+        #expect(machine.wait() == .debugExit(status: 1))
+        #expect(capture.text.contains("smp: 2 CPU(s) online"), "\(capture.text)")
+    }
+
+    @Test func stopEndsAGuestThatWouldRunForever() throws {
+        if Harness.skipUnlessKVM() { return }
+        let kernel = try Harness.testGuest("smp")
+        let machine = try Machine(config: MachineConfig(kernelPath: kernel, memorySize: 32 << 20, vcpus: 2,
+                                                        accelerator: .kvm, console: .none))
+        try machine.start()
+        machine.stop(reason: "test")
+        #expect(machine.wait() == .stopped(reason: "test"))
     }
 }

@@ -31,8 +31,25 @@ enum Harness {
         return false
     }
 
-    /// Where built guests go.
-    static let guestDir: URL = packageRoot.appendingPathComponent(".build/guests")
+    /// Where built guests go (our own directory: other suites build guests/ in parallel).
+    static let guestDir: URL = packageRoot.appendingPathComponent(".build/guests-vmm")
+
+    /// Builds the test guests (guests/Makefile) once per test process; returns the path of
+    /// `name`.elf.
+    static func testGuest(_ name: String) throws -> String {
+        buildLock.lock()
+        defer { buildLock.unlock() }
+        if !guestsBuilt {
+            let r = try run(["/usr/bin/make", "-s", "-C", packageRoot.appendingPathComponent("guests").path,
+                             "BUILD=\(guestDir.path)"], timeout: 300)
+            guard r.status == 0 else { throw HarnessError("make -C guests failed: \(r.stderr)") }
+            guestsBuilt = true
+        }
+        let path = guestDir.appendingPathComponent("\(name).elf").path
+        guard FileManager.default.fileExists(atPath: path) else { throw HarnessError("no guest \(path)") }
+        return path
+    }
+    nonisolated(unsafe) private static var guestsBuilt = false   // guarded by buildLock
 
     private static let buildLock = NSLock()
     nonisolated(unsafe) private static var built: [String: String] = [:]   // guarded by buildLock

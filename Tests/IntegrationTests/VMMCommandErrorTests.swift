@@ -36,8 +36,7 @@ import Testing
     }
 
     @Test func missingInitrd() throws {
-        let kernel = try Harness.buildGuest(script: "build-virtio-test.sh",
-                                            arguments: [Harness.guestDir.appendingPathComponent("virtio-test.elf").path])
+        let kernel = try Harness.testGuest("longmode")
         try expectOneLineError(["-k", kernel, "-i", "/no/initrd.img"], mentions: ["/no/initrd.img"])
     }
 }
