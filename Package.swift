@@ -11,6 +11,7 @@ let package = Package(
         .executable(name: "vmm", targets: ["VMMTool"]),
         .executable(name: "vmd", targets: ["VMDTool"]),
         .executable(name: "vmctl", targets: ["VMCTLTool"]),
+        .executable(name: "kvm-exit-bench", targets: ["KVMExitBench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -22,6 +23,8 @@ let package = Package(
         .target(name: "GuestMemory"),
         .target(name: "Hypervisor", dependencies: ["GuestMemory"]),
         .target(name: "KVM", dependencies: ["CKVM", "Hypervisor", "GuestMemory"]),
+        // Benchmark 8(a): exits/s through the KVM layer (bench/kvm-exits.sh).
+        .executableTarget(name: "KVMExitBench", dependencies: ["KVM", "Hypervisor", "GuestMemory"]),
         // The software CPU is optimized even in debug builds: an unoptimized interpreter is too
         // slow to boot Linux in the test suite (see docs/emulator.md).
         .target(name: "X86Emulator", dependencies: ["Hypervisor", "GuestMemory"],

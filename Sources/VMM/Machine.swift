@@ -25,6 +25,8 @@ public final class Machine: @unchecked Sendable {
     public let events = MachineEvents()
     public let console: Console
     public let devices: MachineDevices
+    /// The virtio functions (rng, disks, console) on the PCI host: MachineVirtio.swift.
+    public let virtio: VirtioMachineSet
     public let handler: ExitHandler
     public let runner: MachineRunner
     /// Where the loader put the kernel, initrd and firmware tables.
@@ -67,6 +69,8 @@ public final class Machine: @unchecked Sendable {
         console = try Console(sink: config.console)
         devices = try MachineMap.build(bus: bus, interrupts: backend.interrupts, events: events,
                                        console: console, memorySize: config.memorySize, vcpus: config.vcpus)
+        virtio = try Machine.attachVirtio(config: config, host: devices.pciHost, memory: memory,
+                                          interrupts: backend.interrupts, console: console, log: log)
         let boot: BootResult
         do {
             let initrd = try config.initrdPath.map { path in

@@ -32,6 +32,21 @@ import Testing
         #expect(rig.driver.common(0x18, 2) == 0)
     }
 
+    @Test func buffersPostedBeforeDriverOKRunAtDriverOK() throws {
+        let memory = try GuestMemory(size: 1 << 20)
+        let disk = MemoryDisk(size: 4096)
+        let device = VirtioPCIDevice(model: VirtioBlock(disk: disk), memory: memory, interrupts: RecordingInterruptController())
+        let driver = VirtioTestDriver(device: device, memory: memory)
+        driver.negotiate()
+        let q = driver.setupQueue(0)
+        let st = try driver.blockRequest(q, type: VirtioBlock.RequestType.flush, sector: 0)
+        driver.notify(q)
+        #expect(disk.flushCount == 0)          // the device consumes nothing before DRIVER_OK
+        driver.driverOK()
+        #expect(disk.flushCount == 1)
+        #expect(try memory.read(UInt8.self, at: st) == 0)
+    }
+
     @Test func pciConfigAccessWindowReachesTheCommonConfig() throws {
         let rig = try BlockRig()
         // Find the VIRTIO_PCI_CAP_PCI_CFG capability and read num_queues through it.

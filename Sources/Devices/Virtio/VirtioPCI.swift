@@ -401,6 +401,8 @@ public final class VirtioPCIDevice: PCIDevice, @unchecked Sendable {
         if becameOK {
             model.activate(features: driverFeatures)
             if let hook = onNotifyRegionsChanged { hook(notifyRegionsLocked()) }
+            // Buffers the driver made available (and notified) before DRIVER_OK.
+            for q in queues.indices { processLocked(queue: q) }
         }
     }
 

@@ -1,0 +1,30 @@
+import Devices
+import GuestMemory
+import Hypervisor
+import Logging
+import Storage
+
+// The virtio part of the machine (owned by the virtio area, docs/virtio.md): which virtio
+// functions a machine gets and from which settings. Called once from `Machine.init`, after
+// the machine map (which creates the PCI host) and before the boot loader (which writes the
+// PCI interrupt routing of the registered functions into the firmware tables).
+extension Machine {
+    /// virtio-rng on slot 2, one virtio-blk per disk (`-d`, raw or qcow2) on slots 3-6, and a
+    /// virtio-console on slot 7 whose output joins the machine console (Linux: console=hvc0).
+    static func attachVirtio(config: MachineConfig, host: PCIHost, memory: GuestMemory,
+                             interrupts: any InterruptController, console: Console,
+                             log: Logger) throws -> VirtioMachineSet {
+        var disks: [VirtioDiskSpec] = []
+        for (i, path) in config.diskPaths.enumerated() {
+            let backend: any DiskBackend
+            do {
+                backend = try DiskImage.open(path)
+            } catch {
+                throw VMMError.diskUnreadable(path: path, reason: "\(error)")
+            }
+            disks.append(VirtioDiskSpec(backend: backend, serial: "swiftvmm-disk\(i)"))
+        }
+        return try VirtioMachineSet(host: host, memory: memory, interrupts: interrupts, disks: disks,
+                                    entropy: true, consoleOutput: { console.write($0) }, logger: log)
+    }
+}
