@@ -13,15 +13,9 @@ vmm_release() {
 # and exits through the debug port. Override with BENCH_GUEST=path.
 bench_guest() {
     if [ -n "${BENCH_GUEST:-}" ]; then GUEST=$BENCH_GUEST; return; fi
-    local out="$root/.build/guests"
-    mkdir -p "$out"
-    if [ -x "$root/guests/build.sh" ]; then
-        "$root/guests/build.sh" "$out" >/dev/null
-    fi
-    for g in "$out/hello-pvh.elf" "$out/hello.elf" "$out/hello-multiboot.elf"; do
-        if [ -f "$g" ]; then GUEST=$g; return; fi
-    done
-    GUEST=$(sh "$root/guests/build-virtio-test.sh" "$out/virtio-test.elf")
+    local out="$root/.build/guests-bench"
+    make -s -C "$root/guests" BUILD="$out" >/dev/null
+    GUEST="$out/longmode.elf"   # PVH ELF64: prints its first line right after entering long mode
 }
 
 median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%.2f\n", (a[NR/2]+a[NR/2+1])/2}'; }

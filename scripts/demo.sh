@@ -9,21 +9,14 @@ export PATH=/opt/swift/usr/bin:$PATH
 cd "$root"
 swift build --product vmm >/dev/null
 vmm="$(swift build --show-bin-path)/vmm"
-out="$root/.build/guests"
+out="$root/.build/guests-demo"
 mkdir -p "$out"
 
 kernel=${DEMO_KERNEL:-}
 args=()
 if [ -z "$kernel" ]; then
-    if [ -x guests/build.sh ]; then
-        guests/build.sh "$out" >/dev/null
-        for g in longmode.elf hello.elf smp.elf; do
-            if [ -f "$out/$g" ]; then kernel="$out/$g"; break; fi
-        done
-    fi
-    if [ -z "$kernel" ]; then
-        kernel=$(sh guests/build-virtio-test.sh "$out/virtio-test.elf")
-    fi
+    make -s -C guests BUILD="$out" >/dev/null
+    kernel="$out/smp.elf"   # brings up every vCPU with INIT/SIPI, each reports on COM1
 fi
 [ -n "${DEMO_INITRD:-}" ] && args+=(-i "$DEMO_INITRD")
 [ -n "${DEMO_CMDLINE:-}" ] && args+=(-p "$DEMO_CMDLINE")

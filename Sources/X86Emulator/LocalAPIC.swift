@@ -45,6 +45,8 @@ public final class LocalAPIC: @unchecked Sendable {
     var tpr: UInt32 = 0
     var svr: UInt32 = 0xFF
     var irr = [UInt32](repeating: 0, count: 8)
+    /// True when some IRR bit may be set (cheap test for the per-instruction poll).
+    var irrAny = false
     var isr = [UInt32](repeating: 0, count: 8)
     var tmr = [UInt32](repeating: 0, count: 8)
     var ldr: UInt32 = 0
@@ -86,6 +88,7 @@ public final class LocalAPIC: @unchecked Sendable {
     func reset() {
         tpr = 0; svr = 0xFF
         for i in 0..<8 { irr[i] = 0; isr[i] = 0; tmr[i] = 0 }
+        irrAny = false
         ldr = 0; dfr = 0xFFFF_FFFF; esr = 0; icrLow = 0; icrHigh = 0
         lvtTimer = 0x10000; lvtThermal = 0x10000; lvtPerf = 0x10000; lvtError = 0x10000; lvtCMCI = 0x10000
         // As KVM does: the BSP's LINT0 starts in ExtINT mode so the PIC works before the
@@ -160,7 +163,9 @@ public final class LocalAPIC: @unchecked Sendable {
 
     /// The vector the APIC would deliver now, if any.
     func deliverableVector() -> UInt8? {
+        if !irrAny { return nil }
         let v = LocalAPIC.highest(irr)
+        if v < 0 { irrAny = false; return nil }
         if v < 16 { return nil }
         if UInt32(v) & 0xF0 <= ppr & 0xF0 { return nil }
         return UInt8(v)
@@ -175,6 +180,7 @@ public final class LocalAPIC: @unchecked Sendable {
     func setIRR(_ v: UInt8, level: Bool) {
         let w = Int(v >> 5), b = UInt32(1) << UInt32(v & 31)
         irr[w] |= b
+        irrAny = true
         if level { tmr[w] |= b } else { tmr[w] &= ~b }
     }
 

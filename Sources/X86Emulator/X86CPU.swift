@@ -175,6 +175,8 @@ public final class X86CPU {
     // The page instructions are fetched from.
     var fetchPage: UInt64 = .max
     var fetchHost: UnsafeMutableRawPointer? = nil
+    /// The bytes of the instruction being decoded, when they lie in one RAM page.
+    var insnBytes: UnsafeMutableRawPointer? = nil
 
     /// Retired instructions (for benchmarks and timer polling).
     public internal(set) var instructions: UInt64 = 0
@@ -765,6 +767,7 @@ extension X86CPU {
     // MARK: instruction fetch
 
     @inline(__always) func fetch8(_ offset: Int) throws(X86Fault) -> UInt8 {
+        if let p = insnBytes { return p.load(fromByteOffset: offset, as: UInt8.self) }
         let ip = (rip &+ UInt64(offset)) & ipMask
         let la = (segBase(SReg.cs) &+ ip) & linearMask
         let page = la & ~0xFFF
@@ -913,6 +916,16 @@ extension X86CPU {
     /// Decodes the instruction at CS:RIP into `d`.
     @inline(__always)
     func decode() throws(X86Fault) {
+        // When the whole (at most 15-byte) instruction lies in the current fetch page, read
+        // its bytes straight from the host page.
+        insnBytes = nil
+        let startLA = (segBase(SReg.cs) &+ (rip & ipMask)) & linearMask
+        if startLA & 0xFFF <= 4096 - 15 {
+            if startLA & ~0xFFF != fetchPage { _ = try fetchSlow(startLA) }
+            if let h = fetchHost, mode64 || (rip & ipMask) &+ 15 <= ipMask {
+                insnBytes = h + Int(startLA & 0xFFF)
+            }
+        }
         var n = 0
         var b = try fetch8(0)
         var has66 = false, has67 = false
@@ -2659,6 +2672,7 @@ extension X86CPU {
         let box = apic.drainInbox()
         for w in 0..<8 where box.irr[w] != 0 {
             apic.irr[w] |= box.irr[w]
+            apic.irrAny = true
             apic.tmr[w] = (apic.tmr[w] & ~box.irr[w]) | (box.levelTriggered[w] & box.irr[w])
         }
         if box.nmi { nmiPending = true }

@@ -103,6 +103,9 @@ final class LinuxBootHarness: APICMessageSink, ExternalInterruptSource, EOIListe
             case .interrupted:
                 markerCheck += 1
                 if markerCheck % 16 == 0 {
+                    if markerCheck % 2048 == 0, let path = ProcessInfo.processInfo.environment["SWIFTVMM_BOOT_LOG"] {
+                        try? consoleText.write(toFile: path, atomically: true, encoding: .utf8)
+                    }
                     if consoleText.contains(marker) { return .marker }
                     if Date() > deadline { return .timeout }
                 }
