@@ -65,9 +65,14 @@ import VMM
         #expect(loop.notifiesViaEventFD > 0)
         // Reads, writes, flush, bounds check and rng: at least 5 requests were kicked.
         #expect(loop.notifiesViaEventFD >= 5)
-        // The test guest polls the used ring (MSI-X stays disabled), so the irqfd path is
-        // set up but not exercised here.
-        #expect(machine.msiRouter != nil)
+        // The test guest polls the used ring (MSI-X stays disabled), so drive the router
+        // directly: a message gets a GSI route + irqfd (no KVM_SIGNAL_MSI fallback), and a
+        // repeat of the same message reuses it.
+        let router = try #require(machine.msiRouter)
+        #expect(router.interruptsViaIRQFD == 0)
+        router.signalMSI(address: 0xFEE0_0000, data: 0x41)
+        router.signalMSI(address: 0xFEE0_0000, data: 0x41)
+        #expect(router.interruptsViaIRQFD == 2)
     }
 }
 
