@@ -28,6 +28,10 @@ public final class Machine: @unchecked Sendable {
     public let devices: MachineDevices
     /// The virtio functions (rng, disks, console) on the PCI host: MachineVirtio.swift.
     public let virtio: VirtioMachineSet
+    /// KVM only: the event thread serving virtio notifies through ioeventfds, and the
+    /// irqfd-based MSI path (VirtioEventLoop.swift); nil on other backends or when unavailable.
+    public let virtioEventLoop: VirtioEventLoop?
+    public let msiRouter: MSIRouter?
     public let handler: ExitHandler
     public let runner: MachineRunner
     /// Where the loader put the kernel, initrd and firmware tables.
@@ -74,8 +78,12 @@ public final class Machine: @unchecked Sendable {
         devices = try MachineMap.build(bus: bus, interrupts: backend.interrupts, events: events,
                                        console: console, memorySize: config.memorySize, vcpus: config.vcpus,
                                        userspaceIRQChip: emulatorVM.map { _ in UserspaceIRQChip() })
+        let fast = Machine.virtioFastPaths(backend: backend, log: log)
+        msiRouter = fast.router
+        virtioEventLoop = fast.loop
         virtio = try Machine.attachVirtio(config: config, host: devices.pciHost, memory: memory,
-                                          interrupts: backend.interrupts, console: console, log: log)
+                                          interrupts: fast.router ?? backend.interrupts, console: console, log: log)
+        fast.loop?.attach(virtio.all)
         let boot: BootResult
         do {
             let initrd = try config.initrdPath.map { path in
@@ -137,6 +145,7 @@ public final class Machine: @unchecked Sendable {
     public func start() throws {
         // vCPUs first: the guest's first instruction should not wait for helper threads.
         try runner.start()
+        try virtioEventLoop?.start()
         let lock = deviceLock, devices = self.devices, events = self.events
         // MachineDevices is @unchecked Sendable: its chips are touched only under the lock.
         // The same thread polls the PIT when it is ours (software CPU).
@@ -174,6 +183,7 @@ public final class Machine: @unchecked Sendable {
         console.close()
         rtcTimer?.stop()
         rtcTimer = nil
+        virtioEventLoop?.stop()
         return outcome
     }
 

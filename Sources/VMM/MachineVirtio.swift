@@ -1,6 +1,7 @@
 import Devices
 import GuestMemory
 import Hypervisor
+import KVM
 import Logging
 import Storage
 
@@ -26,5 +27,21 @@ extension Machine {
         }
         return try VirtioMachineSet(host: host, memory: memory, interrupts: interrupts, disks: disks,
                                     entropy: true, consoleOutput: { console.write($0) }, logger: log)
+    }
+
+    /// On KVM: the irqfd MSI router and the ioeventfd event loop (VirtioEventLoop.swift).
+    /// Either is nil when the backend is not KVM or the loop cannot be created; the devices
+    /// then use MMIO exits and `signalMSI`.
+    static func virtioFastPaths(backend: any VirtualMachineBackend,
+                                log: Logger) -> (router: MSIRouter?, loop: VirtioEventLoop?) {
+        guard let vm = backend as? KVMVirtualMachine else { return (nil, nil) }
+        let loop: VirtioEventLoop?
+        do {
+            loop = try VirtioEventLoop(vm: vm, log: log)
+        } catch {
+            log.warning("virtio notifies use MMIO exits: \(error)")
+            loop = nil
+        }
+        return (MSIRouter(vm: vm, log: log), loop)
     }
 }
