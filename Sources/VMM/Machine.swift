@@ -6,6 +6,7 @@ import Devices
 import GuestMemory
 import Hypervisor
 import KVM
+import X86Emulator
 import Logging
 
 /// One virtual machine built from a `MachineConfig`: guest RAM, the backend (KVM or the
@@ -37,6 +38,8 @@ public final class Machine: @unchecked Sendable {
     public let bootResult: BootResult
     private let log: Logger
     private var rtcTimer: DeviceTimer?
+    /// The software CPU's interrupt glue (nil on KVM): MachineEmulator.swift.
+    let emulatorGlue: EmulatorMachineGlue?
 
     /// The console's pty path when the console is `.pty`.
     public var consolePath: String? { console.path }
@@ -71,8 +74,10 @@ public final class Machine: @unchecked Sendable {
         memory = try GuestMemory(layout: PhysicalMap.ramLayout(ramSize: config.memorySize))
         backend = try (backendFactory ?? Machine.defaultBackend)(memory, config, accelerator)
         console = try Console(sink: config.console)
+        let emulatorVM = backend as? EmulatorVirtualMachine
         devices = try MachineMap.build(bus: bus, interrupts: backend.interrupts, events: events,
-                                       console: console, memorySize: config.memorySize, vcpus: config.vcpus)
+                                       console: console, memorySize: config.memorySize, vcpus: config.vcpus,
+                                       userspaceIRQChip: emulatorVM.map { _ in UserspaceIRQChip() })
         let fast = Machine.virtioFastPaths(backend: backend, log: log)
         msiRouter = fast.router
         virtioEventLoop = fast.loop
@@ -99,12 +104,17 @@ public final class Machine: @unchecked Sendable {
         for i in 0..<config.vcpus {
             vcpus.append(try backend.createVCPU(index: i, startState: i == 0 ? .runnable : .waitingForSIPI))
         }
+        if let vm = emulatorVM, let chip = devices.irqChip {
+            emulatorGlue = EmulatorMachineGlue(vm: vm, chip: chip, deviceLock: deviceLock)
+        } else {
+            emulatorGlue = nil
+        }
         handler = ExitHandler(bus: bus, deviceLock: deviceLock, events: events)
         runner = MachineRunner(vcpus: vcpus, handler: handler, initialStates: entry.map { [0: $0] } ?? [:])
     }
 
     /// Whether this build has the software CPU backend.
-    public static let emulatorAvailable = false
+    public static let emulatorAvailable = true
 
     static func defaultBackend(memory: GuestMemory, config: MachineConfig,
                                choice: AcceleratorChoice) throws -> any VirtualMachineBackend {
@@ -122,7 +132,7 @@ public final class Machine: @unchecked Sendable {
                 throw VMMError.machine("cannot create the KVM virtual machine: \(error)")
             }
         case .emulator:
-            throw VMMError.acceleratorUnavailable("the software CPU (--accel emulator) is not available in this build yet; use --accel kvm")
+            return EmulatorMachineGlue.makeBackend(memory: memory)
         }
     }
 
@@ -138,8 +148,18 @@ public final class Machine: @unchecked Sendable {
         try virtioEventLoop?.start()
         let lock = deviceLock, devices = self.devices, events = self.events
         // MachineDevices is @unchecked Sendable: its chips are touched only under the lock.
+        // The same thread polls the PIT when it is ours (software CPU).
         let timer = try DeviceTimer(lock: lock, clock: .host, name: "rtc-timer",
-                                    deadline: { devices.rtc.nextDeadline() }, fire: { devices.rtc.poll() })
+                                    deadline: {
+                                        let r = devices.rtc.nextDeadline(), p = devices.pit?.nextDeadline()
+                                        guard let r else { return p }
+                                        return p.map { min($0, r) } ?? r
+                                    },
+                                    fire: {
+                                        let now = DeviceClock.host.monotonicNanoseconds()
+                                        if let d = devices.rtc.nextDeadline(), d <= now { devices.rtc.poll() }
+                                        if let pit = devices.pit, let d = pit.nextDeadline(), d <= now { pit.poll() }
+                                    })
         rtcTimer = timer
         devices.rtcWritten.action = { [weak timer] in timer?.wake() }
         try console.startInput(deliver: { bytes in

@@ -12,7 +12,11 @@ public final class MachineDevices: @unchecked Sendable {
     public let debugExit: DebugExit
     public let acpiPM: ACPIPMBlock
     public let post: POSTCodeSink
-    /// Runs after every guest write to the RTC (the machine re-arms its device timer).
+    /// The user-space 8259 pair + IOAPIC and the 8254 PIT: only on the software CPU
+    /// (KVM has them in-kernel). See MachineEmulator.swift.
+    public let irqChip: UserspaceIRQChip?
+    public let pit: I8254?
+    /// Runs after every guest write to the RTC or the PIT (the machine re-arms its device timer).
     let rtcWritten: Notifier
 
     /// Console input not yet taken by COM1's receive FIFO (bounded).
@@ -20,8 +24,10 @@ public final class MachineDevices: @unchecked Sendable {
     static let pendingInputLimit = 64 * 1024
 
     init(com1: NS8250, keyboardController: I8042, rtc: MC146818, pciHost: PCIHost,
-         debugExit: DebugExit, acpiPM: ACPIPMBlock, post: POSTCodeSink, rtcWritten: Notifier) {
+         debugExit: DebugExit, acpiPM: ACPIPMBlock, post: POSTCodeSink, rtcWritten: Notifier,
+         irqChip: UserspaceIRQChip? = nil, pit: I8254? = nil) {
         self.rtcWritten = rtcWritten
+        self.irqChip = irqChip; self.pit = pit
         self.com1 = com1; self.keyboardController = keyboardController; self.rtc = rtc
         self.pciHost = pciHost; self.debugExit = debugExit; self.acpiPM = acpiPM; self.post = post
         com1.onReceiveSpace = { [weak self] in self?.flushInput() }
@@ -51,6 +57,7 @@ public final class MachineDevices: @unchecked Sendable {
 /// reach through the bus is created and mapped in `build` and nowhere else:
 ///
 ///     port 0x0020-0x0021, 0x00a0-0x00a1   i8259 PICs            in-kernel (KVM irqchip)
+///     port 0x04d0-0x04d1                  i8259 ELCR            in-kernel (KVM irqchip)
 ///     port 0x0040-0x0043, 0x0061          i8254 PIT, port B     in-kernel (KVM PIT)
 ///     port 0x0060, 0x0064                 I8042 keyboard controller, IRQ 1/12 (reset line)
 ///     port 0x0070-0x0071                  MC146818 RTC/CMOS, IRQ 8
@@ -65,6 +72,9 @@ public final class MachineDevices: @unchecked Sendable {
 ///     MMIO 0xfec00000                     IOAPIC                in-kernel (KVM irqchip)
 ///     MMIO 0xfee00000                     LAPIC                 in-kernel
 ///
+/// "in-kernel" devices are mapped here (as `UserspaceIRQChip` and `I8254`) only when the
+/// caller passes `userspaceIRQChip` (the software CPU; its LAPIC lives in the emulator).
+///
 /// Interrupts: ISA IRQ n is GSI n (PIC pin n and IOAPIC pin n; the PIT's IRQ 0 arrives at
 /// IOAPIC pin 2); PCI INTx lines PIRQA-D are GSIs 16-19 (PCIInterruptRouting.ioapic).
 public enum MachineMap {
@@ -74,8 +84,21 @@ public enum MachineMap {
     /// power off, debug exit) to `events`; COM1 output goes to `console`.
     public static func build(bus: IOBus, interrupts: any InterruptController, events: MachineEvents,
                              console: Console, memorySize: UInt64, vcpus: Int,
-                             clock: DeviceClock = .host) throws -> MachineDevices {
+                             clock: DeviceClock = .host,
+                             userspaceIRQChip: UserspaceIRQChip? = nil) throws -> MachineDevices {
         func irq(_ gsi: UInt32) -> IRQLine { IRQLine(controller: interrupts, gsi: gsi) }
+        let timerWritten = Notifier()
+
+        var pit: I8254?
+        if let chip = userspaceIRQChip {
+            try chip.pic.map(on: bus)
+            try chip.ioapic.map(on: bus)
+            let p = I8254(irq: irq(0), clock: clock)
+            try bus.mapPorts(WriteNotifyingPorts(p.counterPorts) { timerWritten.action?() }, name: "pit",
+                             base: I8254.basePort, count: 4)
+            try bus.mapPorts(p.portB, name: "port b", base: I8254.portBAddress, count: 1)
+            pit = p
+        }
 
         let com1 = NS8250(irq: irq(NS8250.com1.irq), output: { console.write($0) })
         try bus.mapPorts(com1, name: "com1", base: NS8250.com1.base, count: NS8250.portCount)
@@ -85,7 +108,7 @@ public enum MachineMap {
         try kbc.map(on: bus)
 
         let rtc = MC146818(ramSize: memorySize, cpus: vcpus, irq: irq(MC146818.irq), clock: clock)
-        let rtcWritten = Notifier()
+        let rtcWritten = timerWritten
         try bus.mapPorts(WriteNotifyingPorts(rtc) { rtcWritten.action?() }, name: "rtc",
                          base: MC146818.basePort, count: MC146818.portCount)
 
@@ -107,7 +130,8 @@ public enum MachineMap {
         try bus.mapPorts(pci, name: "pci", base: PCIHost.basePort, count: PCIHost.portCount)
 
         return MachineDevices(com1: com1, keyboardController: kbc, rtc: rtc, pciHost: pci,
-                              debugExit: debugExit, acpiPM: pm, post: post, rtcWritten: rtcWritten)
+                              debugExit: debugExit, acpiPM: pm, post: post, rtcWritten: rtcWritten,
+                              irqChip: userspaceIRQChip, pit: pit)
     }
 }
 
