@@ -63,23 +63,12 @@ import VMM
     }
 
     @Test func virtioGuestReadsAndWritesARawDisk() throws {
-        let kernel = try Harness.buildGuest(script: "build-virtio-test.sh", arguments: [VirtioGuestTests.kernelPath])
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("emu-virtio-guest-\(getpid())")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: dir) }
-        var image = [UInt8](repeating: 0, count: 1 << 20)
-        let marker = Array("HOST-MARKER-SECTOR-ZERO".utf8)
-        image.replaceSubrange(0..<marker.count, with: marker)
-        let disk = dir.appendingPathComponent("disk.img").path
-        try Data(image).write(to: URL(fileURLWithPath: disk))
-        let r = try Harness.vmm(["-k", kernel, "-m", "64M", "--accel", "emulator", "-p", "test", "-d", disk], timeout: 20)
-        let log = r.stdout.replacingOccurrences(of: "\r", with: "")
+        let (r, log, _, after) = try VirtioGuestTests.runDiskGuest(accel: "emulator", timeout: 20)
         #expect(!r.timedOut)
         #expect(r.status == 1, "stdout:\n\(log)\nstderr:\n\(r.stderr)")
         #expect(log.contains("sector0: HOST-MARKER-SECTOR-ZERO"))
         #expect(log.contains("write-readback-ok"))
         #expect(log.contains("virtio-test: PASS"))
-        let after = try [UInt8](Data(contentsOf: URL(fileURLWithPath: disk)))
         #expect(Array(after[512..<528]) == Array("GUEST-WROTE-THIS".utf8))
     }
 

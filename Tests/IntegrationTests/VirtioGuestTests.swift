@@ -8,10 +8,12 @@ import VMM
 @Suite(.serialized) struct VirtioGuestTests {
     static let kernelPath = Harness.guestDir.appendingPathComponent("virtio-test.elf").path
 
-    @Test func guestReadsAndWritesARawDiskThroughVirtioBlk() throws {
-        if Harness.skipUnlessKVM() { return }
-        let kernel = try Harness.buildGuest(script: "build-virtio-test.sh", arguments: [Self.kernelPath])
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("virtio-guest-\(getpid())")
+    /// Boots the virtio test guest with a 1 MiB raw disk whose sector 0 holds a host marker;
+    /// returns the run, its console (CRs dropped), the disk as written and the disk afterwards.
+    static func runDiskGuest(accel: String, timeout: Double = 30) throws
+        -> (r: Harness.RunResult, log: String, image: [UInt8], after: [UInt8]) {
+        let kernel = try Harness.buildGuest(script: "build-virtio-test.sh", arguments: [kernelPath])
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("virtio-guest-\(accel)-\(getpid())")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
         var image = [UInt8](repeating: 0, count: 1 << 20)
@@ -19,9 +21,15 @@ import VMM
         image.replaceSubrange(0..<marker.count, with: marker)
         let disk = dir.appendingPathComponent("disk.img").path
         try Data(image).write(to: URL(fileURLWithPath: disk))
+        let r = try Harness.vmm(["-k", kernel, "-m", "64M", "--accel", accel, "-p", "test", "-d", disk], timeout: timeout)
+        let after = try [UInt8](Data(contentsOf: URL(fileURLWithPath: disk)))
+        return (r, r.stdout.replacingOccurrences(of: "\r", with: ""), image, after)
+    }
 
-        let r = try Harness.vmm(["-k", kernel, "-m", "64M", "--accel", "kvm", "-p", "test", "-d", disk])
-        let log = r.stdout.replacingOccurrences(of: "\r", with: "")
+    @Test func guestReadsAndWritesARawDiskThroughVirtioBlk() throws {
+        if Harness.skipUnlessKVM() { return }
+        let (r, log, image, after) = try Self.runDiskGuest(accel: "kvm")
+        let marker = Array("HOST-MARKER-SECTOR-ZERO".utf8)
         #expect(!r.timedOut)
         #expect(r.status == 1, "stdout:\n\(log)\nstderr:\n\(r.stderr)")     // debug exit 0 -> (0 << 1) | 1
         #expect(log.contains("capacity 2048 sectors"))
@@ -34,7 +42,6 @@ import VMM
         #expect(log.contains("virtio-test: PASS"))
 
         // What the guest wrote is in the file: sectors 1-2 hold the marker and the pattern.
-        let after = try [UInt8](Data(contentsOf: URL(fileURLWithPath: disk)))
         #expect(after.count == image.count)
         #expect(Array(after[512..<528]) == Array("GUEST-WROTE-THIS".utf8))
         #expect((16..<1024).allSatisfy { after[512 + $0] == UInt8(truncatingIfNeeded: $0 * 13 + 7) })
