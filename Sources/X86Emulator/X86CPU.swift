@@ -147,7 +147,7 @@ public final class X86CPU {
     public internal(set) var shutdownReason: String?
     public let apic: LocalAPIC
     /// Where ExtINT (PIC) vectors come from; set by the VMM (nil: no PIC).
-    public var extInt: (any ExternalInterruptSource)?
+    public var extInt: (any ExternalInterruptSource)? { didSet { extINTPending = true } }
 
     // Exits
     var pendingExits: [PendingExit] = []
@@ -2738,8 +2738,8 @@ extension X86CPU {
         }
         // LINT0 first: once the guest masks it (IOAPIC mode) ExtINT stays pending without
         // touching the PIC object (no reference counting on the per-instruction path).
-        if extINTPending, lint0AcceptsPIC, let pic = extInt {
-            if pic.hasPendingInterrupt() {
+        if extINTPending, lint0AcceptsPIC {
+            if let pic = extInt, pic.hasPendingInterrupt() {
                 let v = pic.acknowledgeInterrupt()
                 halted = false
                 raiseInterrupt(v)
@@ -2748,6 +2748,11 @@ extension X86CPU {
             extINTPending = false
         }
         return false
+    }
+
+    /// `extINTPending && lint0AcceptsPIC` from stored fields only (the per-instruction check).
+    @inline(__always) var picMayInterrupt: Bool {
+        extINTPending && (apic.baseMSR & (1 << 11) == 0 || apic.lvtLint0 & 0x1_0700 == 0x700)
     }
 
     var lint0AcceptsPIC: Bool {
@@ -2790,7 +2795,7 @@ extension X86CPU {
             timerCountdown &-= 1
             // Poll only when something could be delivered: an IRR bit or a PIC that may
             // have a vector (with IF=1), an NMI, or mail from other threads.
-            if (interruptsEnabled && (apic.irrAny || extINTPending)) || nmiPending || apic.inboxFlag.load(ordering: .relaxed) {
+            if (interruptsEnabled && (apic.irrAny || picMayInterrupt)) || nmiPending || apic.inboxFlag.load(ordering: .relaxed) {
                 _ = pollInterrupts()
             }
             if shutdownReason != nil { return .shutdown }
