@@ -27,7 +27,7 @@ extension Machine {
             } catch {
                 throw VMMError.diskUnreadable(path: path, reason: "\(error)")
             }
-            disks.append(VirtioDiskSpec(backend: backend, serial: "swiftvmm-disk\(i)"))
+            disks.append(VirtioDiskSpec(backend: backend, readOnly: backend.isReadOnly, serial: "swiftvmm-disk\(i)"))
         }
         return try VirtioMachineSet(host: host, memory: memory, interrupts: interrupts, disks: disks,
                                     entropy: true, consoleOutput: { console.write($0) }, logger: log)
