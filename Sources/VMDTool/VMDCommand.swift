@@ -32,6 +32,9 @@ struct VMDCommand: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Control socket (default $VMD_SOCKET or /var/run/vmd.sock).", valueName: "path"))
     var socket: String?
 
+    @Option(name: .customLong("vm-user"), help: ArgumentHelp("When vmd runs as root, the user VM processes become once they hold their files (default: _vmd, vmd or nobody, the first that exists).", valueName: "user"))
+    var vmUser: String?
+
     @Flag(name: .customLong("fake-vms"), help: ArgumentHelp("Run stand-in guests instead of machines (tests).", visibility: .hidden))
     var fakeVMs = false
 
@@ -46,10 +49,13 @@ struct VMDCommand: ParsableCommand {
             }
             macros[k] = v
         }
+        if let vmUser, getpwnam(vmUser) == nil {
+            throw ValidationError("--vm-user \(vmUser): no such user")
+        }
         let options = DaemonOptions(
             configPath: file, macros: macros,
             socketPath: socket ?? ProcessInfo.processInfo.environment["VMD_SOCKET"] ?? ControlProtocol.defaultSocketPath,
-            fakeVMs: fakeVMs, verbose: verbose)
+            fakeVMs: fakeVMs, verbose: verbose, vmUser: vmUser)
 
         if checkOnly {
             do {

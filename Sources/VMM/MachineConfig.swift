@@ -38,6 +38,9 @@ public struct MachineConfig: Sendable {
     public var diskPaths: [String]
     public var accelerator: Accelerator
     public var console: ConsoleSink
+    /// Set by vmd's VM process: the guest files as descriptors, so the machine opens none
+    /// by name (PassedFiles.swift). nil: the paths above are opened (`vmm`).
+    public var passedFiles: PassedFiles? = nil
 
     public static let defaultMemorySize: UInt64 = 512 << 20
     public static let minimumMemorySize: UInt64 = 4 << 20

@@ -19,11 +19,15 @@ extension Machine {
         for (i, path) in config.diskPaths.enumerated() {
             let backend: any DiskBackend
             do {
-                backend = try DiskImage.open(path)
+                if let chain = config.passedFiles?.disks[i] {
+                    backend = try DiskImage.open(chain: chain)
+                } else {
+                    backend = try DiskImage.open(path)
+                }
             } catch {
                 throw VMMError.diskUnreadable(path: path, reason: "\(error)")
             }
-            disks.append(VirtioDiskSpec(backend: backend, serial: "swiftvmm-disk\(i)"))
+            disks.append(VirtioDiskSpec(backend: backend, readOnly: backend.isReadOnly, serial: "swiftvmm-disk\(i)"))
         }
         return try VirtioMachineSet(host: host, memory: memory, interrupts: interrupts, disks: disks,
                                     entropy: true, consoleOutput: { console.write($0) }, logger: log)
