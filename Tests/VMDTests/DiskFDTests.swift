@@ -156,8 +156,11 @@ import Testing
             // Its console still works, and vmd still controls it.
             #expect(try d.vmctl("pause", "held").status == 0)
             #expect(try d.vmctl("unpause", "held").status == 0)
-            let stop = try d.vmctl("stop", "-w", "held")
-            #expect(stop.status == 0, "\(stop.stderr)")
+            let console = try d.vmctl("console", "held", stdin: "hello\rpoweroff\r")
+            #expect(console.stdout.contains("echo: hello"), "\(console.stdout)")
+            #expect(console.stdout.contains("held: powering off"), "\(console.stdout)")
+            let waited = try d.vmctl("wait", "held")
+            #expect(waited.stdout == "vmctl: vm held stopped: exited normally\n", "\(waited.stdout)")
         }
     }
 
@@ -184,8 +187,13 @@ import Testing
         try Self.create("-b", dir + "/base.raw", dir + "/top.qcow2")
         let d = try TestDaemon(config: "vm \"guest\" {\n disable\n boot \"\(kernel)\"\n memory 64M\n disk \"\(dir)/top.qcow2\"\n}\n", fake: false)
         defer { d.stop() }
-        let start = try d.vmctl("start", "guest")
+        // -c: the console of a VM process that gave up root still carries the guest's output.
+        let start = try d.vmctl("start", "-c", "guest")
         #expect(start.status == 0, "\(start.stderr)")
+        let console = start.stdout.replacingOccurrences(of: "\r", with: "")
+        #expect(console.contains("sector0: HOST-MARKER-SECTOR-ZERO"), "\(console)")
+        #expect(console.contains("write-readback-ok"))
+        #expect(console.contains("virtio-test: PASS"))
         let waited = try d.vmctl("wait", "guest")
         // virtio-test ends through the debug-exit port: status 1 is its PASS (3 a failure).
         #expect(waited.stdout == "vmctl: vm guest stopped: exited with status 1\n", "\(waited.stdout)\(d.log.snapshot())")
