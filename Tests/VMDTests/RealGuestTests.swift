@@ -152,9 +152,11 @@ import Testing
         #expect(eof.stdout.contains("commands: ticks poweroff deaf help"), "\(eof.stdout)")
         #expect(Date().timeIntervalSince(t0) < 5, "console returned at end of input")
 
-        // Graceful stop: the power button; the guest says so and powers off.
+        // Graceful stop: the power button; the guest says so and powers off. The VM is
+        // paused first: vmd resumes it so that the guest can hear the button.
         c = try ConsoleClient(socket: d.socket, name: "con")
         #expect(c.waitFor("Connected to"))
+        #expect(try d.vmctl("pause", "con").status == 0)
         let t1 = Date()
         let stop = try d.vmctl("stop", "-w", "con")
         let graceful = Date().timeIntervalSince(t1)
