@@ -38,6 +38,8 @@ public struct MachineConfig: Sendable {
     public var diskPaths: [String]
     public var accelerator: Accelerator
     public var console: ConsoleSink
+    /// Guest network interfaces (virtio-net, slots 8-11): MachineNet.swift.
+    public var networkInterfaces: [NetworkInterfaceConfig] = []
 
     public static let defaultMemorySize: UInt64 = 512 << 20
     public static let minimumMemorySize: UInt64 = 4 << 20
