@@ -50,7 +50,7 @@ let package = Package(
             "VMM", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "VMDTool", dependencies: [
-            "VMM", "VMConfig", "Control",
+            "VMM", "VMConfig", "Control", "Storage",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),

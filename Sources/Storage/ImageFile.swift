@@ -56,6 +56,8 @@ final class ImageFile: @unchecked Sendable {
     let path: String
     let fd: Int32
     let isReadOnly: Bool
+    /// False once `release()` gave the descriptor away.
+    private var ownsFD = true
 
     private init(path: String, fd: Int32, readOnly: Bool) {
         self.path = path
@@ -90,7 +92,13 @@ final class ImageFile: @unchecked Sendable {
         return ImageFile(path: path, fd: fd, readOnly: false)
     }
 
-    deinit { close(fd) }
+    deinit { if ownsFD { close(fd) } }
+
+    /// Gives the descriptor to the caller: it is no longer closed with the object.
+    func release() -> Int32 {
+        ownsFD = false
+        return fd
+    }
 
     /// Current length of the file (works for block devices too).
     func length() throws -> UInt64 {

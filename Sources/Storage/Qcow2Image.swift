@@ -71,21 +71,19 @@ public final class Qcow2Image: DiskBackend, AllocationMapping, @unchecked Sendab
         try self.init(file: ImageFile.open(path, readOnly: readOnly), chain: chain)
     }
 
-    init(file: ImageFile, chain: [String]) throws {
+    /// Opens the backing image named in a header: (name, recorded format, this image's
+    /// path, canonical paths above) → backend. By default by name (`openBacking`); an
+    /// image built from descriptors passed by vmd takes the next descriptor instead.
+    typealias BackingOpener = (_ name: String, _ format: String?, _ path: String, _ chain: [String]) throws -> any DiskBackend
+
+    init(file: ImageFile, chain: [String], backingOpener: BackingOpener? = nil) throws {
         let path = file.path
         let readOnly = file.isReadOnly
         self.path = path
         self.isReadOnly = readOnly
         self.file = file
         fileLength = try file.length()
-        // The header and its extensions live in the first cluster.
-        var first = try file.readBytes(count: 4096, at: 0)
-        if first.count >= 24, (13...21).contains(first.be32(20)) {
-            first = try file.readBytes(count: 1 << Int(first.be32(20)), at: 0)
-        } else if first.count >= 24, (9...12).contains(first.be32(20)) {
-            first = Array(first.prefix(1 << Int(first.be32(20))))
-        }
-        let h = try Qcow2Header.parse(first, path: path)
+        let (h, first) = try Qcow2Image.readHeader(file)
         version = Int(h.version)
         clusterBits = Int(h.clusterBits)
         clusterSize = 1 << clusterBits
@@ -166,16 +164,9 @@ public final class Qcow2Image: DiskBackend, AllocationMapping, @unchecked Sendab
         refcountCache = ClusterCache(capacity: 16)
 
         // Backing file.
-        if h.backingFileOffset != 0 {
-            guard h.backingFileSize > 0, h.backingFileSize <= 1023,
-                  h.backingFileOffset <= UInt64(first.count), UInt64(h.backingFileSize) <= UInt64(first.count) - h.backingFileOffset
-            else {
-                throw StorageError.corrupt(path: path, reason: "the backing file name (offset \(h.backingFileOffset), \(h.backingFileSize) bytes) is invalid")
-            }
-            let start = Int(h.backingFileOffset)
-            let name = String(decoding: first[start..<start + Int(h.backingFileSize)], as: UTF8.self)
+        if let name = try Qcow2Image.backingName(h, first, path: path) {
             backingFile = name
-            backing = try Qcow2Image.openBacking(name: name, format: h.backingFormat, of: path, chain: chain)
+            backing = try (backingOpener ?? Qcow2Image.openBacking)(name, h.backingFormat, path, chain)
         } else {
             backingFile = nil
             backing = nil
@@ -185,6 +176,30 @@ public final class Qcow2Image: DiskBackend, AllocationMapping, @unchecked Sendab
         if !readOnly, h.version == 3, h.autoclearFeatures != 0 {
             try file.write(be64Bytes(0), at: UInt64(Qcow2Header.offAutoclear))
         }
+    }
+
+    /// The parsed header and the bytes it was parsed from (the first cluster; the header
+    /// and its extensions live there).
+    static func readHeader(_ file: ImageFile) throws -> (Qcow2Header, [UInt8]) {
+        var first = try file.readBytes(count: 4096, at: 0)
+        if first.count >= 24, (13...21).contains(first.be32(20)) {
+            first = try file.readBytes(count: 1 << Int(first.be32(20)), at: 0)
+        } else if first.count >= 24, (9...12).contains(first.be32(20)) {
+            first = Array(first.prefix(1 << Int(first.be32(20))))
+        }
+        return (try Qcow2Header.parse(first, path: file.path), first)
+    }
+
+    /// The backing file name the header points at, nil when there is none.
+    static func backingName(_ h: Qcow2Header, _ first: [UInt8], path: String) throws -> String? {
+        guard h.backingFileOffset != 0 else { return nil }
+        guard h.backingFileSize > 0, h.backingFileSize <= 1023,
+              h.backingFileOffset <= UInt64(first.count), UInt64(h.backingFileSize) <= UInt64(first.count) - h.backingFileOffset
+        else {
+            throw StorageError.corrupt(path: path, reason: "the backing file name (offset \(h.backingFileOffset), \(h.backingFileSize) bytes) is invalid")
+        }
+        let start = Int(h.backingFileOffset)
+        return String(decoding: first[start..<start + Int(h.backingFileSize)], as: UTF8.self)
     }
 
     /// Resolves a backing file name relative to the overlay's directory.

@@ -29,6 +29,13 @@ public final class RawImage: DiskBackend, @unchecked Sendable {
         size = try file.length()
     }
 
+    init(file: ImageFile) throws {
+        self.file = file
+        self.path = file.path
+        self.isReadOnly = file.isReadOnly
+        size = try file.length()
+    }
+
     /// Creates a sparse raw image of `size` bytes; fails if the file exists.
     @discardableResult
     public static func create(path: String, size: UInt64) throws -> RawImage {

@@ -12,6 +12,8 @@ struct DaemonOptions: Sendable {
     var socketPath: String
     var fakeVMs: Bool
     var verbose: Int
+    /// The user VM processes become when vmd runs as root (nil: _vmd, vmd or nobody).
+    var vmUser: String? = nil
 }
 
 /// One VM known to vmd: from vm.conf, from `vmctl load`, or started on the fly.
@@ -50,11 +52,21 @@ final class Daemon: @unchecked Sendable {
     private var vms: [VMEntry] = []
     private var nextID = 1
     private var listener: Int32 = -1
+    /// Who VM processes become once they hold their files (nil: they keep vmd's identity).
+    let vmIdentity: DropIdentity?
 
     init(options: DaemonOptions, users: any UserDatabase = SystemUserDatabase(), log: Logger) {
         self.options = options
         self.users = users
         self.log = log
+        vmIdentity = GuestFiles.dropIdentity(user: options.vmUser)
+        if geteuid() == 0 {
+            if let id = vmIdentity {
+                log.info("vm processes run as \(id.user) (uid \(id.uid)) once they hold their files")
+            } else {
+                log.warning("vm processes keep running as root: no unprivileged user \(options.vmUser ?? "(_vmd, vmd or nobody)") found")
+            }
+        }
     }
 
     // MARK: configuration
@@ -484,7 +496,7 @@ final class Daemon: @unchecked Sendable {
             vms.append(entry)
         }
         cond.unlock()
-        var r = startVM(entry, req, asRoot: c.uid == 0)
+        var r = startVM(entry, req, asRoot: c.uid == 0, requester: c)
         if req.attachConsole, case .vm = r.0 {
             cond.lock()
             if entry.ptyMaster >= 0 {
@@ -534,26 +546,15 @@ final class Daemon: @unchecked Sendable {
         return d
     }
 
-    /// Checks the files a VM needs before a process is started for it.
+    /// Checks the settings of a VM before its files are opened (GuestFiles.open).
     static func checkFiles(_ d: VMDefinition) -> String? {
-        func check(_ what: String, _ path: String?, write: Bool = false) -> String? {
-            guard let path else { return nil }
-            if access(path, write ? (R_OK | W_OK) : R_OK) != 0 {
-                return "vm \(d.name): \(what) \(path): \(String(cString: strerror(errno)))"
-            }
-            return nil
-        }
-        if let e = check("kernel", d.boot) { return e }
-        if let e = check("initrd", d.initrd) { return e }
-        if let e = check("cdrom", d.cdrom) { return e }
-        for disk in d.disks { if let e = check("disk", disk.path, write: true) { return e } }
         if d.disks.count > VMLimits.maxDisks { return "vm \(d.name): too many disks" }
         if let m = d.memory, m < 1 << 20 { return "vm \(d.name): memory must be at least 1M" }
         if let v = d.vcpus, v < 1 || v > VMLimits.maxVCPUs { return "vm \(d.name): invalid vcpus \(v)" }
         return nil
     }
 
-    func startVM(_ e: VMEntry, _ req: StartRequest, asRoot: Bool) -> (ControlReply, [Int32]) {
+    func startVM(_ e: VMEntry, _ req: StartRequest, asRoot: Bool, requester: PeerCredentials? = nil) -> (ControlReply, [Int32]) {
         cond.lock()
         guard e.state == .stopped else {
             let s = e.state
@@ -575,6 +576,19 @@ final class Daemon: @unchecked Sendable {
             return Self.fail(.failed, m)
         }
         if let problem = Self.checkFiles(d) { return failStart(problem) }
+
+        // vmd opens every guest file; the VM process gets descriptors only.
+        var fileRequester: FileRequester?
+        if let c = requester, c.uid != 0 {
+            fileRequester = FileRequester(uid: c.uid, gids: Set([c.gid]).union(users.groups(ofUID: c.uid)))
+        }
+        let named = Set([req.boot, req.initrd, req.cdrom].compactMap { $0 } + req.disks.map(\.path))
+        let files: OpenedGuestFiles
+        switch GuestFiles.open(d, requester: fileRequester, fromRequest: named) {
+        case .failure(let m): return failStart(m.description)
+        case .success(let f): files = f
+        }
+        defer { files.closeAll() }
 
         let pty: PseudoTerminal
         let pair: (Int32, Int32)
@@ -613,7 +627,9 @@ final class Daemon: @unchecked Sendable {
 
         var answer: ChildMessage?
         do {
-            try ch.send(ParentMessage.spec(ChildSpec(vm: d, fake: options.fakeVMs, verbose: options.verbose)))
+            try ch.send(ParentMessage.spec(ChildSpec(vm: d, fake: options.fakeVMs, verbose: options.verbose,
+                                                     files: files.table, dropTo: vmIdentity)))
+            try GuestFiles.send(files.fds, over: ch)
             let got = try ch.receive(ChildMessage.self)
             answer = got?.0
             if case .startedWithConsole(let path) = answer, let fd = got?.1.first {

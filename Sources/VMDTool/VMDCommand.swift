@@ -32,6 +32,9 @@ struct VMDCommand: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Control socket (default $VMD_SOCKET or /var/run/vmd.sock).", valueName: "path"))
     var socket: String?
 
+    @Option(name: .customLong("vm-user"), help: ArgumentHelp("When vmd runs as root, the user VM processes become once they hold their files (default: _vmd, vmd or nobody, the first that exists).", valueName: "user"))
+    var vmUser: String?
+
     @Flag(name: .customLong("fake-vms"), help: ArgumentHelp("Run stand-in guests instead of machines (tests).", visibility: .hidden))
     var fakeVMs = false
 
@@ -49,7 +52,7 @@ struct VMDCommand: ParsableCommand {
         let options = DaemonOptions(
             configPath: file, macros: macros,
             socketPath: socket ?? ProcessInfo.processInfo.environment["VMD_SOCKET"] ?? ControlProtocol.defaultSocketPath,
-            fakeVMs: fakeVMs, verbose: verbose)
+            fakeVMs: fakeVMs, verbose: verbose, vmUser: vmUser)
 
         if checkOnly {
             do {

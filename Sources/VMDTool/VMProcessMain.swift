@@ -5,6 +5,7 @@ import Foundation
 import Control
 import Logging
 import VMConfig
+import Storage
 import VMM
 
 /// What runs a guest inside a VM process.
@@ -31,7 +32,11 @@ enum VMProcessMain {
         }
         let runner: any GuestRunner
         do {
-            runner = spec.fake ? FakeGuest(spec: spec) : try MachineGuest(spec: spec)
+            // The guest's files come as descriptors after the spec (GuestFiles.swift).
+            let fds = try GuestFiles.receive(spec.files.count, over: channel)
+            runner = spec.fake ? try FakeGuest(spec: spec, fds: fds) : try MachineGuest(spec: spec, fds: fds)
+            // It holds its files, /dev/kvm and its console now: root is no longer needed.
+            try GuestFiles.dropPrivileges(to: spec.dropTo)
             try runner.start()
             if let m = runner as? MachineGuest, m.consoleFD >= 0, let path = m.consolePath {
                 try channel.send(ChildMessage.startedWithConsole(path), fds: [m.consoleFD])
@@ -54,7 +59,7 @@ enum VMProcessMain {
                     case .pause: try runner.pause(); reply = .ok
                     case .unpause: try runner.resume(); reply = .ok
                     case .shutdown: runner.stop(); reply = .ok
-                    case .spec: reply = .error("already running")
+                    case .spec, .files: reply = .error("already running")
                     }
                 } catch {
                     reply = .error("\(error)")
@@ -79,17 +84,29 @@ final class MachineGuest: GuestRunner, @unchecked Sendable {
     let consoleFD: Int32
     let consolePath: String?
 
-    init(spec: ChildSpec) throws {
+    /// `fds`: the guest's files as vmd opened them (`spec.files` says which is which); the
+    /// machine opens none by name.
+    init(spec: ChildSpec, fds: [Int32]) throws {
         let vm = spec.vm
         name = vm.name
         guard let kernel = vm.boot else {
+            for f in fds { close(f) }
             throw GuestError(description: "vm \(vm.name): no kernel to boot: set boot in vm.conf or use vmctl start -b (BIOS boot is not supported yet)")
         }
-        let config = MachineConfig(
+        let passed: PassedFiles
+        do {
+            passed = try GuestFiles.passedFiles(spec.files, fds)
+        } catch {
+            for f in fds { close(f) }
+            throw GuestError(description: "vm \(vm.name): \(error)")
+        }
+        var config = MachineConfig(
             kernelPath: kernel, initrdPath: vm.initrd, cmdline: vm.cmdline ?? "",
-            memorySize: vm.effectiveMemory, vcpus: vm.vcpus ?? 1, diskPaths: vm.disks.map(\.path),
+            memorySize: vm.effectiveMemory, vcpus: vm.vcpus ?? 1,
+            diskPaths: vm.disks.map(\.path) + (vm.cdrom.map { [$0] } ?? []),
             accelerator: VMM.Accelerator(rawValue: (vm.accel ?? .auto).rawValue) ?? .auto,
             console: .pty)
+        config.passedFiles = passed
         var log = Logger(label: "vm \(vm.name)")
         log.logLevel = spec.verbose > 0 ? .debug : .warning
         do {
@@ -121,8 +138,30 @@ final class FakeGuest: GuestRunner, @unchecked Sendable {
     private var paused = false
     private var stopped = false
     private var exitCode: Int32 = 0
+    /// The disks built from the passed descriptors, held like a machine holds them (the
+    /// kernel's and initrd's descriptors are read and closed, as a machine does).
+    private let disks: [any DiskBackend]
 
-    init(spec: ChildSpec) { self.spec = spec }
+    init(spec: ChildSpec, fds: [Int32]) throws {
+        self.spec = spec
+        var disks: [any DiskBackend] = []
+        do {
+            let t = spec.files
+            let plain = [t.kernel, t.initrd].compactMap { $0 }
+            for f in plain where f.index >= 0 && f.index < fds.count { close(fds[f.index]) }
+            var images = t.disks.map { chain in
+                chain.map { OpenedImageFile(fd: $0.index >= 0 && $0.index < fds.count ? fds[$0.index] : -1, path: $0.path,
+                                            format: DiskImageFormat(rawValue: $0.format) ?? .raw, readOnly: $0.readOnly) }
+            }
+            if let c = t.cdrom, c.index >= 0, c.index < fds.count {
+                images.append([OpenedImageFile(fd: fds[c.index], path: c.path, format: .raw, readOnly: true)])
+            }
+            for chain in images { disks.append(try DiskImage.open(chain: chain)) }
+        } catch {
+            throw GuestError(description: "vm \(spec.vm.name): \(error)")
+        }
+        self.disks = disks
+    }
 
     private func out(_ s: String) {
         var b = Array(s.utf8)

@@ -55,7 +55,13 @@ public final class Machine: @unchecked Sendable {
 
         let image: KernelImage
         do {
-            image = try KernelImage(path: config.kernelPath)
+            if let passed = config.passedFiles {
+                image = try KernelImage(bytes: readAllAndClose(fd: passed.kernel, path: config.kernelPath,
+                                                               unreadable: VMMError.kernelUnreadable),
+                                        path: config.kernelPath)
+            } else {
+                image = try KernelImage(path: config.kernelPath)
+            }
         } catch let BootError.unreadableFile(path, reason) {
             throw VMMError.kernelUnreadable(path: path, reason: reason == "not a regular file" ? "it is not a regular file" : reason)
         } catch BootError.notAKernel {
@@ -63,11 +69,17 @@ public final class Machine: @unchecked Sendable {
         }
         let kind = KernelKind(image.format)
         kernelKind = kind
-        if let initrd = config.initrdPath {
-            _ = try readHead(path: initrd, count: 1, unreadable: VMMError.initrdUnreadable)
-        }
-        for disk in config.diskPaths {
-            _ = try readHead(path: disk, count: 1, unreadable: VMMError.diskUnreadable)
+        if let passed = config.passedFiles {
+            guard passed.disks.count == config.diskPaths.count, (passed.initrd == nil) == (config.initrdPath == nil) else {
+                throw VMMError.machine("the files passed to the machine do not match its configuration")
+            }
+        } else {
+            if let initrd = config.initrdPath {
+                _ = try readHead(path: initrd, count: 1, unreadable: VMMError.initrdUnreadable)
+            }
+            for disk in config.diskPaths {
+                _ = try readHead(path: disk, count: 1, unreadable: VMMError.diskUnreadable)
+            }
         }
 
         let hostCaps = host ?? HostCapabilities.probe(emulatorAvailable: Machine.emulatorAvailable)
@@ -92,6 +104,9 @@ public final class Machine: @unchecked Sendable {
         let boot: BootResult
         do {
             let initrd = try config.initrdPath.map { path in
+                if let fd = config.passedFiles?.initrd {
+                    return try readAllAndClose(fd: fd, path: path, unreadable: VMMError.initrdUnreadable)
+                }
                 do { return try readFile(path) } catch let BootError.unreadableFile(p, reason) {
                     throw VMMError.initrdUnreadable(path: p, reason: reason)
                 }

@@ -40,6 +40,9 @@ public struct MachineConfig: Sendable {
     public var console: ConsoleSink
     /// Guest network interfaces (virtio-net, slots 8-11): MachineNet.swift.
     public var networkInterfaces: [NetworkInterfaceConfig] = []
+    /// Set by vmd's VM process: the guest files as descriptors, so the machine opens none
+    /// by name (PassedFiles.swift). nil: the paths above are opened (`vmm`).
+    public var passedFiles: PassedFiles? = nil
 
     public static let defaultMemorySize: UInt64 = 512 << 20
     public static let minimumMemorySize: UInt64 = 4 << 20

@@ -20,7 +20,11 @@ extension Machine {
         for (i, path) in config.diskPaths.enumerated() {
             let backend: any DiskBackend
             do {
-                backend = try DiskImage.open(path)
+                if let chain = config.passedFiles?.disks[i] {
+                    backend = try DiskImage.open(chain: chain)
+                } else {
+                    backend = try DiskImage.open(path)
+                }
             } catch {
                 throw VMMError.diskUnreadable(path: path, reason: "\(error)")
             }
