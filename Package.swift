@@ -71,7 +71,7 @@ let package = Package(
         .testTarget(name: "VMDTests", dependencies: ["Control", "VMConfig"]),
         .testTarget(name: "X86EmulatorTests", dependencies: ["X86Emulator", "Hypervisor", "GuestMemory", "Devices", "Boot"]),
         .testTarget(name: "VMMTests", dependencies: [
-            "VMM", "VMMTool", "Devices", "Hypervisor", "GuestMemory", "Boot",
+            "VMM", "VMMTool", "Devices", "Hypervisor", "GuestMemory", "Boot", "Storage",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .testTarget(name: "IntegrationTests", dependencies: ["VMM", "VMMTool", "Boot", "Hypervisor", "GuestMemory", "Devices"]),

@@ -549,6 +549,9 @@ final class Daemon: @unchecked Sendable {
     /// Checks the settings of a VM before its files are opened (GuestFiles.open).
     static func checkFiles(_ d: VMDefinition) -> String? {
         if d.disks.count > VMLimits.maxDisks { return "vm \(d.name): too many disks" }
+        if d.cdrom != nil, d.disks.count >= VMLimits.maxDisks {
+            return "vm \(d.name): too many disks: the cdrom takes a disk slot, so at most \(VMLimits.maxDisks - 1) disks with a cdrom"
+        }
         if let m = d.memory, m < 1 << 20 { return "vm \(d.name): memory must be at least 1M" }
         if let v = d.vcpus, v < 1 || v > VMLimits.maxVCPUs { return "vm \(d.name): invalid vcpus \(v)" }
         return nil

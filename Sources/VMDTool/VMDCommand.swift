@@ -49,6 +49,9 @@ struct VMDCommand: ParsableCommand {
             }
             macros[k] = v
         }
+        if let vmUser, getpwnam(vmUser) == nil {
+            throw ValidationError("--vm-user \(vmUser): no such user")
+        }
         let options = DaemonOptions(
             configPath: file, macros: macros,
             socketPath: socket ?? ProcessInfo.processInfo.environment["VMD_SOCKET"] ?? ControlProtocol.defaultSocketPath,

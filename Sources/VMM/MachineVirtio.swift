@@ -28,7 +28,7 @@ extension Machine {
             } catch {
                 throw VMMError.diskUnreadable(path: path, reason: "\(error)")
             }
-            disks.append(VirtioDiskSpec(backend: backend, serial: "swiftvmm-disk\(i)"))
+            disks.append(VirtioDiskSpec(backend: backend, readOnly: backend.isReadOnly, serial: "swiftvmm-disk\(i)"))
         }
         let networks = try Machine.networkSpecs(config: config, log: log)
         return try VirtioMachineSet(host: host, memory: memory, interrupts: interrupts, disks: disks,

@@ -180,6 +180,9 @@ public final class X86CPU {
 
     /// Retired instructions (for benchmarks and timer polling).
     public internal(set) var instructions: UInt64 = 0
+    /// Guest RIP sampling (SWIFTVMM_EMU_PROFILE), nil when off.
+    let ripProfile = RIPProfile.fromEnvironment
+    var profiledAt: UInt64 = 0
 
     /// The decoder's opcode attribute tables (one-byte then 0F), copied out of the global
     /// arrays so the hot path does no lazy-global or reference-count work.
@@ -2651,7 +2654,9 @@ extension X86CPU {
             raiseInterrupt(v)
             return true
         }
-        if extINTPending, let pic = extInt, lint0AcceptsPIC {
+        // LINT0 first: once the guest masks it (IOAPIC mode) ExtINT stays pending without
+        // touching the PIC object (no reference counting on the per-instruction path).
+        if extINTPending, lint0AcceptsPIC, let pic = extInt {
             if pic.hasPendingInterrupt() {
                 let v = pic.acknowledgeInterrupt()
                 halted = false
@@ -2698,6 +2703,7 @@ extension X86CPU {
                 timerCountdown = 2048
                 if apic.timerDeadline != 0 { apic.checkTimer(now: HostClock.nanoseconds()) }
                 if kickRequested.load(ordering: .relaxed) { return .attention }
+                if let p = ripProfile, instructions &- profiledAt >= 2048 { profiledAt = instructions; p.sample(rip, cpl: cpl) }
             }
             timerCountdown &-= 1
             if interruptsEnabled || nmiPending || apic.inboxFlag.load(ordering: .relaxed) {

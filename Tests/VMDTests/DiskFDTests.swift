@@ -156,8 +156,11 @@ import Testing
             // Its console still works, and vmd still controls it.
             #expect(try d.vmctl("pause", "held").status == 0)
             #expect(try d.vmctl("unpause", "held").status == 0)
-            let stop = try d.vmctl("stop", "-w", "held")
-            #expect(stop.status == 0, "\(stop.stderr)")
+            let console = try d.vmctl("console", "held", stdin: "hello\rpoweroff\r")
+            #expect(console.stdout.contains("echo: hello"), "\(console.stdout)")
+            #expect(console.stdout.contains("held: powering off"), "\(console.stdout)")
+            let waited = try d.vmctl("wait", "held")
+            #expect(waited.stdout == "vmctl: vm held stopped: exited normally\n", "\(waited.stdout)")
         }
     }
 
@@ -184,8 +187,13 @@ import Testing
         try Self.create("-b", dir + "/base.raw", dir + "/top.qcow2")
         let d = try TestDaemon(config: "vm \"guest\" {\n disable\n boot \"\(kernel)\"\n memory 64M\n disk \"\(dir)/top.qcow2\"\n}\n", fake: false)
         defer { d.stop() }
-        let start = try d.vmctl("start", "guest")
+        // -c: the console of a VM process that gave up root still carries the guest's output.
+        let start = try d.vmctl("start", "-c", "guest")
         #expect(start.status == 0, "\(start.stderr)")
+        let console = start.stdout.replacingOccurrences(of: "\r", with: "")
+        #expect(console.contains("sector0: HOST-MARKER-SECTOR-ZERO"), "\(console)")
+        #expect(console.contains("write-readback-ok"))
+        #expect(console.contains("virtio-test: PASS"))
         let waited = try d.vmctl("wait", "guest")
         // virtio-test ends through the debug-exit port: status 1 is its PASS (3 a failure).
         #expect(waited.stdout == "vmctl: vm guest stopped: exited with status 1\n", "\(waited.stdout)\(d.log.snapshot())")
@@ -200,5 +208,58 @@ import Testing
             #expect(Array(flat[512..<528]) == Array("GUEST-WROTE-THIS".utf8))
             #expect((16..<1024).allSatisfy { flat[512 + $0] == UInt8(truncatingIfNeeded: $0 * 13 + 7) })
         }
+    }
+
+    /// vmd opens files as root, so a file a user names in a start request (an instance's
+    /// `-d`, `-b`, `-r`) must be one that user could open: read and write for a disk, read
+    /// for its backing files, the kernel, the cdrom (as OpenBSD's vmd checks).
+    @Test func aUserCannotHaveVmdOpenFilesTheyCouldNotOpen() throws {
+        guard PermissionTests.usable else {
+            print("DiskFDTests permission test skipped: needs root, useradd and setpriv")
+            return
+        }
+        try #require(Binaries.available)
+        try PermissionTests.ensureUsers()
+        let dir = try Self.scratch("perm")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let kernel = dir + "/kernel"
+        try Data(count: 4096).write(to: URL(fileURLWithPath: kernel))
+        try Self.create("-s", "1M", dir + "/secret.raw")
+        chmod(dir + "/secret.raw", 0o600)
+        try Self.create("-s", "1M", dir + "/readonly.raw")
+        chmod(dir + "/readonly.raw", 0o644)
+        try Self.create("-s", "1M", dir + "/shared.raw")
+        chmod(dir + "/shared.raw", 0o666)
+        try Self.create("-b", dir + "/secret.raw", dir + "/peek.qcow2")
+        chmod(dir + "/peek.qcow2", 0o666)
+        let conf = """
+            socket owner root:vmdtestctl
+            vm "tmpl" {
+                disable
+                boot "\(kernel)"
+                allow instance { boot, cdrom, disk, owner vmdtest2 }
+            }
+
+            """
+        let d = try TestDaemon(config: conf)
+        defer { d.stop() }
+        let cases: [([String], String)] = [
+            (["-d", dir + "/secret.raw"], "disk \(dir)/secret.raw: Permission denied"),
+            (["-d", dir + "/readonly.raw"], "disk \(dir)/readonly.raw: Permission denied"),
+            (["-d", dir + "/peek.qcow2"], "backing file \(dir)/secret.raw: Permission denied"),
+            (["-r", dir + "/secret.raw"], "cdrom \(dir)/secret.raw: Permission denied"),
+            (["-b", dir + "/secret.raw"], "kernel \(dir)/secret.raw: Permission denied"),
+        ]
+        for (i, (args, message)) in cases.enumerated() {
+            let r = try run(Binaries.vmctl, ["--socket", d.socket, "start", "-t", "tmpl"] + args + ["inst\(i)"],
+                            prefix: ["/usr/bin/setpriv", "--reuid=vmdtest2", "--regid=vmdtest2", "--init-groups", "--"])
+            #expect(r.status == 1)
+            #expect(r.stderr == "vmctl: vm inst\(i): \(message)\n", "\(args): \(r.stderr)")
+        }
+        // Files the user may use are fine; root may use any.
+        let ok = try d.vmctl("start", "-t", "tmpl", "-d", dir + "/shared.raw", "-r", dir + "/readonly.raw", "good", as: "vmdtest2")
+        #expect(ok.status == 0, "\(ok.stderr)")
+        let root = try d.vmctl("start", "-t", "tmpl", "-d", dir + "/secret.raw", "rootinst")
+        #expect(root.status == 0, "\(root.stderr)")
     }
 }
