@@ -94,6 +94,8 @@ for m in $MODULES; do
   insmod /lib/modules/\$m.ko 2>/dev/null && echo "loaded \$m" || echo "could not load \$m"
 done
 uname -a
+for n in /sys/class/net/*; do echo "net: \${n##*/} \$(cat \$n/address)"; done
+ip link 2>/dev/null
 echo $MARKER
 poweroff -f
 INIT
