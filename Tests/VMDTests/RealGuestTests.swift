@@ -152,9 +152,11 @@ import Testing
         #expect(eof.stdout.contains("commands: ticks poweroff deaf help"), "\(eof.stdout)")
         #expect(Date().timeIntervalSince(t0) < 5, "console returned at end of input")
 
-        // Graceful stop: the power button; the guest says so and powers off.
+        // Graceful stop: the power button; the guest says so and powers off. The VM is
+        // paused first: vmd resumes it so that the guest can hear the button.
         c = try ConsoleClient(socket: d.socket, name: "con")
         #expect(c.waitFor("Connected to"))
+        #expect(try d.vmctl("pause", "con").status == 0)
         let t1 = Date()
         let stop = try d.vmctl("stop", "-w", "con")
         let graceful = Date().timeIntervalSince(t1)
@@ -245,5 +247,90 @@ import Testing
         #expect(try d.vmctl("stop", "-a", "-w").status == 0)
         let all = try d.vmctl("status").stdout
         for name in ["one", "two", "three"] { #expect(row(all, name)?[1] == "-", "\(all)") }
+    }
+
+    @Test func sigtermToVmdPowersItsGuestsOffGracefully() throws {
+        let accel = Self.kvmUsable() ? "kvm" : "emulator"
+        guard let kernel = Self.consoleGuest() else { return }
+        try #require(Binaries.available)
+        let d = try TestDaemon(config: Self.vmBlock("bye", kernel: kernel, accel: accel, enabled: true), fake: false)
+        defer { d.stop() }
+        _ = try Self.waitState(d, "bye", ["running"])
+        let c = try ConsoleClient(socket: d.socket, name: "bye")
+        c.type("hi\r")
+        #expect(c.waitFor("echo: hi"), "\(c.output.snapshot()) / \(d.log.snapshot())")
+        let t0 = Date()
+        kill(d.process.processIdentifier, SIGTERM)
+        d.process.waitUntilExit()
+        #expect(Date().timeIntervalSince(t0) < 8, "vmd did not need its 10 s grace period")
+        #expect(c.waitFor("console: power button pressed, powering off"), "\(c.output.snapshot())")
+        #expect(d.log.text().contains("vm bye: guest powered off"))
+    }
+
+    /// `vmctl console` on a real terminal: the terminal is raw while attached (no local echo,
+    /// no line buffering: the guest echoes) and restored after `~.`.
+    @Test func consoleOnATerminalIsRawAndRestored() throws {
+        guard let kernel = Self.consoleGuest() else { return }
+        try #require(Binaries.available)
+        let d = try TestDaemon(config: Self.vmBlock("tty", kernel: kernel, accel: Self.kvmUsable() ? "kvm" : "emulator",
+                                                    enabled: true), fake: false)
+        defer { d.stop() }
+        _ = try Self.waitState(d, "tty", ["running"])
+
+        // A pty pair as /dev/ptmx makes it: TIOCSPTLCK unlocks, TIOCGPTN names the slave.
+        let master = open("/dev/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC)
+        try #require(master >= 0)
+        defer { close(master) }
+        var unlock: Int32 = 0, number: UInt32 = 0
+        try #require(ioctl(master, 0x4004_5431, &unlock) == 0 && ioctl(master, 0x8004_5430, &number) == 0)
+        let slavePath = "/dev/pts/\(number)"
+        let slave = open(slavePath, O_RDWR | O_NOCTTY)
+        try #require(slave >= 0)
+        defer { close(slave) }
+        var before = termios()
+        tcgetattr(slave, &before)
+        #expect(before.c_lflag & tcflag_t(ICANON | ECHO) == tcflag_t(ICANON | ECHO))
+
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: Binaries.vmctl)
+        p.arguments = ["--socket", d.socket, "console", "tty"]
+        let h = FileHandle(fileDescriptor: slave, closeOnDealloc: false)
+        p.standardInput = h
+        p.standardOutput = h
+        p.standardError = h
+        try p.run()
+        defer { if p.isRunning { kill(p.processIdentifier, SIGKILL); p.waitUntilExit() } }
+
+        var seen = ""
+        func readUntil(_ text: String, timeout: Double = 10) -> Bool {
+            let deadline = Date().addingTimeInterval(timeout)
+            var buf = [UInt8](repeating: 0, count: 4096)
+            while !seen.contains(text) && Date() < deadline {
+                var pfd = pollfd(fd: master, events: Int16(POLLIN), revents: 0)
+                guard poll(&pfd, 1, 50) > 0 else { continue }
+                let n = read(master, &buf, buf.count)
+                if n > 0 { seen += String(decoding: buf[0..<n], as: UTF8.self) }
+            }
+            return seen.contains(text)
+        }
+        func type(_ s: String) { _ = s.utf8CString.withUnsafeBufferPointer { write(master, $0.baseAddress, s.utf8.count) } }
+
+        #expect(readUntil("Connected to"))
+        var during = termios()
+        tcgetattr(slave, &during)
+        #expect(during.c_lflag & tcflag_t(ICANON | ECHO) == 0, "raw while attached")
+        type("abc\r")
+        #expect(readUntil("echo: abc"), "\(seen)")
+        // Raw: the terminal did not echo "abc" itself; only the guest did (once, before "echo:").
+        #expect(seen.components(separatedBy: "abc").count - 1 == 2, "\(seen)")
+        type("~.")
+        #expect(readUntil("[EOT]"))
+        let deadline = Date().addingTimeInterval(5)
+        while p.isRunning && Date() < deadline { usleep(20_000) }
+        #expect(!p.isRunning)
+        var after = termios()
+        tcgetattr(slave, &after)
+        #expect(after.c_lflag == before.c_lflag && after.c_iflag == before.c_iflag && after.c_oflag == before.c_oflag,
+                "the terminal is restored after ~.")
     }
 }
