@@ -21,6 +21,8 @@ public struct ELFImage: Sendable {
     public let entry: UInt64
     public let segments: [Segment]
     public let pvhEntry: UInt64?
+    /// The image carries a note owned by "Linux" (every vmlinux has one).
+    public let isLinuxKernel: Bool
 
     static func hasMagic(_ bytes: [UInt8]) -> Bool {
         bytes.count >= 4 && bytes[0] == 0x7F && bytes[1] == 0x45 && bytes[2] == 0x4C && bytes[3] == 0x46
@@ -57,6 +59,7 @@ public struct ELFImage: Sendable {
         guard phentsize >= (is64Bit ? 56 : 32) else { throw bad("program header size \(phentsize) is too small") }
         var segs: [Segment] = []
         var pvh: UInt64?
+        var linux = false
         for i in 0..<phnum {
             let (off, o1) = UInt64(i).multipliedReportingOverflow(by: UInt64(phentsize))
             let (at, o2) = phoff.addingReportingOverflow(off)
@@ -94,6 +97,7 @@ public struct ELFImage: Sendable {
                 if seg.memorySize > 0 { segs.append(seg) }
             case 4: // PT_NOTE
                 if let e = Self.pvhNote(bytes, from: Int(seg.fileOffset), to: Int(fileEnd)) { pvh = e }
+                if Self.hasNote(owner: "Linux", bytes, from: Int(seg.fileOffset), to: Int(fileEnd)) { linux = true }
             default:
                 break
             }
@@ -101,6 +105,25 @@ public struct ELFImage: Sendable {
         guard !segs.isEmpty else { throw bad("no loadable (PT_LOAD) segments") }
         segments = segs
         pvhEntry = pvh
+        isLinuxKernel = linux
+    }
+
+    /// Whether a PT_NOTE segment holds a note whose name is `owner`.
+    static func hasNote(owner: String, _ bytes: [UInt8], from start: Int, to end: Int) -> Bool {
+        let name = Array(owner.utf8) + [0]
+        var p = start
+        var steps = 0
+        while p >= 0, p + 12 <= end, steps < 4096 {
+            steps += 1
+            guard let namesz = bytes.le(UInt32.self, at: p), let descsz = bytes.le(UInt32.self, at: p + 4),
+                  namesz < 1 << 20, descsz < 1 << 20 else { return false }
+            let nameStart = p + 12
+            let descStart = nameStart + ((Int(namesz) + 3) & ~3)
+            guard descStart + Int(descsz) <= end else { return false }
+            if Int(namesz) == name.count && Array(bytes[nameStart..<(nameStart + name.count)]) == name { return true }
+            p = descStart + ((Int(descsz) + 3) & ~3)
+        }
+        return false
     }
 
     /// Walks the notes in a PT_NOTE segment for ("Xen", XEN_ELFNOTE_PHYS32_ENTRY).

@@ -206,6 +206,7 @@ public final class EmulatorVCPU: VirtualCPU, @unchecked Sendable {
                 continue
             }
             let reason = cpu.run(budget: sliceInstructions)
+            if EmulatorTrace.settings.slices { cpu.traceSlice() }
             switch reason {
             case .exit:
                 return makeExit(cpu.pendingExits.removeFirst())
