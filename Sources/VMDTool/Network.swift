@@ -4,6 +4,7 @@ import Glibc
 import Devices
 import Logging
 import VMConfig
+import VMM
 
 // Guest networking in vmd (docs/vmd.md, "Networking"): for each interface of a VM, vmd (as
 // root) creates a tap, brings it up or down, attaches it to its switch's Linux bridge
@@ -94,7 +95,7 @@ enum VMNetwork {
                 log.warning("vm \(d.name): interface \(i): group and rdomain are not applied on Linux")
             }
             let mac = mac(spec, vm: d.name, index: i)
-            log.info("vm \(d.name): interface \(i) is \(tap.name)\(bridge.map { " on bridge \($0)" } ?? ""), \(spec.locked ? "locked " : "")lladdr \(mac.map { String(format2: $0) }.joined(separator: ":"))")
+            log.info("vm \(d.name): interface \(i) is \(tap.name)\(bridge.map { " on bridge \($0)" } ?? ""), \(spec.locked ? "locked " : "")lladdr \(NetworkInterfaceConfig.formatMAC(mac))")
             out.append(ChildInterface(index: -1, name: tap.name, mac: mac, locked: spec.locked))
         }
         for (k, fd) in made.enumerated() {
@@ -103,13 +104,5 @@ enum VMNetwork {
         }
         files.table.count = files.fds.count
         return .success(out)
-    }
-}
-
-extension String {
-    /// Two lowercase hex digits.
-    init(format2 byte: UInt8) {
-        let s = String(byte, radix: 16)
-        self = s.count == 1 ? "0" + s : s
     }
 }
