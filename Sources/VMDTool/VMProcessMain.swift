@@ -121,11 +121,83 @@ final class MachineGuest: GuestRunner, @unchecked Sendable {
     func start() throws { try machine.start() }
     func pause() throws { machine.pause() }
     func resume() throws { machine.resume() }
-    func stop() { machine.stop(reason: "stopped by vmd") }
+
+    /// How long a graceful stop waits for the guest to power off after the power-button
+    /// press before it forces the stop: 30 s, or `VMD_STOP_TIMEOUT` seconds from vmd's
+    /// environment (tests use a short one).
+    static let stopTimeout: Double = {
+        if let v = ProcessInfo.processInfo.environment["VMD_STOP_TIMEOUT"], let t = Double(v), t >= 0, t <= 3600 {
+            return t
+        }
+        return 30
+    }()
+
+    private let stopLock = NSLock()
+    private var stopRequested = false
+
+    /// Graceful stop, like OpenBSD's `vmctl stop`: presses the ACPI power button and lets the
+    /// guest shut itself down; if it has not powered off within `stopTimeout` the machine is
+    /// stopped. A guest that never enabled the power button's event (PM1_EN PWRBTN_EN: no
+    /// ACPI OS listening) is stopped at once. Returns at once (the reply to vmd must not wait).
+    func stop() {
+        guard machine.powerButtonEnabled else {
+            machine.stop(reason: "stopped by vmd (the guest does not listen to the ACPI power button)")
+            return
+        }
+        machine.pressPowerButton()
+        let first: Bool = stopLock.withLock {
+            defer { stopRequested = true }
+            return !stopRequested
+        }
+        guard first else { return }
+        let machine = self.machine, timeout = Self.stopTimeout, name = self.name
+        let watchdog = Thread {
+            let deadline = Date().addingTimeInterval(timeout)
+            while machine.events.outcome == nil && Date() < deadline { usleep(20_000) }
+            if machine.events.outcome == nil {
+                printError("vmd: vm \(name): the guest did not power off within \(timeout) s of the power button; stopping it")
+                machine.stop(reason: "stopped by vmd after the guest ignored the power button for \(timeout) s")
+            }
+        }
+        watchdog.start()
+    }
     func wait() -> Int32 {
+        _ = machine.runner.wait()  // the vCPUs are done; the console pty is still open
+        drainConsole()
         let outcome = machine.wait()
         printError("vmd: vm \(name): \(outcome)")
         return outcome.exitStatus
+    }
+}
+
+extension MachineGuest {
+    /// Closing the pty's master side discards what the slave side has not read yet, so the
+    /// guest's last words ("powering off") would never reach an attached `vmctl console`.
+    /// Waits while a reader is taking them: until the slave's input queue has been empty
+    /// twice in a row (the kernel moves pty data to that queue from a work queue, so one look
+    /// can come too early), it stops shrinking for 100 ms (nobody is attached), or 1 s passed.
+    func drainConsole() {
+        guard consoleFD >= 0 else { return }
+        var last: Int32 = -1
+        var stalled = 0, empty = 0
+        for _ in 0..<50 {
+            usleep(20_000)
+            var pending: Int32 = 0
+            guard ioctl(consoleFD, UInt(FIONREAD), &pending) == 0 else { return }
+            if pending == 0 {
+                empty += 1
+                if empty >= 2 { return }
+                continue
+            }
+            empty = 0
+            if pending == last {
+                stalled += 1
+                if stalled >= 5 { return }
+            } else {
+                stalled = 0
+                last = pending
+            }
+        }
     }
 }
 

@@ -6,18 +6,49 @@ import Devices
 /// control block. A control write with SLP_EN and SLP_TYP = S5 powers the VM off. The
 /// machine is always in ACPI mode, so control reads have SCI_EN set. Map the event block
 /// and the control block separately (`eventPorts`, `controlPorts`).
+///
+/// The fixed-feature power button (the FADT's PWR_BUTTON flag is clear): `pressPowerButton()`
+/// sets PWRBTN_STS in PM1_STS; the SCI line is high while any status bit is set whose
+/// enable bit in PM1_EN is set (level-triggered, as ACPI requires), so a guest that enabled
+/// PWRBTN_EN takes an SCI and clears the status by writing one to it.
 public final class ACPIPMBlock {
     public private(set) var status: UInt16 = 0
     public private(set) var enable: UInt16 = 0
     public private(set) var control: UInt16 = ACPIPowerManagement.sciEnable
     /// Called when the guest enters S5 (soft off).
     public var onPowerOff: (() -> Void)?
+    /// PM1_STS / PM1_EN bits: the fixed power button.
+    public static let powerButtonStatus: UInt16 = 1 << 8
+    public static let powerButtonEnable: UInt16 = 1 << 8
+    /// The status bits that can raise the SCI (those we implement).
+    static let sciSources: UInt16 = powerButtonStatus
+
+    private let sci: IRQLine?
+    private var sciLevel = false
 
     /// The port facets to map (each keeps this block alive).
     public var eventPorts: EventBlock { EventBlock(owner: self) }
     public var controlPorts: ControlBlock { ControlBlock(owner: self) }
 
-    public init() {}
+    /// - Parameter sci: the SCI line (GSI `ACPIPowerManagement.sciIRQ`); nil: no SCI.
+    public init(sci: IRQLine? = nil) { self.sci = sci }
+
+    /// Presses the power button: sets PWRBTN_STS and raises the SCI when the guest enabled
+    /// it. The guest decides what to do (an ACPI OS shuts down). Call with the device lock held.
+    public func pressPowerButton() {
+        status |= Self.powerButtonStatus
+        updateSCI()
+    }
+
+    /// Whether the SCI line is asserted now.
+    public var sciAsserted: Bool { sciLevel }
+
+    func updateSCI() {
+        let level = status & enable & Self.sciSources != 0
+        guard level != sciLevel else { return }
+        sciLevel = level
+        sci?.set(level)
+    }
 
     public final class EventBlock: PortIODevice {
         let owner: ACPIPMBlock
@@ -40,6 +71,7 @@ public final class ACPIPMBlock {
                 default: break
                 }
             }
+            owner.updateSCI()
         }
     }
 

@@ -189,6 +189,21 @@ public final class Machine: @unchecked Sendable {
     public func resume() { runner.resume() }
     public var state: MachineRunner.State { runner.state }
 
+    /// Presses the ACPI power button (PM1_STS PWRBTN_STS, SCI on IRQ 9 when the guest
+    /// enabled it): an ACPI guest shuts down, ending the run with `.poweredOff`. A guest
+    /// that ignores the button keeps running; see `stop(reason:)` to force.
+    public func pressPowerButton() {
+        let pm = devices.acpiPM
+        deviceLock.withLock { pm.pressPowerButton() }
+    }
+
+    /// Whether the guest enabled the power button's SCI (PM1_EN PWRBTN_EN): a hint that a
+    /// press will be heard.
+    public var powerButtonEnabled: Bool {
+        let pm = devices.acpiPM
+        return deviceLock.withLock { pm.enable & ACPIPMBlock.powerButtonEnable != 0 }
+    }
+
     /// Asks the machine to stop (the first outcome requested wins).
     public func stop(reason: String) { runner.stop(.stopped(reason: reason)) }
 

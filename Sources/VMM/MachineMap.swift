@@ -64,7 +64,7 @@ public final class MachineDevices: @unchecked Sendable {
 ///     port 0x0080                         POST-code / I/O-delay sink
 ///     port 0x00f4                         DebugExit (QEMU isa-debug-exit)
 ///     port 0x03f8-0x03ff                  NS8250 COM1, IRQ 4
-///     port 0x0600-0x0603                  ACPI PM1a event block (PM1_STS, PM1_EN)
+///     port 0x0600-0x0603                  ACPI PM1a event block (PM1_STS, PM1_EN), SCI IRQ 9
 ///     port 0x0604-0x0605                  ACPI PM1a control block (S5 write = power off)
 ///     port 0x0cf8-0x0cff                  PCIHost: config mechanism #1, 0xcf9 reset control
 ///     port 0xc000-0xffff                  PCI I/O BARs (assigned by PCIHost)
@@ -118,7 +118,7 @@ public enum MachineMap {
         let debugExit = DebugExit(onExit: { events.request(.debugExit(status: $0)) })
         try bus.mapPorts(debugExit, name: "debug-exit", base: DebugExit.defaultPort, count: 1)
 
-        let pm = ACPIPMBlock()
+        let pm = ACPIPMBlock(sci: irq(UInt32(ACPIPowerManagement.sciIRQ)))
         pm.onPowerOff = { events.request(.poweredOff) }
         try bus.mapPorts(pm.eventPorts, name: "acpi pm1a event", base: ACPIPowerManagement.pm1aEventPort,
                          count: UInt16(ACPIPowerManagement.pm1EventLength))

@@ -147,7 +147,7 @@ public final class X86CPU {
     public internal(set) var shutdownReason: String?
     public let apic: LocalAPIC
     /// Where ExtINT (PIC) vectors come from; set by the VMM (nil: no PIC).
-    public var extInt: (any ExternalInterruptSource)?
+    public var extInt: (any ExternalInterruptSource)? { didSet { extINTPending = true } }
 
     // Exits
     var pendingExits: [PendingExit] = []
@@ -181,6 +181,13 @@ public final class X86CPU {
     var fetchHost: UnsafeMutableRawPointer? = nil
     /// The bytes of the instruction being decoded, when they lie in one RAM page.
     var insnBytes: UnsafeMutableRawPointer? = nil
+    /// Decoded-instruction cache (see `decodeCached`): direct mapped, keyed by the host
+    /// address of the instruction's first byte and the decode mode.
+    static let icacheBits = 13
+    let icache: UnsafeMutablePointer<DecodedInsn>
+    /// Decoded-instruction cache statistics (hits, misses) for benchmarks.
+    public internal(set) var icacheHits: UInt64 = 0
+    public internal(set) var icacheMisses: UInt64 = 0
 
     /// Retired instructions (for benchmarks and timer polling).
     public internal(set) var instructions: UInt64 = 0
@@ -206,12 +213,15 @@ public final class X86CPU {
         tlbTag.initialize(repeating: .max, count: 3 * X86CPU.tlbSize)
         tlbHost = .allocate(capacity: 3 * X86CPU.tlbSize)
         tlbHost.initialize(repeating: 0, count: 3 * X86CPU.tlbSize)
+        icache = .allocate(capacity: 1 << X86CPU.icacheBits)
+        icache.initialize(repeating: DecodedInsn(), count: 1 << X86CPU.icacheBits)
         apic = LocalAPIC(id: apicID)
         reset()
     }
 
     deinit {
         r.deallocate(); seg.deallocate(); opcodeAttributes.deallocate(); xmm.deallocate(); tlbTag.deallocate(); tlbHost.deallocate()
+        icache.deallocate()
     }
 
     /// Power-on / INIT state: real mode at F000:FFF0.
@@ -845,30 +855,60 @@ extension X86CPU {
 /// Opcodes are numbered 0x000-0x0FF (one byte), 0x100-0x1FF (0F xx), 0x200-0x2FF (0F 38 xx)
 /// and 0x300-0x3FF (0F 3A xx).
 struct Insn {
-    var op: Int = 0
-    var len: Int = 0
-    var opSize: Int = 4
-    var addrSize: Int = 8
+    // Stored compactly (40 bytes) so a decoded-instruction cache hit is a cheap copy; the
+    // accessors keep the natural types for the interpreter.
+    var disp: UInt64 = 0
+    var imm: UInt64 = 0
+    private var _op: UInt16 = 0
+    private var _imm2: UInt16 = 0
+    private var _len: UInt8 = 0
+    private var _opSize: UInt8 = 4
+    private var _addrSize: UInt8 = 8
     var rep: UInt8 = 0          // 0, 0xF2 or 0xF3 (the last one wins)
+    private var _seg: UInt8 = 3
+    var modrm: UInt8 = 0
+    private var _mod: UInt8 = 0
+    private var _reg: UInt8 = 0
+    private var _rm: UInt8 = 0
+    private var _base: Int8 = -1
+    private var _index: Int8 = -1
+    private var _scale: UInt8 = 0
     var lock = false
     var has66 = false
     var hasREX = false
     var rexW = false
     var rexB = false
-    var seg: Int = 3            // effective segment of the memory operand
     var segOverride = false
-    var modrm: UInt8 = 0
-    var mod: Int = 0
-    var reg: Int = 0            // ModRM.reg with REX.R
-    var rm: Int = 0             // ModRM.rm with REX.B (register operand when mod == 3)
-    var base: Int = -1
-    var index: Int = -1
-    var scale: UInt64 = 0
-    var disp: UInt64 = 0
     var ripRelative = false
-    var imm: UInt64 = 0
-    var imm2: UInt64 = 0
+
+    var op: Int { @inline(__always) get { Int(_op) } @inline(__always) set { _op = UInt16(truncatingIfNeeded: newValue) } }
+    var len: Int { @inline(__always) get { Int(_len) } @inline(__always) set { _len = UInt8(truncatingIfNeeded: newValue) } }
+    var opSize: Int { @inline(__always) get { Int(_opSize) } @inline(__always) set { _opSize = UInt8(truncatingIfNeeded: newValue) } }
+    var addrSize: Int { @inline(__always) get { Int(_addrSize) } @inline(__always) set { _addrSize = UInt8(truncatingIfNeeded: newValue) } }
+    /// Effective segment of the memory operand.
+    var seg: Int { @inline(__always) get { Int(_seg) } @inline(__always) set { _seg = UInt8(truncatingIfNeeded: newValue) } }
+    var mod: Int { @inline(__always) get { Int(_mod) } @inline(__always) set { _mod = UInt8(truncatingIfNeeded: newValue) } }
+    /// ModRM.reg with REX.R.
+    var reg: Int { @inline(__always) get { Int(_reg) } @inline(__always) set { _reg = UInt8(truncatingIfNeeded: newValue) } }
+    /// ModRM.rm with REX.B (register operand when mod == 3).
+    var rm: Int { @inline(__always) get { Int(_rm) } @inline(__always) set { _rm = UInt8(truncatingIfNeeded: newValue) } }
+    var base: Int { @inline(__always) get { Int(_base) } @inline(__always) set { _base = Int8(truncatingIfNeeded: newValue) } }
+    var index: Int { @inline(__always) get { Int(_index) } @inline(__always) set { _index = Int8(truncatingIfNeeded: newValue) } }
+    var scale: UInt64 { @inline(__always) get { UInt64(_scale) } @inline(__always) set { _scale = UInt8(truncatingIfNeeded: newValue) } }
+    /// The second immediate (ENTER's nesting level, a far pointer's selector).
+    var imm2: UInt64 { @inline(__always) get { UInt64(_imm2) } @inline(__always) set { _imm2 = UInt16(truncatingIfNeeded: newValue) } }
     var isMem: Bool { mod != 3 }
+}
+
+/// One decoded-instruction cache entry: the key (host address | mode << 56; 0 = empty),
+/// the instruction's raw bytes (masked to its length) and its decoding.
+struct DecodedInsn {
+    var key: UInt = 0
+    var mask0: UInt64 = 0
+    var mask1: UInt64 = 0
+    var bytes0: UInt64 = 0
+    var bytes1: UInt64 = 0
+    var insn = Insn()
 }
 
 /// Operand kinds from the opcode tables.
@@ -1092,6 +1132,48 @@ extension X86CPU {
         }
         if n > 15 { throw gpFault() }
         d.len = n
+    }
+
+    /// Decodes the instruction at CS:RIP into `d` through the decoded-instruction cache.
+    ///
+    /// An entry keeps the raw bytes the instruction was decoded from, and a hit requires
+    /// those bytes to still be in guest memory: every hit re-reads the (at most 15, masked
+    /// to the instruction's length) bytes at the instruction's host address and compares.
+    /// So self-modifying code, code patched by the guest kernel (alternatives, static
+    /// keys), and DMA into code pages need no invalidation: a changed byte is a miss.
+    /// The fetch itself still goes through the execute TLB (permissions, NX). Instructions
+    /// within 16 bytes of a page end, or whose IP wraps, are decoded without the cache.
+    @inline(__always) @discardableResult
+    func decodeCached() throws(X86Fault) -> Int {
+        let ip = rip & ipMask
+        let startLA = (segBase(SReg.cs) &+ ip) & linearMask
+        let off = Int(startLA & 0xFFF)
+        guard off <= 4096 - 16, mode64 || ip &+ 15 <= ipMask else { try decode(); return d.len }
+        if startLA & ~0xFFF != fetchPage { _ = try fetchSlow(startLA) }
+        guard let h = fetchHost else { try decode(); return d.len }
+        let p = h + off
+        // SAFETY: fetchHost is a whole 4 KiB RAM page from the TLB and off + 16 <= 4096.
+        let w0 = p.loadUnaligned(as: UInt64.self)
+        let w1 = p.loadUnaligned(fromByteOffset: 8, as: UInt64.self)
+        let mode: UInt = mode64 ? 8 : UInt(truncatingIfNeeded: defaultSize)
+        let key = UInt(bitPattern: p) | (mode << 56)
+        let idx = Int(truncatingIfNeeded: (key ^ (key >> X86CPU.icacheBits)) & UInt((1 << X86CPU.icacheBits) - 1))
+        let e = icache + idx
+        if e.pointee.key == key && w0 & e.pointee.mask0 == e.pointee.bytes0 && w1 & e.pointee.mask1 == e.pointee.bytes1 {
+            icacheHits &+= 1
+            d = e.pointee.insn
+            return e.pointee.insn.len
+        }
+        icacheMisses &+= 1
+        try decode()
+        // Fill only if the bytes did not change under the decoder (another vCPU's store).
+        let len = d.len
+        let m0: UInt64 = len >= 8 ? .max : (UInt64(1) << UInt64(len &* 8)) &- 1
+        let m1: UInt64 = len <= 8 ? 0 : (UInt64(1) << UInt64((len &- 8) &* 8)) &- 1
+        guard p.loadUnaligned(as: UInt64.self) & m0 == w0 & m0,
+              p.loadUnaligned(fromByteOffset: 8, as: UInt64.self) & m1 == w1 & m1 else { return len }
+        e.pointee = DecodedInsn(key: key, mask0: m0, mask1: m1, bytes0: w0 & m0, bytes1: w1 & m1, insn: d)
+        return len
     }
 
     @inline(__always) func fetch32(_ n: Int) throws(X86Fault) -> UInt64 {
@@ -2592,8 +2674,8 @@ extension X86CPU {
     func step() {
         let exitsBefore = pendingExits.count
         do {
-            try decode()
-            nextRIP = (rip &+ UInt64(d.len)) & ipMask
+            let len = try decodeCached()
+            nextRIP = (rip &+ UInt64(len)) & ipMask
             try execute()
             rip = nextRIP
             instructions &+= 1
@@ -2663,8 +2745,8 @@ extension X86CPU {
         }
         // LINT0 first: once the guest masks it (IOAPIC mode) ExtINT stays pending without
         // touching the PIC object (no reference counting on the per-instruction path).
-        if extINTPending, lint0AcceptsPIC, let pic = extInt {
-            if pic.hasPendingInterrupt() {
+        if extINTPending, lint0AcceptsPIC {
+            if let pic = extInt, pic.hasPendingInterrupt() {
                 let v = pic.acknowledgeInterrupt()
                 halted = false
                 raiseInterrupt(v)
@@ -2673,6 +2755,11 @@ extension X86CPU {
             extINTPending = false
         }
         return false
+    }
+
+    /// `extINTPending && lint0AcceptsPIC` from stored fields only (the per-instruction check).
+    @inline(__always) var picMayInterrupt: Bool {
+        extINTPending && (apic.baseMSR & (1 << 11) == 0 || apic.lvtLint0 & 0x1_0700 == 0x700)
     }
 
     var lint0AcceptsPIC: Bool {
@@ -2714,7 +2801,9 @@ extension X86CPU {
                 if let p = ripProfile, instructions &- profiledAt >= 2048 { profiledAt = instructions; p.sample(rip, cpl: cpl) }
             }
             timerCountdown &-= 1
-            if interruptsEnabled || nmiPending || apic.inboxFlag.load(ordering: .relaxed) {
+            // Poll only when something could be delivered: an IRR bit or a PIC that may
+            // have a vector (with IF=1), an NMI, or mail from other threads.
+            if (interruptsEnabled && (apic.irrAny || picMayInterrupt)) || nmiPending || apic.inboxFlag.load(ordering: .relaxed) {
                 _ = pollInterrupts()
             }
             if shutdownReason != nil { return .shutdown }

@@ -68,6 +68,7 @@ import GuestMemory
         #expect(f.le(UInt32.self, at: 64) == 0x604 && f[89] == 2)
         #expect(f.le(UInt32.self, at: 48) == 0) // no SMI command port: always in ACPI mode
         #expect((f.le(UInt32.self, at: 112) ?? 0) & (1 << 20) == 0) // not hardware-reduced
+        #expect((f.le(UInt32.self, at: 112) ?? 0) & (1 << 4) == 0)  // fixed-feature power button
         #expect(f[172] == 1 && f.le(UInt64.self, at: 176) == 0x604) // X_PM1a_CNT_BLK in I/O space
     }
 

@@ -156,8 +156,11 @@ import Testing
             // Its console still works, and vmd still controls it.
             #expect(try d.vmctl("pause", "held").status == 0)
             #expect(try d.vmctl("unpause", "held").status == 0)
-            let stop = try d.vmctl("stop", "-w", "held")
-            #expect(stop.status == 0, "\(stop.stderr)")
+            let console = try d.vmctl("console", "held", stdin: "hello\rpoweroff\r")
+            #expect(console.stdout.contains("echo: hello"), "\(console.stdout)")
+            #expect(console.stdout.contains("held: powering off"), "\(console.stdout)")
+            let waited = try d.vmctl("wait", "held")
+            #expect(waited.stdout == "vmctl: vm held stopped: exited normally\n", "\(waited.stdout)")
         }
     }
 
@@ -253,5 +256,62 @@ import Testing
         #expect(ok.status == 0, "\(ok.stderr)")
         let root = try d.vmctl("start", "-t", "tmpl", "-d", dir + "/secret.raw", "rootinst")
         #expect(root.status == 0, "\(root.stderr)")
+    }
+
+    /// A multiboot image (a.out-kludge addresses, loaded at 1 MiB) whose code idles for
+    /// ever: `sti; hlt; jmp back`.
+    static func idleKernel() -> [UInt8] {
+        var bytes = [UInt8](repeating: 0x90, count: 4096)
+        let magic: UInt32 = 0x1BAD_B002, flags: UInt32 = 0x0001_0000
+        let words: [UInt32] = [magic, flags, 0 &- (magic &+ flags), 0x10_0000, 0x10_0000, 0, 0, 0x10_0040]
+        for (i, w) in words.enumerated() { for b in 0..<4 { bytes[i * 4 + b] = UInt8(truncatingIfNeeded: w >> (8 * b)) } }
+        // mov dx, 0x3f8; (mov al, c; out dx, al) per character; sti; hlt; jmp back to sti.
+        var code: [UInt8] = [0x66, 0xba, 0xf8, 0x03]
+        for c in "IDLE-GUEST-UP\r\n".utf8 { code += [0xb0, c, 0xee] }
+        code += [0xfb, 0xf4, 0xeb, 0xfc]
+        bytes.replaceSubrange(0x40..<(0x40 + code.count), with: code)
+        return bytes
+    }
+
+    /// A real machine in a VM process: it holds its disks' descriptors (the qcow2 chain),
+    /// has closed the kernel's and initrd's after reading them, and runs as the
+    /// unprivileged user while the guest runs.
+    @Test func aRealMachineHoldsOnlyThePassedDisksAndRunsUnprivileged() throws {
+        guard RealGuestTests.kvmUsable() else {
+            print("DiskFDTests real machine skipped: /dev/kvm is not usable here")
+            return
+        }
+        try #require(Binaries.available)
+        let dir = try Self.scratch("machine")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let kernel = dir + "/idle.elf", initrd = dir + "/initrd"
+        try Data(Self.idleKernel()).write(to: URL(fileURLWithPath: kernel))
+        try Data(count: 8192).write(to: URL(fileURLWithPath: initrd))
+        try Self.create("-s", "1M", dir + "/base.raw")
+        try Self.create("-b", dir + "/base.raw", dir + "/top.qcow2")
+        let conf = "vm \"idle\" {\n disable\n boot \"\(kernel)\"\n initrd \"\(initrd)\"\n memory 32M\n disk \"\(dir)/top.qcow2\"\n}\n"
+        let d = try TestDaemon(config: conf, fake: false)
+        defer { d.stop() }
+        let start = try d.vmctl("start", "idle")
+        #expect(start.status == 0, "\(start.stderr)")
+        let status = try d.vmctl("status").stdout
+        let pid = try #require(Int32(row(status, "idle")?[1] ?? ""), "\(status)")
+        let mine = Self.openFiles(pid).filter { $0.hasPrefix(dir + "/") }.sorted()
+        #expect(mine == [dir + "/base.raw", dir + "/top.qcow2"], "\(Self.openFiles(pid))")
+        #expect(Self.openFiles(pid).contains("/dev/kvm") || Self.openFiles(pid).contains { $0.hasPrefix("anon_inode:kvm") })
+        if geteuid() == 0, let nobody = getpwnam("nobody")?.pointee.pw_uid {
+            let expectUID = getpwnam("_vmd")?.pointee.pw_uid ?? getpwnam("vmd")?.pointee.pw_uid ?? nobody
+            #expect(Self.uids(pid) == Array(repeating: String(expectUID), count: 4), "\(Self.uids(pid))")
+        }
+        // Its console still works (vmctl stays attached: stopped by the timeout).
+        let console = try run(Binaries.vmctl, ["--socket", d.socket, "console", "idle"], timeout: 2)
+        #expect(console.stdout.contains("IDLE-GUEST-UP"), "\(console.stdout)")
+        // vmd still controls it.
+        #expect(try d.vmctl("pause", "idle").status == 0)
+        #expect(try d.vmctl("unpause", "idle").status == 0)
+        let stop = try d.vmctl("stop", "-f", "idle")
+        #expect(stop.status == 0, "\(stop.stderr)")
+        _ = try d.vmctl("wait", "idle")
+        #expect(row(try d.vmctl("status").stdout, "idle")?[1] == "-")
     }
 }

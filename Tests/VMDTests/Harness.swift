@@ -92,7 +92,7 @@ final class TestDaemon {
     let process = Process()
     let log: OutputCollector
 
-    init(config text: String, fake: Bool = true, extraArgs: [String] = []) throws {
+    init(config text: String, fake: Bool = true, extraArgs: [String] = [], env: [String: String] = [:]) throws {
         var template = Array((NSTemporaryDirectory() + "vmdtest.XXXXXX").utf8CString)
         guard let d = mkdtemp(&template) else { throw CocoaError(.fileWriteUnknown) }
         dir = String(cString: d)
@@ -102,6 +102,11 @@ final class TestDaemon {
         try text.write(toFile: config, atomically: true, encoding: .utf8)
         process.executableURL = URL(fileURLWithPath: Binaries.vmd)
         process.arguments = ["-d", "-f", config, "--socket", socket] + (fake ? ["--fake-vms"] : []) + extraArgs
+        if !env.isEmpty {
+            var environment = ProcessInfo.processInfo.environment
+            for (k, v) in env { environment[k] = v }
+            process.environment = environment
+        }
         let err = Pipe()
         process.standardError = err
         process.standardOutput = FileHandle.nullDevice
@@ -139,6 +144,56 @@ final class TestDaemon {
     }
 
     deinit { stop() }
+}
+
+/// `vmctl console` left running with its input and output on pipes: `type` sends, `waitFor`
+/// polls what it printed, `detach` types `~.`.
+final class ConsoleClient {
+    let process = Process()
+    let input = Pipe()
+    let output: OutputCollector
+
+    init(socket: String, name: String) throws {
+        process.executableURL = URL(fileURLWithPath: Binaries.vmctl)
+        process.arguments = ["--socket", socket, "console", name]
+        let out = Pipe()
+        process.standardInput = input
+        process.standardOutput = out
+        process.standardError = out
+        try process.run()
+        output = OutputCollector(out.fileHandleForReading)
+    }
+
+    func type(_ s: String) { input.fileHandleForWriting.write(Data(s.utf8)) }
+
+    /// Waits until the output contains `text` at least `count` times; true when it did in time.
+    @discardableResult
+    func waitFor(_ text: String, count: Int = 1, timeout: Double = 10) -> Bool {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if occurrences(text) >= count { return true }
+            usleep(20_000)
+        }
+        return occurrences(text) >= count
+    }
+
+    func occurrences(_ text: String) -> Int { output.snapshot().components(separatedBy: text).count - 1 }
+
+    /// Waits for the process to end by itself; true when it did in time.
+    func waitForExit(timeout: Double = 10) -> Bool {
+        let deadline = Date().addingTimeInterval(timeout)
+        while process.isRunning && Date() < deadline { usleep(20_000) }
+        return !process.isRunning
+    }
+
+    func detach() -> Bool {
+        type("~.")
+        return waitForExit()
+    }
+
+    deinit {
+        if process.isRunning { kill(process.processIdentifier, SIGKILL); process.waitUntilExit() }
+    }
 }
 
 /// One row of `vmctl status` for the named VM, split into columns.

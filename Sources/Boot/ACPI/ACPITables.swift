@@ -112,9 +112,10 @@ public enum ACPITables {
         b.put(UInt16(1001), at: at(98))                      // P_LVL3_LAT > 1000: C3 unsupported
         b[at(108)] = 0x32                                    // CENTURY: CMOS register 0x32
         b.put(UInt16(0x0003), at: at(109))                   // IAPC_BOOT_ARCH: LEGACY_DEVICES | 8042
-        // Flags: WBINVD | PROC_C1 | SLP_BUTTON (none) | PWR_BUTTON (none) | FIX_RTC.
-        // HW_REDUCED_ACPI (bit 20) is clear.
-        b.put(UInt32(1 << 0 | 1 << 2 | 1 << 4 | 1 << 5 | 1 << 6), at: at(112))
+        // Flags: WBINVD | PROC_C1 | SLP_BUTTON (none) | FIX_RTC. PWR_BUTTON (bit 4) is
+        // clear: the power button is the fixed-feature one (PM1_STS/PM1_EN bit 8, the VMM's
+        // graceful stop). HW_REDUCED_ACPI (bit 20) is clear.
+        b.put(UInt32(1 << 0 | 1 << 2 | 1 << 5 | 1 << 6), at: at(112))
         b[at(131)] = 0                                       // FADT minor version
         b.put(facs, at: at(132))                             // X_FIRMWARE_CTRL
         b.put(dsdt, at: at(140))                             // X_DSDT
