@@ -19,11 +19,13 @@ deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-# The Debian kernel (bzImage and vmlinux) the loader tests parse, cached in .build/guests.
+# The Debian kernels (bzImage and vmlinux; amd64 and i386) the loader and boot tests use,
+# cached in .build/guests.
 # guests/debian/build.sh comes with the emulator work; until it is there (or when the
 # download fails) the tests that need the kernel say SKIPPED.
 guest-kernels: deps
 	@if [ -f guests/debian/build.sh ]; then sh guests/debian/build.sh || echo "warning: guests/debian/build.sh failed; kernel-dependent tests will be skipped"; fi
+	@if [ -f guests/debian/build.sh ]; then sh guests/debian/build.sh --only-i386 || echo "warning: guests/debian/build.sh --only-i386 failed; the i386 Linux boot test will be skipped"; fi
 
 build:
 	$(SWIFT) build

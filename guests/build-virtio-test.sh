@@ -1,5 +1,6 @@
 #!/bin/sh
-# Builds guests/virtio-test.c into a 32-bit multiboot ELF: build-virtio-test.sh OUT
+# Builds guests/virtio-test.c (or SOURCE, e.g. net-test.c) into a 32-bit multiboot ELF:
+#   build-virtio-test.sh OUT [SOURCE]
 set -e
 here=$(cd "$(dirname "$0")" && pwd)
 out=${1:-$here/../.build/guests/virtio-test.elf}
@@ -19,5 +20,5 @@ SECTIONS {
 LDS
 gcc -m32 -O2 -ffreestanding -fno-pic -fno-pie -no-pie -nostdlib -fno-stack-protector \
     -fno-builtin -fno-asynchronous-unwind-tables -Wall -Wno-unused-function \
-    -Wl,-T,"$lds" -Wl,--build-id=none -o "$out" "$here/virtio-test.c"
+    -Wl,-T,"$lds" -Wl,--build-id=none -o "$out" "$here/${2:-virtio-test.c}"
 echo "$out"

@@ -33,6 +33,8 @@ public struct BootResult: Sendable {
 ///   otherwise the 32-bit entry (always for i386 kernels).
 /// - ELF with a PVH note: PVH entry (32-bit, ebx = hvm_start_info).
 /// - Multiboot: eax = 0x2BADB002, ebx = multiboot_info (the initrd is module 0).
+/// - ELF32 Linux kernel (a "Linux" ELF note, no PVH note; the vmlinux inside an i386
+///   bzImage): the 32-bit Linux boot protocol at e_entry with a synthetic boot_params.
 /// - Other ELF64: long mode at e_entry with identity paging; ELF32: 32-bit protected mode.
 ///   The command line is still written at `BootLayout.cmdline` and rsi/esi point at it.
 public enum BootLoader {
@@ -84,6 +86,13 @@ public enum BootLoader {
             let elf = try ELFImage(bytes: image.bytes, path: image.path)
             let l = try PVH.load(kernel: image, elf: elf, pvhEntry: pvh, initrd: initrd, cmdline: cmdline,
                                  memory: memory, e820: e820, rsdp: acpi?.rsdp)
+            result = BootResult(cpuState: l.cpuState, format: image.format, entryMode: .protected32, e820: e820,
+                                kernelRange: l.kernelRange, initrdRange: l.initrdRange, bootInfoAddress: BootLayout.zeroPage)
+        case .elf(false, nil) where (try? ELFImage(bytes: image.bytes, path: image.path))?.isLinuxKernel == true:
+            // An uncompressed i386 Linux kernel: the 32-bit Linux boot protocol.
+            let elf = try ELFImage(bytes: image.bytes, path: image.path)
+            let l = try LinuxBoot.loadVmlinux32(kernel: image, elf: elf, initrd: initrd, cmdline: cmdline,
+                                                memory: memory, e820: e820, rsdp: acpi?.rsdp)
             result = BootResult(cpuState: l.cpuState, format: image.format, entryMode: .protected32, e820: e820,
                                 kernelRange: l.kernelRange, initrdRange: l.initrdRange, bootInfoAddress: BootLayout.zeroPage)
         case let .elf(is64, nil):

@@ -24,6 +24,8 @@ public struct ELFImage: Sendable {
     public let pvhEntry: UInt64?
     /// The Xen XEN_ELFNOTE_GUEST_OS string ("linux" for a Linux vmlinux), when present.
     public let guestOS: String?
+    /// The image carries a note owned by "Linux" (every vmlinux has one).
+    public let isLinuxKernel: Bool
 
     static func hasMagic(_ bytes: [UInt8]) -> Bool {
         bytes.count >= 4 && bytes[0] == 0x7F && bytes[1] == 0x45 && bytes[2] == 0x4C && bytes[3] == 0x46
@@ -61,6 +63,7 @@ public struct ELFImage: Sendable {
         var segs: [Segment] = []
         var pvh: UInt64?
         var os: String?
+        var linux = false
         for i in 0..<phnum {
             let (off, o1) = UInt64(i).multipliedReportingOverflow(by: UInt64(phentsize))
             let (at, o2) = phoff.addingReportingOverflow(off)
@@ -101,6 +104,7 @@ public struct ELFImage: Sendable {
                 if let d = Self.xenNote(bytes, type: Self.xenElfNoteGuestOS, from: Int(seg.fileOffset), to: Int(fileEnd)) {
                     os = String(decoding: d.prefix { $0 != 0 }.prefix(64), as: UTF8.self)
                 }
+                if Self.hasNote(owner: "Linux", bytes, from: Int(seg.fileOffset), to: Int(fileEnd)) { linux = true }
             default:
                 break
             }
@@ -109,6 +113,25 @@ public struct ELFImage: Sendable {
         segments = segs
         pvhEntry = pvh
         guestOS = os
+        isLinuxKernel = linux
+    }
+
+    /// Whether a PT_NOTE segment holds a note whose name is `owner`.
+    static func hasNote(owner: String, _ bytes: [UInt8], from start: Int, to end: Int) -> Bool {
+        let name = Array(owner.utf8) + [0]
+        var p = start
+        var steps = 0
+        while p >= 0, p + 12 <= end, steps < 4096 {
+            steps += 1
+            guard let namesz = bytes.le(UInt32.self, at: p), let descsz = bytes.le(UInt32.self, at: p + 4),
+                  namesz < 1 << 20, descsz < 1 << 20 else { return false }
+            let nameStart = p + 12
+            let descStart = nameStart + ((Int(namesz) + 3) & ~3)
+            guard descStart + Int(descsz) <= end else { return false }
+            if Int(namesz) == name.count && Array(bytes[nameStart..<(nameStart + name.count)]) == name { return true }
+            p = descStart + ((Int(descsz) + 3) & ~3)
+        }
+        return false
     }
 
     /// Walks the notes in a PT_NOTE segment for ("Xen", XEN_ELFNOTE_PHYS32_ENTRY).

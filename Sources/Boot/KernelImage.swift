@@ -28,7 +28,7 @@ public struct KernelImage: Sendable {
     public let path: String
     public let bytes: [UInt8]
     public let format: KernelFormat
-    /// A Linux kernel: a bzImage, or an ELF vmlinux whose Xen guest-OS note says "linux".
+    /// A Linux kernel: a bzImage, or an ELF vmlinux (a "Linux" note, or the Xen guest-OS note "linux").
     public let isLinux: Bool
 
     /// Reads and classifies `path`.
@@ -53,7 +53,7 @@ public struct KernelImage: Sendable {
         } else if ELFImage.hasMagic(bytes) {
             let elf = try ELFImage(bytes: bytes, path: path)
             format = .elf(is64Bit: elf.is64Bit, pvhEntry: elf.pvhEntry)
-            isLinux = elf.guestOS?.lowercased() == "linux"
+            isLinux = elf.isLinuxKernel || elf.guestOS?.lowercased() == "linux"
         } else {
             throw BootError.notAKernel(path: path)
         }

@@ -140,29 +140,47 @@ public enum LinuxBoot {
         }
         try guestWrite { try payload.withUnsafeBytes { try memory.write(from: $0, at: load) } }
 
+        let initrdRange = try writeZeroPage(rawHeader: header.rawHeader, flags: header.loadflags,
+                                            cmdlineSize: header.cmdlineSize, initrdAddrMax: header.initrdAddrMax,
+                                            code32Start: load, kernelEnd: kernelEnd, kernelPath: kernel.path,
+                                            initrd: initrd, cmdline: cmdline, memory: memory, e820: e820, rsdp: rsdp)
+
+        let entry: UInt64 = mode == .long64 ? load + 0x200 : load
+        var state = try EntryState.prepare(mode, entry: entry, memory: memory)
+        state.regs.rsi = BootLayout.zeroPage
+        return Loaded(header: header, mode: mode, cpuState: state,
+                      kernelRange: load..<(load + UInt64(payload.count)), initrdRange: initrdRange)
+    }
+
+    /// Writes boot_params at `BootLayout.zeroPage`: the setup header `rawHeader` (bytes from
+    /// 0x1F1), the command line, the initrd (placed high, above `kernelEnd`), e820 and RSDP.
+    static func writeZeroPage(rawHeader: [UInt8], flags: UInt8, cmdlineSize: UInt32, initrdAddrMax: UInt32,
+                              code32Start: UInt64, kernelEnd: UInt64, kernelPath: String, initrd: [UInt8]?,
+                              cmdline: String, memory: GuestMemory, e820: [E820Entry], rsdp: UInt64?) throws -> Range<UInt64>? {
         var zp = [UInt8](repeating: 0, count: 4096)
-        zp.replaceSubrange(setupHeader..<(setupHeader + header.rawHeader.count), with: header.rawHeader)
+        zp.replaceSubrange(setupHeader..<(setupHeader + rawHeader.count), with: rawHeader)
         zp.put(UInt16(0xFFFF), at: vidMode) // "normal"
         zp[typeOfLoader] = 0xFF // undefined boot loader
-        zp[loadflags] = header.loadflags | LinuxSetupHeader.canUseHeap
+        zp[Self.loadflags] = flags | LinuxSetupHeader.canUseHeap
         zp.put(UInt16(0xFE00 - 0x200), at: heapEndPtr)
         zp.put(UInt32(0), at: hardwareSubarch) // default x86
-        zp.put(UInt32(truncatingIfNeeded: load), at: code32Start)
+        zp.put(UInt32(truncatingIfNeeded: code32Start), at: Self.code32Start)
         if let rsdp { zp.put(rsdp, at: acpiRSDPAddr) }
 
         // Command line: at most cmdline_size bytes (boot.rst: 255 when the field says less).
-        let limit = min(max(Int(header.cmdlineSize), 255), BootLayout.cmdlineMax - 1)
+        let limit = min(max(Int(cmdlineSize), 255), BootLayout.cmdlineMax - 1)
         let cmd = Array(cmdline.utf8)
         guard cmd.count <= limit else {
-            throw BootError.invalidParameter("kernel command line is \(cmd.count) bytes; \(kernel.path) accepts at most \(limit)")
+            throw BootError.invalidParameter("kernel command line is \(cmd.count) bytes; \(kernelPath) accepts at most \(limit)")
         }
         try guestWrite { try memory.write(bytes: cmd + [0], at: BootLayout.cmdline) }
         zp.put(UInt32(BootLayout.cmdline), at: cmdLinePtr)
 
         // Initrd: as high as possible below min(initrd_addr_max, end of low RAM), page aligned.
         var initrdRange: Range<UInt64>?
+        let lowEnd = E820.lowRAMEnd(e820)
         if let initrd, !initrd.isEmpty {
-            let maxAddr = header.initrdAddrMax == 0 ? UInt64(0x37FF_FFFF) : UInt64(header.initrdAddrMax)
+            let maxAddr = initrdAddrMax == 0 ? UInt64(0x37FF_FFFF) : UInt64(initrdAddrMax)
             let top = min(maxAddr + 1, lowEnd)
             let size = UInt64(initrd.count)
             guard top > size, (top - size) & ~0xFFF >= kernelEnd else {
@@ -187,10 +205,49 @@ public enum LinuxBoot {
         }
         try guestWrite { try memory.write(bytes: zp, at: BootLayout.zeroPage) }
 
-        let entry: UInt64 = mode == .long64 ? load + 0x200 : load
-        var state = try EntryState.prepare(mode, entry: entry, memory: memory)
+        return initrdRange
+    }
+
+    /// A setup header for a kernel loaded without its bzImage wrapper (an uncompressed i386
+    /// vmlinux): boot_flag, "HdrS", protocol 2.15, loaded high, no KEEP_SEGMENTS (the kernel
+    /// loads its own GDT), initrd below 896 MiB - 128 MiB, 2 KiB command line.
+    static func syntheticSetupHeader() -> [UInt8] {
+        var h = [UInt8](repeating: 0, count: 0x268 - setupHeader)
+        func put<T: FixedWidthInteger>(_ v: T, _ off: Int) { h.put(v, at: off - setupHeader) }
+        put(UInt16(0xAA55), 0x1FE)
+        put(UInt8(0x66), 0x201)              // header length - 2 (ends at 0x268)
+        put(LinuxSetupHeader.magic, 0x202)
+        put(UInt16(0x020F), 0x206)
+        put(LinuxSetupHeader.loadedHigh, 0x211)
+        put(UInt32(0x37FF_FFFF), 0x22C)      // initrd_addr_max
+        put(UInt32(0x1000), 0x230)           // kernel_alignment
+        put(UInt32(2047), 0x238)             // cmdline_size
+        return h
+    }
+
+    /// Loads an uncompressed 32-bit Linux kernel (the vmlinux ELF inside an i386 bzImage)
+    /// at its physical addresses and enters `startup_32` through the 32-bit boot protocol:
+    /// flat protected mode, paging off, esi = boot_params with a synthetic setup header.
+    /// This skips the in-guest decompression (minutes on the software CPU).
+    public static func loadVmlinux32(kernel: KernelImage, elf: ELFImage, initrd: [UInt8]?, cmdline: String,
+                                     memory: GuestMemory, e820: [E820Entry], rsdp: UInt64?) throws -> Loaded {
+        guard !elf.is64Bit else {
+            throw BootError.invalidKernel(path: kernel.path, reason: "a 64-bit vmlinux needs a PVH note to be booted directly")
+        }
+        let range = try elf.load(bytes: kernel.bytes, into: memory, path: kernel.path)
+        // The kernel builds its early page tables in the brk area past _end: keep the initrd
+        // well clear of it (init_size is not known without the bzImage header).
+        let kernelEnd = range.upperBound + 0x100_0000
+        let raw = syntheticSetupHeader()
+        let initrdRange = try writeZeroPage(rawHeader: raw, flags: LinuxSetupHeader.loadedHigh, cmdlineSize: 2047,
+                                            initrdAddrMax: 0x37FF_FFFF, code32Start: elf.physicalEntry,
+                                            kernelEnd: kernelEnd, kernelPath: kernel.path, initrd: initrd,
+                                            cmdline: cmdline, memory: memory, e820: e820, rsdp: rsdp)
+        var state = try EntryState.prepare(.protected32, entry: elf.physicalEntry, memory: memory)
         state.regs.rsi = BootLayout.zeroPage
-        return Loaded(header: header, mode: mode, cpuState: state,
-                      kernelRange: load..<(load + UInt64(payload.count)), initrdRange: initrdRange)
+        var bytes = [UInt8](repeating: 0, count: 0x268)
+        bytes.replaceSubrange(setupHeader..<0x268, with: raw)
+        let header = try LinuxSetupHeader(bytes: bytes + [UInt8](repeating: 0, count: 0x1000), path: kernel.path)
+        return Loaded(header: header, mode: .protected32, cpuState: state, kernelRange: range, initrdRange: initrdRange)
     }
 }

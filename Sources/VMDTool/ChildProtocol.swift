@@ -35,6 +35,9 @@ struct ChildSpec: Codable {
     /// When vmd runs as root: the user the VM process becomes once it holds its files,
     /// /dev/kvm and its console (nil: keep the identity it was started with).
     var dropTo: DropIdentity?
+    /// The guest's network interfaces; their taps are among the passed descriptors
+    /// (Network.swift).
+    var interfaces: [ChildInterface] = []
 }
 
 /// Which of the passed descriptors is which file. Indexes count from 0 over the

@@ -586,10 +586,19 @@ final class Daemon: @unchecked Sendable {
             fileRequester = FileRequester(uid: c.uid, gids: Set([c.gid]).union(users.groups(ofUID: c.uid)))
         }
         let named = Set([req.boot, req.initrd, req.cdrom].compactMap { $0 } + req.disks.map(\.path))
-        let files: OpenedGuestFiles
+        var files: OpenedGuestFiles
         switch GuestFiles.open(d, requester: fileRequester, fromRequest: named) {
         case .failure(let m): return failStart(m.description)
         case .success(let f): files = f
+        }
+        // Taps for the interfaces, their descriptors after the files (Network.swift).
+        cond.lock()
+        let currentConfig = config
+        cond.unlock()
+        let interfaces: [ChildInterface]
+        switch VMNetwork.open(d, config: currentConfig, into: &files, log: log) {
+        case .failure(let m): files.closeAll(); return failStart(m.description)
+        case .success(let i): interfaces = i
         }
         defer { files.closeAll() }
 
@@ -631,7 +640,8 @@ final class Daemon: @unchecked Sendable {
         var answer: ChildMessage?
         do {
             try ch.send(ParentMessage.spec(ChildSpec(vm: d, fake: options.fakeVMs, verbose: options.verbose,
-                                                     files: files.table, dropTo: vmIdentity)))
+                                                     files: files.table, dropTo: vmIdentity,
+                                                     interfaces: interfaces)))
             try GuestFiles.send(files.fds, over: ch)
             let got = try ch.receive(ChildMessage.self)
             answer = got?.0

@@ -107,6 +107,9 @@ final class MachineGuest: GuestRunner, @unchecked Sendable {
             accelerator: VMM.Accelerator(rawValue: (vm.accel ?? .auto).rawValue) ?? .auto,
             console: .pty)
         config.passedFiles = passed
+        for i in spec.interfaces where i.index >= 0 && i.index < fds.count {
+            config.networkInterfaces.append(NetworkInterfaceConfig(attachment: .fileDescriptor(fds[i.index]), mac: i.mac))
+        }
         var log = Logger(label: "vm \(vm.name)")
         log.logLevel = spec.verbose > 0 ? .debug : .warning
         do {

@@ -81,7 +81,7 @@ public struct AcceleratorChoice: Sendable, Equatable {
 /// What kind of kernel a file holds, judged by its content (never its name).
 public enum KernelKind: String, Sendable, Equatable, CustomStringConvertible {
     case linuxBzImage = "Linux bzImage"
-    case linuxELF = "Linux ELF (PVH)"
+    case linuxELF = "Linux ELF"
     case elf = "ELF"
     case multiboot = "multiboot"
 

@@ -32,6 +32,9 @@ public final class Machine: @unchecked Sendable {
     /// irqfd-based MSI path (VirtioEventLoop.swift); nil on other backends or when unavailable.
     public let virtioEventLoop: VirtioEventLoop?
     public let msiRouter: MSIRouter?
+    /// The thread moving host frames into the virtio-net receive queues (nil without
+    /// network interfaces): MachineNet.swift.
+    public let networkPump: VirtioNetPump?
     public let handler: ExitHandler
     public let runner: MachineRunner
     /// Where the loader put the kernel, initrd and firmware tables.
@@ -96,6 +99,8 @@ public final class Machine: @unchecked Sendable {
         virtio = try Machine.attachVirtio(config: config, host: devices.pciHost, memory: memory,
                                           interrupts: fast.router ?? backend.interrupts, console: console, log: log)
         fast.loop?.attach(virtio.all)
+        networkPump = virtio.networks.isEmpty ? nil
+            : try VirtioNetPump(models: virtio.networkModels, devices: virtio.networks, log: log)
         let boot: BootResult
         do {
             let initrd = try config.initrdPath.map { path in
@@ -161,6 +166,7 @@ public final class Machine: @unchecked Sendable {
         // vCPUs first: the guest's first instruction should not wait for helper threads.
         try runner.start()
         try virtioEventLoop?.start()
+        try networkPump?.start()
         let lock = deviceLock, devices = self.devices, events = self.events
         // MachineDevices is @unchecked Sendable: its chips are touched only under the lock.
         // The same thread polls the PIT when it is ours (software CPU).
@@ -214,6 +220,7 @@ public final class Machine: @unchecked Sendable {
         rtcTimer?.stop()
         rtcTimer = nil
         virtioEventLoop?.stop()
+        networkPump?.stop()
         return outcome
     }
 

@@ -38,6 +38,8 @@ public struct MachineConfig: Sendable {
     public var diskPaths: [String]
     public var accelerator: Accelerator
     public var console: ConsoleSink
+    /// Guest network interfaces (virtio-net, slots 8-11): MachineNet.swift.
+    public var networkInterfaces: [NetworkInterfaceConfig] = []
     /// Set by vmd's VM process: the guest files as descriptors, so the machine opens none
     /// by name (PassedFiles.swift). nil: the paths above are opened (`vmm`).
     public var passedFiles: PassedFiles? = nil

@@ -10,8 +10,9 @@ import Storage
 // the machine map (which creates the PCI host) and before the boot loader (which writes the
 // PCI interrupt routing of the registered functions into the firmware tables).
 extension Machine {
-    /// virtio-rng on slot 2, one virtio-blk per disk (`-d`, raw or qcow2) on slots 3-6, and a
-    /// virtio-console on slot 7 whose output joins the machine console (Linux: console=hvc0).
+    /// virtio-rng on slot 2, one virtio-blk per disk (`-d`, raw or qcow2) on slots 3-6, a
+    /// virtio-console on slot 7 whose output joins the machine console (Linux: console=hvc0),
+    /// and one virtio-net per network interface (`--net`) on slots 8-11 (MachineNet.swift).
     static func attachVirtio(config: MachineConfig, host: PCIHost, memory: GuestMemory,
                              interrupts: any InterruptController, console: Console,
                              log: Logger) throws -> VirtioMachineSet {
@@ -29,8 +30,10 @@ extension Machine {
             }
             disks.append(VirtioDiskSpec(backend: backend, readOnly: backend.isReadOnly, serial: "swiftvmm-disk\(i)"))
         }
+        let networks = try Machine.networkSpecs(config: config, log: log)
         return try VirtioMachineSet(host: host, memory: memory, interrupts: interrupts, disks: disks,
-                                    entropy: true, consoleOutput: { console.write($0) }, logger: log)
+                                    entropy: true, consoleOutput: { console.write($0) },
+                                    networks: networks, logger: log)
     }
 
     /// On KVM: the irqfd MSI router and the ioeventfd event loop (VirtioEventLoop.swift).

@@ -44,11 +44,20 @@ struct VMMCommand: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("CPU backend: kvm, emulator or auto.", valueName: "kvm|emulator|auto"))
     var accel: Accelerator = .auto
 
+    @Option(name: [.customShort("n"), .long], help: ArgumentHelp(
+        "A virtio-net interface (repeatable, up to 4): tap (next free tapN), tap:NAME, or fd:N (an open tap descriptor), optionally followed by ,mac=xx:xx:xx:xx:xx:xx.",
+        valueName: "tap[:name]|fd:n[,mac=addr]"))
+    var net: [String] = []
+
     /// The machine description these flags give (no file is touched).
     func machineConfig(console: ConsoleSink = .standardIO) throws -> MachineConfig {
-        let config = MachineConfig(kernelPath: kernel, initrdPath: initrd, cmdline: cmdline ?? "",
+        var config = MachineConfig(kernelPath: kernel, initrdPath: initrd, cmdline: cmdline ?? "",
                                    memorySize: try parseMemorySize(memory), vcpus: cpus,
                                    diskPaths: disk, accelerator: accel, console: console)
+        config.networkInterfaces = try net.map { try NetworkInterfaceConfig(parsing: $0) }
+        guard config.networkInterfaces.count <= 4 else {
+            throw NetworkConfigError.tooManyInterfaces(config.networkInterfaces.count, maximum: 4)
+        }
         try config.validateSettings()
         return config
     }

@@ -223,6 +223,7 @@ public final class EmulatorVCPU: VirtualCPU, @unchecked Sendable {
             } else {
                 reason = cpu.run(budget: sliceInstructions)
             }
+            if EmulatorTrace.settings.slices { cpu.traceSlice() }
             switch reason {
             case .exit:
                 return makeExit(cpu.pendingExits.removeFirst())

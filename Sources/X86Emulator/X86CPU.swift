@@ -2696,6 +2696,7 @@ extension X86CPU {
             }
         case let .exception(vector, code):
             if pendingExits.count > exitsBefore { pendingExits.removeSubrange(exitsBefore..<pendingExits.count) }
+            if EmulatorTrace.settings.exceptions { traceException(vector, code) }
             raiseException(vector, code)
         case .shutdown:
             break

@@ -15,12 +15,23 @@ public struct VirtioDiskSpec {
     }
 }
 
+/// One network interface for `VirtioMachineSet`: its MAC and where its frames go.
+public struct VirtioNetSpec {
+    public var mac: [UInt8]
+    public var backend: any NetworkBackend
+
+    public init(mac: [UInt8], backend: any NetworkBackend) {
+        self.mac = mac; self.backend = backend
+    }
+}
+
 /// The virtio functions of one machine, created and placed on the PCI host bridge in one
 /// call, so the VMM's machine map stays one readable list:
 ///
 ///     slot 2       virtio-rng
 ///     slots 3-6    virtio-blk, one per disk (at most 4, like vmd)
 ///     slot 7       virtio-console (when a console backend is given)
+///     slots 8-11   virtio-net, one per interface (at most 4, like vmd)
 ///
 /// INTx lines come from the host bridge's routing (shared, level triggered); MSI-X goes to
 /// `interrupts.signalMSI`.
@@ -29,21 +40,29 @@ public final class VirtioMachineSet: @unchecked Sendable {
     public static let firstDiskSlot = 3
     public static let maximumDisks = 4
     public static let consoleSlot = 7
+    public static let firstNetworkSlot = 8
+    public static let maximumNetworkInterfaces = 4
 
     public let blocks: [VirtioPCIDevice]
     public let blockModels: [VirtioBlock]
     public let entropy: VirtioPCIDevice?
     public let console: VirtioPCIDevice?
     public let consoleModel: VirtioConsole?
+    /// The virtio-net functions and their models, in interface order.
+    public let networks: [VirtioPCIDevice]
+    public let networkModels: [VirtioNet]
 
     /// Every function, for iteration (ioeventfd set-up, snapshots, metrics).
-    public var all: [VirtioPCIDevice] { (entropy.map { [$0] } ?? []) + blocks + (console.map { [$0] } ?? []) }
+    public var all: [VirtioPCIDevice] { (entropy.map { [$0] } ?? []) + blocks + (console.map { [$0] } ?? []) + networks }
 
     public enum SetupError: Error, CustomStringConvertible {
         case tooManyDisks(Int)
+        case tooManyNetworkInterfaces(Int)
         public var description: String {
             switch self {
             case let .tooManyDisks(n): return "\(n) virtio disks requested; a machine has at most \(VirtioMachineSet.maximumDisks)"
+            case let .tooManyNetworkInterfaces(n):
+                return "\(n) network interfaces requested; a machine has at most \(VirtioMachineSet.maximumNetworkInterfaces)"
             }
         }
     }
@@ -54,8 +73,12 @@ public final class VirtioMachineSet: @unchecked Sendable {
     public init(host: PCIHost, memory: GuestMemory, interrupts: any InterruptController,
                 disks: [VirtioDiskSpec], entropy: Bool = true,
                 consoleOutput: (@Sendable ([UInt8]) -> Void)? = nil,
+                networks: [VirtioNetSpec] = [],
                 logger: Logger = Logger(label: "virtio")) throws {
         guard disks.count <= Self.maximumDisks else { throw SetupError.tooManyDisks(disks.count) }
+        guard networks.count <= Self.maximumNetworkInterfaces else {
+            throw SetupError.tooManyNetworkInterfaces(networks.count)
+        }
         func make(_ model: any VirtioDeviceModel, slot: Int, name: String) throws -> VirtioPCIDevice {
             let device = VirtioPCIDevice(model: model, memory: memory, interrupts: interrupts,
                                          intx: host.interruptLine(slot: slot, pin: 1), name: name, logger: logger)
@@ -80,5 +103,14 @@ public final class VirtioMachineSet: @unchecked Sendable {
             self.consoleModel = nil
             self.console = nil
         }
+        var nets: [VirtioPCIDevice] = []
+        var netModels: [VirtioNet] = []
+        for (i, spec) in networks.enumerated() {
+            let model = VirtioNet(mac: spec.mac, backend: spec.backend)
+            netModels.append(model)
+            nets.append(try make(model, slot: Self.firstNetworkSlot + i, name: "virtio-net\(i)"))
+        }
+        self.networks = nets
+        self.networkModels = netModels
     }
 }

@@ -1,0 +1,144 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Synchronization
+
+/// Where a virtual NIC's Ethernet frames go and come from: one frame per call, no
+/// virtio header (the device model strips and adds it).
+///
+/// `send` and `receive` never block. A backend with a file descriptor reports it in
+/// `pollDescriptor` so the VMM's network thread can wait for frames; one without (the
+/// in-memory backend of the tests) is driven by whoever feeds it.
+public protocol NetworkBackend: AnyObject, Sendable {
+    /// Hands one frame to the host side; false when it was dropped (queue full, link down).
+    func send(_ frame: UnsafeRawBufferPointer) -> Bool
+    /// Copies the next waiting frame into `buffer` and returns its length (a longer frame is
+    /// truncated to `buffer.count`); nil when no frame waits.
+    func receive(into buffer: UnsafeMutableRawBufferPointer) -> Int?
+    /// Readable (poll(2) POLLIN) when a frame waits; nil when the backend has no descriptor.
+    var pollDescriptor: Int32? { get }
+    /// A short description for logs ("tap tap3", "fd 7").
+    var name: String { get }
+}
+
+/// A backend over a datagram-style descriptor where one read or write is one frame: a tap
+/// device opened with IFF_TAP|IFF_NO_PI (`TapInterface`), or one end of an
+/// AF_UNIX SOCK_DGRAM/SOCK_SEQPACKET socketpair (tests, other processes). The descriptor
+/// is made non-blocking; it is closed on deinit when `ownsDescriptor`.
+public final class FileDescriptorNetworkBackend: NetworkBackend, @unchecked Sendable {
+    public let fd: Int32
+    public let name: String
+    private let ownsDescriptor: Bool
+    private let sendErrors = Atomic<UInt64>(0)
+
+    /// Frames `send` could not hand over (EAGAIN, ENOBUFS, link down...).
+    public var failedSends: UInt64 { sendErrors.load(ordering: .relaxed) }
+
+    public init(fd: Int32, name: String? = nil, ownsDescriptor: Bool = true) {
+        self.fd = fd
+        self.name = name ?? "fd \(fd)"
+        self.ownsDescriptor = ownsDescriptor
+        let flags = fcntl(fd, F_GETFL)
+        if flags >= 0 { _ = fcntl(fd, F_SETFL, flags | O_NONBLOCK) }
+    }
+
+    deinit { if ownsDescriptor { close(fd) } }
+
+    public var pollDescriptor: Int32? { fd }
+
+    public func send(_ frame: UnsafeRawBufferPointer) -> Bool {
+        while true {
+            // SAFETY: writes frame.count bytes from the caller's buffer.
+            let n = write(fd, frame.baseAddress, frame.count)
+            if n == frame.count { return true }
+            if n < 0, errno == EINTR { continue }
+            sendErrors.add(1, ordering: .relaxed)
+            return false
+        }
+    }
+
+    public func receive(into buffer: UnsafeMutableRawBufferPointer) -> Int? {
+        while true {
+            // SAFETY: reads at most buffer.count bytes into the caller's buffer.
+            let n = read(fd, buffer.baseAddress, buffer.count)
+            if n > 0 { return n }
+            if n < 0, errno == EINTR { continue }
+            // 0 (peer closed / empty datagram) and EAGAIN both mean: nothing now.
+            return nil
+        }
+    }
+
+    /// An AF_UNIX SOCK_DGRAM socketpair: the first end for a device, the second for the
+    /// test (or process) playing the network.
+    public static func socketPair() throws -> (device: FileDescriptorNetworkBackend, peer: Int32) {
+        var fds: [Int32] = [0, 0]
+        let rc = fds.withUnsafeMutableBufferPointer { socketpair(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, $0.baseAddress) }
+        guard rc == 0 else { throw NetworkError.systemCall("socketpair", errno: errno) }
+        return (FileDescriptorNetworkBackend(fd: fds[0], name: "socketpair"), fds[1])
+    }
+}
+
+/// An in-memory backend: frames the device sends are appended to `sent`; frames queued
+/// with `inject` are what the device receives. For tests.
+public final class MemoryNetworkBackend: NetworkBackend, @unchecked Sendable {
+    private struct State {
+        var sent: [[UInt8]] = []
+        var incoming: [[UInt8]] = []
+        var acceptSends = true
+    }
+    private let state = Mutex(State())
+
+    public init() {}
+
+    public var name: String { "memory" }
+    public var pollDescriptor: Int32? { nil }
+
+    /// Frames the device sent, oldest first.
+    public var sent: [[UInt8]] { state.withLock { $0.sent } }
+    /// Frames queued for the device and not yet taken.
+    public var waiting: Int { state.withLock { $0.incoming.count } }
+    /// When false, `send` drops frames (a full host queue).
+    public func setAcceptsSends(_ accept: Bool) { state.withLock { $0.acceptSends = accept } }
+
+    /// Queues a frame for the device to receive.
+    public func inject(_ frame: [UInt8]) { state.withLock { $0.incoming.append(frame) } }
+
+    public func send(_ frame: UnsafeRawBufferPointer) -> Bool {
+        state.withLock { s in
+            guard s.acceptSends else { return false }
+            s.sent.append(Array(frame))
+            return true
+        }
+    }
+
+    public func receive(into buffer: UnsafeMutableRawBufferPointer) -> Int? {
+        state.withLock { s -> Int? in
+            guard !s.incoming.isEmpty else { return nil }
+            let frame = s.incoming.removeFirst()
+            let n = min(frame.count, buffer.count)
+            frame.withUnsafeBytes { src in
+                // SAFETY: n <= both buffer sizes.
+                if n > 0 { buffer.baseAddress!.copyMemory(from: src.baseAddress!, byteCount: n) }
+            }
+            return n
+        }
+    }
+}
+
+/// Host networking failures (tap and bridge set-up), with the interface named.
+public enum NetworkError: Error, Equatable, CustomStringConvertible {
+    case systemCall(String, errno: Int32)
+    case tapUnavailable(reason: String)
+    case interface(String, operation: String, errno: Int32)
+    case invalidInterfaceName(String)
+
+    public var description: String {
+        func text(_ e: Int32) -> String { String(cString: strerror(e)) }
+        switch self {
+        case let .systemCall(call, e): return "\(call) failed: \(text(e))"
+        case let .tapUnavailable(reason): return "cannot create a tap interface: \(reason)"
+        case let .interface(name, operation, e): return "interface \(name): \(operation) failed: \(text(e))"
+        case let .invalidInterfaceName(name): return "\"\(name)\" is not a valid interface name (1-15 characters, no '/', ':' or spaces)"
+        }
+    }
+}
