@@ -4,6 +4,7 @@ import Glibc
 import Devices
 import Logging
 import VMConfig
+import VMM
 
 // Guest networking in vmd (docs/vmd.md, "Networking"): for each interface of a VM, vmd (as
 // root) creates a tap, brings it up or down, attaches it to its switch's Linux bridge
@@ -16,6 +17,8 @@ struct ChildInterface: Codable, Equatable {
     var index: Int
     var name: String
     var mac: [UInt8]
+    /// `locked lladdr`: the device drops frames the guest sends from another MAC.
+    var locked = false
 }
 
 enum VMNetwork {
@@ -88,12 +91,12 @@ enum VMNetwork {
             } catch {
                 return fail(i, "\(error)")
             }
-            if spec.group != nil || spec.rdomain != nil || spec.locked {
-                log.warning("vm \(d.name): interface \(i): group, rdomain and locked lladdr are not applied on Linux")
+            if spec.group != nil || spec.rdomain != nil {
+                log.warning("vm \(d.name): interface \(i): group and rdomain are not applied on Linux")
             }
             let mac = mac(spec, vm: d.name, index: i)
-            log.info("vm \(d.name): interface \(i) is \(tap.name)\(bridge.map { " on bridge \($0)" } ?? ""), lladdr \(mac.map { String(format2: $0) }.joined(separator: ":"))")
-            out.append(ChildInterface(index: -1, name: tap.name, mac: mac))
+            log.info("vm \(d.name): interface \(i) is \(tap.name)\(bridge.map { " on bridge \($0)" } ?? ""), \(spec.locked ? "locked " : "")lladdr \(NetworkInterfaceConfig.formatMAC(mac))")
+            out.append(ChildInterface(index: -1, name: tap.name, mac: mac, locked: spec.locked))
         }
         for (k, fd) in made.enumerated() {
             files.fds.append(fd)
@@ -101,13 +104,5 @@ enum VMNetwork {
         }
         files.table.count = files.fds.count
         return .success(out)
-    }
-}
-
-extension String {
-    /// Two lowercase hex digits.
-    init(format2 byte: UInt8) {
-        let s = String(byte, radix: 16)
-        self = s.count == 1 ? "0" + s : s
     }
 }

@@ -108,7 +108,8 @@ final class MachineGuest: GuestRunner, @unchecked Sendable {
             console: .pty)
         config.passedFiles = passed
         for i in spec.interfaces where i.index >= 0 && i.index < fds.count {
-            config.networkInterfaces.append(NetworkInterfaceConfig(attachment: .fileDescriptor(fds[i.index]), mac: i.mac))
+            config.networkInterfaces.append(NetworkInterfaceConfig(attachment: .fileDescriptor(fds[i.index]), mac: i.mac,
+                                                                   lockedMAC: i.locked))
         }
         var log = Logger(label: "vm \(vm.name)")
         log.logLevel = spec.verbose > 0 ? .debug : .warning

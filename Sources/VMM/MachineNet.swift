@@ -23,20 +23,23 @@ public struct NetworkInterfaceConfig: Sendable {
     public var attachment: NetworkAttachment
     /// Six bytes; nil for a stable generated fe:e1:ba:d0:xx:xx address.
     public var mac: [UInt8]?
+    /// Drop guest frames whose source MAC is not `mac` (vm.conf `locked lladdr`).
+    public var lockedMAC = false
 
-    public init(attachment: NetworkAttachment, mac: [UInt8]? = nil) {
-        self.attachment = attachment; self.mac = mac
+    public init(attachment: NetworkAttachment, mac: [UInt8]? = nil, lockedMAC: Bool = false) {
+        self.attachment = attachment; self.mac = mac; self.lockedMAC = lockedMAC
     }
 
     /// Parses `vmm --net`: `tap`, `tap:NAME`, `fd:N`, each optionally followed by
-    /// `,mac=xx:xx:xx:xx:xx:xx`.
+    /// `,mac=xx:xx:xx:xx:xx:xx` and `,locked` (drop frames the guest sends from another MAC).
     public init(parsing text: String) throws {
         var parts = text.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
         let kind = parts.removeFirst()
         var mac: [UInt8]?
         for option in parts {
+            if option == "locked" { lockedMAC = true; continue }
             guard option.hasPrefix("mac="), let m = Self.parseMAC(String(option.dropFirst(4))) else {
-                throw NetworkConfigError.invalidSpec(text, why: "unknown option '\(option)' (only mac=xx:xx:xx:xx:xx:xx)")
+                throw NetworkConfigError.invalidSpec(text, why: "unknown option '\(option)' (mac=xx:xx:xx:xx:xx:xx or locked)")
             }
             guard m[0] & 1 == 0 else { throw NetworkConfigError.invalidSpec(text, why: "the MAC is a multicast address") }
             mac = m
@@ -117,7 +120,7 @@ extension Machine {
             }
             let mac = interface.mac ?? VirtioNet.generatedMAC(seed: "\(config.kernelPath)/\(backend.name)/\(i)")
             log.info("virtio-net\(i): \(NetworkInterfaceConfig.formatMAC(mac)) on \(backend.name)")
-            specs.append(VirtioNetSpec(mac: mac, backend: backend))
+            specs.append(VirtioNetSpec(mac: mac, backend: backend, lockedMAC: interface.lockedMAC))
         }
         return specs
     }

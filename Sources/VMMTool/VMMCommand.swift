@@ -45,8 +45,8 @@ struct VMMCommand: ParsableCommand {
     var accel: Accelerator = .auto
 
     @Option(name: [.customShort("n"), .long], help: ArgumentHelp(
-        "A virtio-net interface (repeatable, up to 4): tap (next free tapN), tap:NAME, or fd:N (an open tap descriptor), optionally followed by ,mac=xx:xx:xx:xx:xx:xx.",
-        valueName: "tap[:name]|fd:n[,mac=addr]"))
+        "A virtio-net interface (repeatable, up to 4): tap (next free tapN), tap:NAME, or fd:N (an open tap descriptor), optionally followed by ,mac=xx:xx:xx:xx:xx:xx and ,locked (drop guest frames from another MAC).",
+        valueName: "tap[:name]|fd:n[,mac=addr][,locked]"))
     var net: [String] = []
 
     /// The machine description these flags give (no file is touched).

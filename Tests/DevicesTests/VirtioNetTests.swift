@@ -19,10 +19,10 @@ struct NetRig {
 
     static let mac: [UInt8] = [0xFE, 0xE1, 0xBA, 0xD0, 0x12, 0x34]
 
-    init(backend: any NetworkBackend = MemoryNetworkBackend(), wanted: UInt64 = .max) throws {
+    init(backend: any NetworkBackend = MemoryNetworkBackend(), wanted: UInt64 = .max, locked: Bool = false) throws {
         memory = try GuestMemory(size: 1 << 20)
         self.backend = backend
-        net = VirtioNet(mac: Self.mac, backend: backend)
+        net = VirtioNet(mac: Self.mac, backend: backend, lockedMAC: locked)
         device = VirtioPCIDevice(model: net, memory: memory, interrupts: irq,
                                  intx: IRQLine(controller: irq, gsi: 11), logger: VirtioPCIDevice.discardingLogger)
         driver = VirtioTestDriver(device: device, memory: memory)
@@ -231,6 +231,21 @@ func testFrame(_ n: Int, seed: UInt8 = 1) -> [UInt8] {
         rig.net.pollBackend()
         #expect(try rig.driver.takeUsed(rig.rx).map(\.length) == [1012])
         #expect(try rig.memory.readBytes(at: addr[0] + 12, count: 1000) == inFrame)
+    }
+
+    @Test func lockedMACDropsSpoofedFrames() throws {
+        let rig = try NetRig(locked: true)
+        let good = testFrame(60)
+        var spoofed = testFrame(60); spoofed[11] ^= 1
+        try rig.transmit(spoofed)
+        try rig.transmit(good)
+        try rig.transmit(Array(good.prefix(10)))   // too short to carry a source MAC
+        #expect(rig.memoryBackend.sent == [good])
+        #expect(rig.net.transmitDropped == 2)
+        // Unlocked, the same spoofed frame goes out.
+        let open = try NetRig()
+        try open.transmit(spoofed)
+        #expect(open.memoryBackend.sent == [spoofed])
     }
 
     @Test func generatedMACsAreStableLocalAndDistinct() {

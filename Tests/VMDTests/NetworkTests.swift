@@ -51,7 +51,7 @@ import Testing
               disable
               boot "\(kernel)"
               interface \(tap1) { switch "lan" }
-              interface \(tap2) { lladdr fe:e1:ba:d0:aa:01
+              interface \(tap2) { locked lladdr fe:e1:ba:d0:aa:01
                                   down }
             }
             vm "onoff" {
@@ -68,6 +68,9 @@ import Testing
         #expect(Self.master(tap1) == bridge)
         #expect(Self.exists(tap2) && !Self.isUp(tap2), "`down` leaves the tap down")
         #expect(Self.master(tap2) == nil)
+        let log = d.log.snapshot()
+        #expect(log.contains("vm net: interface 0 is \(tap1) on bridge \(bridge), lladdr fe:e1:ba:d0:"), "\(log)")
+        #expect(log.contains("vm net: interface 1 is \(tap2), locked lladdr fe:e1:ba:d0:aa:01"), "\(log)")
         // Only the VM process holds the taps: stopping it removes them; the bridge stays.
         let stop = try d.vmctl("stop", "-f", "-w", "net")
         #expect(stop.status == 0, "\(stop.stderr)")

@@ -103,6 +103,10 @@ for m in $MODULES; do
 done
 uname -a
 for n in /sys/class/net/*; do echo "net: \${n##*/} \$(cat \$n/address)"; done
+if [ -e /sys/class/net/eth0 ]; then
+  ip link set eth0 up 2>/dev/null; sleep 1
+  echo "eth0: rx \$(cat /sys/class/net/eth0/statistics/rx_packets) tx \$(cat /sys/class/net/eth0/statistics/tx_packets) packets"
+fi
 ip link 2>/dev/null
 # What the integration tests check: the virtio disk (its first bytes, then a write that
 # the host reads back after power-off) and the virtio rng.

@@ -19,9 +19,11 @@ public struct VirtioDiskSpec {
 public struct VirtioNetSpec {
     public var mac: [UInt8]
     public var backend: any NetworkBackend
+    /// Drop transmitted frames with another source MAC (vm.conf `locked lladdr`).
+    public var lockedMAC: Bool
 
-    public init(mac: [UInt8], backend: any NetworkBackend) {
-        self.mac = mac; self.backend = backend
+    public init(mac: [UInt8], backend: any NetworkBackend, lockedMAC: Bool = false) {
+        self.mac = mac; self.backend = backend; self.lockedMAC = lockedMAC
     }
 }
 
@@ -106,7 +108,7 @@ public final class VirtioMachineSet: @unchecked Sendable {
         var nets: [VirtioPCIDevice] = []
         var netModels: [VirtioNet] = []
         for (i, spec) in networks.enumerated() {
-            let model = VirtioNet(mac: spec.mac, backend: spec.backend)
+            let model = VirtioNet(mac: spec.mac, backend: spec.backend, lockedMAC: spec.lockedMAC)
             netModels.append(model)
             nets.append(try make(model, slot: Self.firstNetworkSlot + i, name: "virtio-net\(i)"))
         }

@@ -42,6 +42,9 @@ public final class VirtioNet: VirtioDeviceModel, VirtioBackendAttachable, @unche
 
     public let mac: [UInt8]
     public let backend: any NetworkBackend
+    /// vm.conf's `locked lladdr`: transmitted frames whose source MAC is not `mac` are
+    /// dropped (counted in `transmitDropped`), as OpenBSD's vmd does.
+    public let isMACLocked: Bool
     public private(set) var negotiated: UInt64 = 0
     public private(set) var isLinkUp = true
     public private(set) var isActive = false
@@ -68,9 +71,10 @@ public final class VirtioNet: VirtioDeviceModel, VirtioBackendAttachable, @unche
     private var heldLength: Int?
 
     /// `mac` must be 6 bytes (otherwise a locally administered one is derived from it).
-    public init(mac: [UInt8], backend: any NetworkBackend) {
+    public init(mac: [UInt8], backend: any NetworkBackend, lockedMAC: Bool = false) {
         self.mac = mac.count == 6 ? mac : Self.generatedMAC(seed: mac.map { String($0) }.joined(separator: ","))
         self.backend = backend
+        self.isMACLocked = lockedMAC
     }
 
     /// A stable, locally administered unicast MAC in OpenBSD vmd's fe:e1:ba:d0:xx:xx range,
@@ -162,7 +166,8 @@ public final class VirtioNet: VirtioDeviceModel, VirtioBackendAttachable, @unche
                         at += seg.count
                     }
                 }
-                let sent = scratch.withUnsafeBytes { backend.send(UnsafeRawBufferPointer(rebasing: $0[0..<at])) }
+                let spoofed = isMACLocked && (at < 12 || scratch[6..<12].elementsEqual(mac) == false)
+                let sent = !spoofed && scratch.withUnsafeBytes { backend.send(UnsafeRawBufferPointer(rebasing: $0[0..<at])) }
                 if sent {
                     transmittedFrames &+= 1
                     transmittedBytes &+= UInt64(at)
