@@ -10,11 +10,32 @@ static volatile u32 ap_online;           /* APs that reached C */
 static volatile u32 ap_seen[64];         /* APIC IDs that reported */
 static u8 ap_stacks[16][8192] __attribute__((aligned(16)));
 
+/* Atomicity check: every CPU adds to a counter with LOCK XADD and to another one under
+ * an XCHG spinlock released by a plain store; no update may be lost. */
+#define ATOMIC_ROUNDS 50000
+#define LOCK_ROUNDS 2000   /* PAUSE in the spin exits to the host under PVM: keep it short */
+static volatile u32 go, finished;
+static volatile u64 atomic_counter, locked_counter;
+static volatile u32 spin;
+
+static void hammer(void) {
+    for (u32 i = 0; i < ATOMIC_ROUNDS; i++)
+        __atomic_fetch_add(&atomic_counter, 1, __ATOMIC_SEQ_CST);
+    for (u32 i = 0; i < LOCK_ROUNDS; i++) {
+        while (__atomic_exchange_n(&spin, 1, __ATOMIC_ACQUIRE)) pause();
+        locked_counter = locked_counter + 1;
+        __atomic_store_n(&spin, 0, __ATOMIC_RELEASE);
+    }
+}
+
 void ap_main(void) {
     u32 id = lapic_id();
     printf("smp: cpu with APIC ID %u is online in long mode\n", id);
     if (id < 64) ap_seen[id] = 1;
     __atomic_fetch_add(&ap_online, 1, __ATOMIC_SEQ_CST);
+    while (!go) pause();
+    hammer();
+    __atomic_fetch_add(&finished, 1, __ATOMIC_SEQ_CST);
 }
 
 static void icr_wait(void) {
@@ -57,10 +78,19 @@ int main(void) {
         report(ap_online > before, "AP with APIC ID %u started", id);
         started++;
     }
-    for (u32 t = 0; t < 1000000; t++) pause();  /* let the last AP finish printing */
+    /* Every AP printed before it counted itself online; now all hammer the counters. */
+    go = 1;
+    hammer();
+    for (u32 t = 0; t < 400000000 && finished < ap_online; t++) pause();
     u32 reported = 0;
     for (int i = 0; i < m.cpus; i++) if (m.apic_ids[i] != me && ap_seen[m.apic_ids[i]]) reported++;
     report(reported == (u32)started, "%u of %d APs reported their APIC ID", reported, started);
+    u32 cpus = ap_online + 1;
+    report(finished == ap_online, "%u of %u APs finished the atomicity rounds", finished, ap_online);
+    report(atomic_counter == (u64)cpus * ATOMIC_ROUNDS, "LOCK XADD counter is %u (want %u)",
+           (u32)atomic_counter, cpus * ATOMIC_ROUNDS);
+    report(locked_counter == (u64)cpus * LOCK_ROUNDS, "spinlock counter is %u (want %u)",
+           (u32)locked_counter, cpus * LOCK_ROUNDS);
     printf("smp: %u CPU(s) online\n", reported + 1);
     return 0;
 }

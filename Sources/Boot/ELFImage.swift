@@ -15,12 +15,15 @@ public struct ELFImage: Sendable {
     }
 
     public static let xenElfNotePhys32Entry: UInt32 = 18
+    public static let xenElfNoteGuestOS: UInt32 = 6
     static let maxProgramHeaders = 512
 
     public let is64Bit: Bool
     public let entry: UInt64
     public let segments: [Segment]
     public let pvhEntry: UInt64?
+    /// The Xen XEN_ELFNOTE_GUEST_OS string ("linux" for a Linux vmlinux), when present.
+    public let guestOS: String?
     /// The image carries a note owned by "Linux" (every vmlinux has one).
     public let isLinuxKernel: Bool
 
@@ -59,6 +62,7 @@ public struct ELFImage: Sendable {
         guard phentsize >= (is64Bit ? 56 : 32) else { throw bad("program header size \(phentsize) is too small") }
         var segs: [Segment] = []
         var pvh: UInt64?
+        var os: String?
         var linux = false
         for i in 0..<phnum {
             let (off, o1) = UInt64(i).multipliedReportingOverflow(by: UInt64(phentsize))
@@ -97,6 +101,9 @@ public struct ELFImage: Sendable {
                 if seg.memorySize > 0 { segs.append(seg) }
             case 4: // PT_NOTE
                 if let e = Self.pvhNote(bytes, from: Int(seg.fileOffset), to: Int(fileEnd)) { pvh = e }
+                if let d = Self.xenNote(bytes, type: Self.xenElfNoteGuestOS, from: Int(seg.fileOffset), to: Int(fileEnd)) {
+                    os = String(decoding: d.prefix { $0 != 0 }.prefix(64), as: UTF8.self)
+                }
                 if Self.hasNote(owner: "Linux", bytes, from: Int(seg.fileOffset), to: Int(fileEnd)) { linux = true }
             default:
                 break
@@ -105,6 +112,7 @@ public struct ELFImage: Sendable {
         guard !segs.isEmpty else { throw bad("no loadable (PT_LOAD) segments") }
         segments = segs
         pvhEntry = pvh
+        guestOS = os
         isLinuxKernel = linux
     }
 
@@ -128,22 +136,30 @@ public struct ELFImage: Sendable {
 
     /// Walks the notes in a PT_NOTE segment for ("Xen", XEN_ELFNOTE_PHYS32_ENTRY).
     static func pvhNote(_ bytes: [UInt8], from start: Int, to end: Int) -> UInt64? {
+        guard let d = xenNote(bytes, type: xenElfNotePhys32Entry, from: start, to: end) else { return nil }
+        if d.count == 4 { return d.le(UInt32.self, at: 0).map(UInt64.init) }
+        if d.count == 8 { return d.le(UInt64.self, at: 0) }
+        return nil
+    }
+
+    /// The descriptor of the first ("Xen", `type`) note in a PT_NOTE segment (bounded walk).
+    static func xenNote(_ bytes: [UInt8], type wanted: UInt32, from start: Int, to end: Int) -> [UInt8]? {
         var p = start
         var steps = 0
-        while p + 12 <= end, steps < 4096 {
+        let end = min(end, bytes.count)
+        while p >= 0, p + 12 <= end, steps < 4096 {
             steps += 1
             guard let namesz = bytes.le(UInt32.self, at: p), let descsz = bytes.le(UInt32.self, at: p + 4),
                   let type = bytes.le(UInt32.self, at: p + 8) else { return nil }
+            guard namesz < 1 << 20, descsz < 1 << 20 else { return nil }
             let nameStart = p + 12
             let nameLen = (Int(namesz) + 3) & ~3
             let descStart = nameStart + nameLen
             let descLen = (Int(descsz) + 3) & ~3
-            guard namesz < 1 << 20, descsz < 1 << 20, descStart + Int(descsz) <= end else { return nil }
-            if type == xenElfNotePhys32Entry, namesz >= 3,
+            guard descStart + Int(descsz) <= end else { return nil }
+            if type == wanted, namesz >= 3,
                bytes[nameStart] == 0x58, bytes[nameStart + 1] == 0x65, bytes[nameStart + 2] == 0x6E { // "Xen"
-                if descsz == 4 { return UInt64(bytes.le(UInt32.self, at: descStart)!) }
-                if descsz == 8 { return bytes.le(UInt64.self, at: descStart) }
-                return nil
+                return Array(bytes[descStart..<(descStart + Int(descsz))])
             }
             p = descStart + descLen
         }

@@ -28,6 +28,8 @@ public struct KernelImage: Sendable {
     public let path: String
     public let bytes: [UInt8]
     public let format: KernelFormat
+    /// A Linux kernel: a bzImage, or an ELF vmlinux (a "Linux" note, or the Xen guest-OS note "linux").
+    public let isLinux: Bool
 
     /// Reads and classifies `path`.
     public init(path: String) throws {
@@ -44,11 +46,14 @@ public struct KernelImage: Sendable {
         self.bytes = bytes
         if LinuxSetupHeader.hasMagic(bytes) {
             format = .bzImage
+            isLinux = true
         } else if MultibootHeader.find(in: bytes) != nil {
             format = .multiboot
+            isLinux = false
         } else if ELFImage.hasMagic(bytes) {
             let elf = try ELFImage(bytes: bytes, path: path)
             format = .elf(is64Bit: elf.is64Bit, pvhEntry: elf.pvhEntry)
+            isLinux = elf.isLinuxKernel || elf.guestOS?.lowercased() == "linux"
         } else {
             throw BootError.notAKernel(path: path)
         }

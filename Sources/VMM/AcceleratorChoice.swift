@@ -47,7 +47,8 @@ public struct AcceleratorChoice: Sendable, Equatable {
     /// Resolves `requested` for a kernel of `kind` on a host with `host` capabilities.
     ///
     /// `auto` takes KVM unless /dev/kvm is unusable, or the host's KVM is PVM-backed and
-    /// the guest is a full Linux kernel (bzImage), which PVM cannot run; then the emulator.
+    /// the guest is a full Linux kernel (bzImage or vmlinux), which PVM cannot run; then the
+    /// emulator.
     public static func choose(requested: Accelerator, kernel kind: KernelKind,
                               host: HostCapabilities) throws -> AcceleratorChoice {
         switch requested {
@@ -64,7 +65,7 @@ public struct AcceleratorChoice: Sendable, Equatable {
                 guard host.emulatorAvailable else { throw VMMError.kvmUnavailable(problem) }
                 return AcceleratorChoice(backend: .emulator, reason: "KVM is not usable (\(problem))")
             }
-            if host.isPVM && kind == .linuxBzImage {
+            if host.isPVM && kind.isLinux {
                 if host.emulatorAvailable {
                     return AcceleratorChoice(backend: .emulator,
                         reason: "the host's KVM is PVM-backed (/sys/module/kvm_pvm), which cannot run a full Linux kernel")
@@ -80,15 +81,19 @@ public struct AcceleratorChoice: Sendable, Equatable {
 /// What kind of kernel a file holds, judged by its content (never its name).
 public enum KernelKind: String, Sendable, Equatable, CustomStringConvertible {
     case linuxBzImage = "Linux bzImage"
+    case linuxELF = "Linux ELF"
     case elf = "ELF"
     case multiboot = "multiboot"
 
     public var description: String { rawValue }
 
-    public init(_ format: KernelFormat) {
+    /// A full Linux kernel (which a PVM-backed KVM cannot run).
+    public var isLinux: Bool { self == .linuxBzImage || self == .linuxELF }
+
+    public init(_ format: KernelFormat, isLinux: Bool = false) {
         switch format {
         case .bzImage: self = .linuxBzImage
-        case .elf: self = .elf
+        case .elf: self = isLinux ? .linuxELF : .elf
         case .multiboot: self = .multiboot
         }
     }

@@ -67,7 +67,7 @@ public final class Machine: @unchecked Sendable {
         } catch BootError.notAKernel {
             throw VMMError.notAKernel(path: config.kernelPath)
         }
-        let kind = KernelKind(image.format)
+        let kind = KernelKind(image.format, isLinux: image.isLinux)
         kernelKind = kind
         if let passed = config.passedFiles {
             guard passed.disks.count == config.diskPaths.count, (passed.initrd == nil) == (config.initrdPath == nil) else {
@@ -158,7 +158,7 @@ public final class Machine: @unchecked Sendable {
 
     /// A Linux kernel without a command line gets `console=ttyS0`, so its console is COM1.
     static func effectiveCmdline(_ cmdline: String, kind: KernelKind) -> String {
-        cmdline.isEmpty && kind == .linuxBzImage ? "console=ttyS0" : cmdline
+        cmdline.isEmpty && kind.isLinux ? "console=ttyS0" : cmdline
     }
 
     /// Starts the vCPU threads and the console input.

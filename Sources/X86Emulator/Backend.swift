@@ -26,6 +26,8 @@ public final class EmulatorVirtualMachine: VirtualMachineBackend, @unchecked Sen
     let router: EmulatorInterruptRouter
     public var interrupts: any InterruptController { router }
     private let vcpuTable = Mutex<[EmulatorVCPU]>([])
+    /// One vCPU executes at a time when there are several (see ExecutionTurnstile).
+    let turnstile = ExecutionTurnstile()
 
     public init(memory: GuestMemory) {
         self.memory = memory
@@ -176,6 +178,14 @@ public final class EmulatorVCPU: VirtualCPU, @unchecked Sendable {
         parker.unpark()
     }
 
+    /// Several vCPUs share the VM: execute through the turnstile. Decided at the first run
+    /// (every vCPU is created before any runs).
+    private lazy var serialized: Bool = {
+        let several = vm.vcpus.count > 1
+        cpu.yieldOnPause = several
+        return several
+    }()
+
     public func run() throws -> VCPUExit {
         if let key = awaitingRead {
             // SAFETY: exitBuffer holds at least 8 bytes.
@@ -205,7 +215,14 @@ public final class EmulatorVCPU: VirtualCPU, @unchecked Sendable {
                 waitingForSIPI = true
                 continue
             }
-            let reason = cpu.run(budget: sliceInstructions)
+            let reason: X86StopReason
+            if serialized {
+                vm.turnstile.enter()
+                reason = cpu.run(budget: sliceInstructions)
+                vm.turnstile.leave()
+            } else {
+                reason = cpu.run(budget: sliceInstructions)
+            }
             if EmulatorTrace.settings.slices { cpu.traceSlice() }
             switch reason {
             case .exit:

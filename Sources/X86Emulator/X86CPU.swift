@@ -156,6 +156,10 @@ public final class X86CPU {
     /// Set when something outside the instruction stream wants the run loop's attention
     /// (an interrupt became deliverable, a kick): long string instructions yield.
     var attention = false
+    /// Several vCPUs take turns (ExecutionTurnstile): PAUSE asks the run loop to end the
+    /// slice (`yieldRequested`, honoured within a few thousand instructions).
+    var yieldOnPause = false
+    var yieldRequested = false
     /// Set from any thread by `EmulatorVCPU.kick()`; polled every few thousand instructions.
     let kickRequested = Atomic<Bool>(false)
     var nmiPending = false
@@ -1465,6 +1469,9 @@ extension X86CPU {
             if rexB {
                 let s = d.opSize
                 let a = reg(8, s), b = reg(0, s); setReg(8, s, b); setReg(0, s, a)
+            } else if d.rep == 0xF3 && yieldOnPause {
+                // PAUSE: a spin-wait loop; with several vCPUs hand the turn over soon.
+                yieldRequested = true
             }
             // NOP / PAUSE
         case 0x91...0x97:
@@ -2791,6 +2798,7 @@ extension X86CPU {
                 timerCountdown = 2048
                 if apic.timerDeadline != 0 { apic.checkTimer(now: HostClock.nanoseconds()) }
                 if kickRequested.load(ordering: .relaxed) { return .attention }
+                if yieldRequested { yieldRequested = false; return .attention }
                 if let p = ripProfile, instructions &- profiledAt >= 2048 { profiledAt = instructions; p.sample(rip, cpl: cpl) }
             }
             timerCountdown &-= 1

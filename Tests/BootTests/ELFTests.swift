@@ -39,6 +39,7 @@ import Hypervisor
         let r = try BootLoader.load(image: KernelImage(path: path), initrd: initrd, cmdline: "console=hvc0",
                                     memory: mem, vcpus: 1)
         #expect(r.format == .elf(is64Bit: true, pvhEntry: 0x20_0000))
+        #expect(try KernelImage(path: path).isLinux == false, "a PVH note without the guest-OS note is not Linux")
         #expect(r.entryMode == .protected32)
         let s = r.cpuState
         #expect(s.regs.rip == 0x20_0000)

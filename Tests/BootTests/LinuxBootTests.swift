@@ -237,6 +237,7 @@ struct SyntheticBzImage {
             return
         }
         #expect(is64)
+        #expect(image.isLinux, "the Xen guest-OS note of a vmlinux says linux")
         let mem = try Support.memory(256 << 20)
         let r = try BootLoader.load(image: image, initrd: [1, 2, 3], cmdline: "console=ttyS0", memory: mem, vcpus: 2)
         #expect(r.entryMode == .protected32 && r.cpuState.regs.rip == pvh)
@@ -256,6 +257,7 @@ struct SyntheticBzImage {
         }
         let image = try KernelImage(path: path)
         #expect(image.format == .bzImage)
+        #expect(image.isLinux)
         let h = try LinuxSetupHeader(bytes: image.bytes, path: path)
         #expect(h.version >= 0x20F)
         #expect(h.supports64BitEntry)

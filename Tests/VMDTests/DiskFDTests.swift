@@ -144,11 +144,20 @@ import Testing
         defer { d.stop() }
         let status = try d.waitForStatus { (row($0, "held")?[1] ?? "-") != "-" }
         let pid = try #require(Int32(row(status, "held")?[1] ?? ""), "\(status)")
-        let mine = Self.openFiles(pid).filter { $0.hasPrefix(dir + "/") }.sorted()
-        #expect(mine == [dir + "/base.raw", cdrom, dir + "/mid.qcow2", dir + "/second.raw", dir + "/top.qcow2"],
-                "\(Self.openFiles(pid))")
+        // The PID shows as soon as the VM process exists; it closes the kernel and initrd
+        // once loaded, and vmd closes its copies once sent: wait (bounded) for both.
+        let expected = [dir + "/base.raw", cdrom, dir + "/mid.qcow2", dir + "/second.raw", dir + "/top.qcow2"]
+        var mine: [String] = []
+        var vmdHolds: [String] = []
+        for _ in 0..<100 {
+            mine = Self.openFiles(pid).filter { $0.hasPrefix(dir + "/") }.sorted()
+            vmdHolds = Self.openFiles(d.process.processIdentifier).filter { $0.hasPrefix(dir + "/") }
+            if mine == expected && vmdHolds.isEmpty { break }
+            usleep(50_000)
+        }
+        #expect(mine == expected, "\(Self.openFiles(pid))")
         // Descriptors vmd passed are not left open in vmd.
-        #expect(Self.openFiles(d.process.processIdentifier).allSatisfy { !$0.hasPrefix(dir + "/") })
+        #expect(vmdHolds.isEmpty, "\(vmdHolds)")
         // Run as root, vmd has the VM process give up root once it holds its files.
         if geteuid() == 0, let nobody = getpwnam("nobody")?.pointee.pw_uid {
             let expectUID = getpwnam("_vmd")?.pointee.pw_uid ?? getpwnam("vmd")?.pointee.pw_uid ?? nobody

@@ -87,6 +87,11 @@ import Testing
         let b = try AcceleratorChoice.choose(requested: .auto, kernel: .multiboot, host: noKVM)
         #expect(b.backend == .emulator)
         #expect(b.reason.contains("/dev/kvm does not exist"))
+        // A Linux vmlinux (ELF with the Xen guest-OS note "linux") is as much Linux as a bzImage.
+        #expect(try AcceleratorChoice.choose(requested: .auto, kernel: .linuxELF, host: pvm).backend == .emulator)
+        #expect(try AcceleratorChoice.choose(requested: .auto, kernel: .linuxELF, host: good).backend == .kvm)
+        #expect(KernelKind(.elf(is64Bit: true, pvhEntry: 0x100_0000), isLinux: true) == .linuxELF)
+        #expect(KernelKind(.elf(is64Bit: true, pvhEntry: nil)) == .elf)
     }
 
     @Test func explicitKVMWithoutKVMIsAnError() {

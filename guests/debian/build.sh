@@ -38,8 +38,11 @@ build_arch() {
           fi ;;
   esac
   out=$CACHE/$arch
-  if [ -f "$out/vmlinuz" ] && [ -f "$out/vmlinux" ] && [ -f "$out/initramfs.cpio.gz" ]; then
-    echo "$arch guest already built in $out"; return 0
+  if [ -f "$out/vmlinuz" ] && [ -f "$out/vmlinux" ] && [ -f "$out/kernel-version" ] && [ -d "$out/root/lib/modules" ]; then
+    echo "$arch kernel already fetched in $out"
+    kver=$(cat "$out/kernel-version")
+    build_initramfs "$arch" "$out" "$kver"
+    return 0
   fi
   mkdir -p "$out/debs" "$out/root"
   # The meta package depends on the versioned image package: resolve it.
@@ -59,8 +62,13 @@ build_arch() {
     tail -c +$((off + 1)) "$out/vmlinuz" | xz -dc > "$out/vmlinux" 2>/dev/null || true
   fi
   echo "$kver" > "$out/kernel-version"
+  build_initramfs "$arch" "$out" "$kver"
+}
 
-  # initramfs
+# The initramfs is rebuilt every time (a second or two), so changes to its init script
+# take effect without refetching the kernel.
+build_initramfs() {
+  arch=$1; out=$2; kver=$3
   ird=$out/initramfs
   rm -rf "$ird"; mkdir -p "$ird/bin" "$ird/sbin" "$ird/proc" "$ird/sys" "$ird/dev" "$ird/lib/modules"
   bb=$(command -v busybox || echo /bin/busybox)
@@ -76,7 +84,7 @@ build_arch() {
     if [ -z "$f" ]; then
       f=$(find "$out/root/lib/modules/$kver" -name "$(echo $m | tr - _).ko*" | head -1)
     fi
-    [ -n "$f" ] || { echo "module $m not found in $image" >&2; exit 1; }
+    [ -n "$f" ] || { echo "module $m not found in the $arch kernel $kver" >&2; exit 1; }
     case "$f" in
       *.ko.xz) xz -dc "$f" > "$ird/lib/modules/$m.ko" ;;
       *.ko.zst) zstd -qdc "$f" > "$ird/lib/modules/$m.ko" ;;
@@ -100,6 +108,17 @@ if [ -e /sys/class/net/eth0 ]; then
   echo "eth0: rx \$(cat /sys/class/net/eth0/statistics/rx_packets) tx \$(cat /sys/class/net/eth0/statistics/tx_packets) packets"
 fi
 ip link 2>/dev/null
+# What the integration tests check: the virtio disk (its first bytes, then a write that
+# the host reads back after power-off) and the virtio rng.
+cat /proc/partitions
+if [ -b /dev/vda ]; then
+  echo "vda reads: \$(head -c 24 /dev/vda)"
+  echo "SWIFTVMM-GUEST-WROTE-THIS" | dd of=/dev/vda bs=512 seek=1 conv=notrunc,sync,fsync 2>/dev/null && echo "vda written"
+fi
+if [ -c /dev/hwrng ]; then
+  echo "hwrng gives: \$(head -c 16 /dev/hwrng | od -An -tx1 | tr -d ' \\n')"
+fi
+sync
 echo $MARKER
 poweroff -f
 INIT
