@@ -25,6 +25,7 @@ protocol GuestRunner: AnyObject, Sendable {
 enum VMProcessMain {
     static func run() -> Never {
         signal(SIGPIPE, SIG_IGN)
+        closeInheritedDescriptors()
         let channel = ControlChannel(fd: 3)
         guard let (first, _) = try? channel.receive(ParentMessage.self), case .spec(let spec) = first else {
             FileHandle.standardError.write(Data("vmd: VM process: no VM description from vmd\n".utf8))
@@ -69,6 +70,20 @@ enum VMProcessMain {
         }
         commands.start()
         exit(runner.wait())
+    }
+}
+
+extension VMProcessMain {
+    /// A VM process starts with fds 0-3 only. vmd sets close-on-exec on every descriptor,
+    /// but one accepted by another vmd thread between accept(2) and fcntl(2) could slip
+    /// through a concurrent spawn (glibc's accept4 and posix_spawn's closefrom are not
+    /// visible to Swift): close whatever else is open before touching guest state.
+    static func closeInheritedDescriptors() {
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd") else { return }
+        // Listing /proc/self/fd opens a descriptor of its own; it is closed by now.
+        for name in names {
+            if let fd = Int32(name), fd > 3 { close(fd) }
+        }
     }
 }
 
