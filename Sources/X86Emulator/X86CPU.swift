@@ -183,7 +183,7 @@ public final class X86CPU {
     var insnBytes: UnsafeMutableRawPointer? = nil
     /// Decoded-instruction cache (see `decodeCached`): direct mapped, keyed by the host
     /// address of the instruction's first byte and the decode mode.
-    static let icacheBits = 13
+    static let icacheBits = 11
     let icache: UnsafeMutablePointer<DecodedInsn>
     /// Decoded-instruction cache statistics (hits, misses) for benchmarks.
     public internal(set) var icacheHits: UInt64 = 0
