@@ -213,7 +213,9 @@ public final class X86CPU {
         tlbTag.initialize(repeating: .max, count: 3 * X86CPU.tlbSize)
         tlbHost = .allocate(capacity: 3 * X86CPU.tlbSize)
         tlbHost.initialize(repeating: 0, count: 3 * X86CPU.tlbSize)
-        icache = .allocate(capacity: 1 << X86CPU.icacheBits)
+        // One 64-byte entry per cache line.
+        icache = UnsafeMutableRawPointer.allocate(byteCount: MemoryLayout<DecodedInsn>.stride << X86CPU.icacheBits, alignment: 64)
+            .bindMemory(to: DecodedInsn.self, capacity: 1 << X86CPU.icacheBits)
         icache.initialize(repeating: DecodedInsn(), count: 1 << X86CPU.icacheBits)
         apic = LocalAPIC(id: apicID)
         reset()
@@ -900,15 +902,18 @@ struct Insn {
     var isMem: Bool { mod != 3 }
 }
 
-/// One decoded-instruction cache entry: the key (host address | mode << 56; 0 = empty),
-/// the instruction's raw bytes (masked to its length) and its decoding.
+/// One decoded-instruction cache entry (64 bytes, one cache line): the key (host address |
+/// mode << 56; 0 = empty), the 16 bytes at that address when it was decoded (only the
+/// instruction's `len` bytes are compared) and its decoding.
 struct DecodedInsn {
     var key: UInt = 0
-    var mask0: UInt64 = 0
-    var mask1: UInt64 = 0
     var bytes0: UInt64 = 0
     var bytes1: UInt64 = 0
     var insn = Insn()
+
+    /// Which bits of the first/second 8 bytes belong to an instruction of `len` (1...15) bytes.
+    @inline(__always) static func mask0(_ len: Int) -> UInt64 { len >= 8 ? .max : ~(UInt64.max &<< UInt64(len &* 8)) }
+    @inline(__always) static func mask1(_ len: Int) -> UInt64 { len <= 8 ? 0 : ~(UInt64.max &<< UInt64((len &- 8) &* 8)) }
 }
 
 /// Operand kinds from the opcode tables.
@@ -1159,20 +1164,22 @@ extension X86CPU {
         let key = UInt(bitPattern: p) | (mode << 56)
         let idx = Int(truncatingIfNeeded: (key ^ (key >> X86CPU.icacheBits)) & UInt((1 << X86CPU.icacheBits) - 1))
         let e = icache + idx
-        if e.pointee.key == key && w0 & e.pointee.mask0 == e.pointee.bytes0 && w1 & e.pointee.mask1 == e.pointee.bytes1 {
-            icacheHits &+= 1
-            d = e.pointee.insn
-            return e.pointee.insn.len
+        if e.pointee.key == key {
+            let len = e.pointee.insn.len
+            if (w0 ^ e.pointee.bytes0) & DecodedInsn.mask0(len) == 0 && (w1 ^ e.pointee.bytes1) & DecodedInsn.mask1(len) == 0 {
+                icacheHits &+= 1
+                d = e.pointee.insn
+                return len
+            }
         }
         icacheMisses &+= 1
         try decode()
         // Fill only if the bytes did not change under the decoder (another vCPU's store).
         let len = d.len
-        let m0: UInt64 = len >= 8 ? .max : (UInt64(1) << UInt64(len &* 8)) &- 1
-        let m1: UInt64 = len <= 8 ? 0 : (UInt64(1) << UInt64((len &- 8) &* 8)) &- 1
-        guard p.loadUnaligned(as: UInt64.self) & m0 == w0 & m0,
-              p.loadUnaligned(fromByteOffset: 8, as: UInt64.self) & m1 == w1 & m1 else { return len }
-        e.pointee = DecodedInsn(key: key, mask0: m0, mask1: m1, bytes0: w0 & m0, bytes1: w1 & m1, insn: d)
+        let m0 = DecodedInsn.mask0(len), m1 = DecodedInsn.mask1(len)
+        guard (p.loadUnaligned(as: UInt64.self) ^ w0) & m0 == 0,
+              (p.loadUnaligned(fromByteOffset: 8, as: UInt64.self) ^ w1) & m1 == 0 else { return len }
+        e.pointee = DecodedInsn(key: key, bytes0: w0, bytes1: w1, insn: d)
         return len
     }
 

@@ -14,6 +14,14 @@ import Hypervisor
         return m
     }
 
+    @Test func entriesAreOneCacheLine() {
+        #expect(MemoryLayout<Insn>.size <= 40)
+        #expect(MemoryLayout<DecodedInsn>.stride == 64)
+        #expect(DecodedInsn.mask0(1) == 0xFF && DecodedInsn.mask1(1) == 0)
+        #expect(DecodedInsn.mask0(8) == .max && DecodedInsn.mask1(8) == 0)
+        #expect(DecodedInsn.mask0(15) == .max && DecodedInsn.mask1(15) == 0x00FF_FFFF_FFFF_FFFF)
+    }
+
     @Test func patchedImmediateTakesEffect() throws {
         // Each iteration rewrites the imm32 of the `mov edx` it runs next.
         let m = try machine("""

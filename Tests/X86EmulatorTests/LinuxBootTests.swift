@@ -42,6 +42,7 @@ import Foundation
         let text = h.consoleText
         let regs = h.vcpu.cpu.registers()
         print("---- guest console (\(text.utf8.count) bytes, \(h.vcpu.instructionCount) instructions, rip 0x\(String(regs.rip, radix: 16))) ----")
+        print("decoded-instruction cache: \(h.vcpu.cpu.icacheHits) hits, \(h.vcpu.cpu.icacheMisses) misses")
         print(text.suffix(6000))
         if let path = ProcessInfo.processInfo.environment["SWIFTVMM_BOOT_LOG"] {
             try? text.write(toFile: path, atomically: true, encoding: .utf8)
