@@ -3,7 +3,7 @@ import Testing
 
 /// Debian's i386 kernel (linux-image-686, non-PAE, 2-level paging) with the busybox
 /// initramfs from `guests/debian/build.sh --i386`, booted by the vmm binary on the software
-/// CPU with our devices (8250, ACPI, IOAPIC, virtio-pci) to the init marker. The kernel is
+/// CPU with two vCPUs and our devices (8250, ACPI, IOAPIC, virtio-pci) to the init marker. The kernel is
 /// the uncompressed vmlinux (the loader's 32-bit Linux boot protocol path): the bzImage's
 /// in-guest XZ decompression alone would take minutes on the interpreter.
 /// Skipped, with the reason printed, when the guest files are missing (`make test` builds
@@ -33,14 +33,16 @@ import Testing
             return
         }
         let start = Date()
+        // Two vCPUs: SMP Linux on the software CPU (the vCPUs take turns; see ExecutionTurnstile).
         let r = try Harness.vmm(["--accel", "emulator", "-k", kernel, "-i", initrd, "-m", "256M",
-                                 "-p", Self.cmdline], timeout: 900)
+                                 "-c", "2", "-p", Self.cmdline], timeout: 900)
         let seconds = Date().timeIntervalSince(start)
         print("i386 Debian kernel: init marker after \(String(format: "%.1f", seconds)) s on the emulator")
         let tail = String(r.stdout.suffix(3000))
         #expect(!r.timedOut, "no power-off within 900 s; console tail:\n\(tail)\nstderr:\n\(r.stderr)")
         #expect(r.stderr.contains("accelerator emulator"), "\(r.stderr)")
         #expect(r.stdout.contains("Linux version 6.") && r.stdout.contains("-686 "), "not the i386 kernel:\n\(tail)")
+        #expect(r.stdout.contains("smp: Brought up 1 node, 2 CPUs"), "\(String(r.stdout.prefix(12000)))")
         #expect(r.stdout.contains("Run /init as init process"), "\(tail)")
         // The virtio modules load into the running kernel and bind to our devices.
         for m in ["virtio_pci", "virtio_blk", "virtio_net", "virtio_console"] {
