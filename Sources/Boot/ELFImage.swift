@@ -100,11 +100,17 @@ public struct ELFImage: Sendable {
                 }
                 if seg.memorySize > 0 { segs.append(seg) }
             case 4: // PT_NOTE
-                if let e = Self.pvhNote(bytes, from: Int(seg.fileOffset), to: Int(fileEnd)) { pvh = e }
-                if let d = Self.xenNote(bytes, type: Self.xenElfNoteGuestOS, from: Int(seg.fileOffset), to: Int(fileEnd)) {
-                    os = String(decoding: d.prefix { $0 != 0 }.prefix(64), as: UTF8.self)
+                for note in Self.notes(bytes, from: Int(seg.fileOffset), to: Int(fileEnd)) {
+                    if note.name == Array("Linux".utf8) { linux = true }
+                    guard note.name == Array("Xen".utf8) else { continue }
+                    if note.type == Self.xenElfNotePhys32Entry, pvh == nil {
+                        if note.desc.count == 4 { pvh = note.desc.le(UInt32.self, at: 0).map(UInt64.init) }
+                        if note.desc.count == 8 { pvh = note.desc.le(UInt64.self, at: 0) }
+                    }
+                    if note.type == Self.xenElfNoteGuestOS, os == nil {
+                        os = String(decoding: note.desc.prefix { $0 != 0 }.prefix(64), as: UTF8.self)
+                    }
                 }
-                if Self.hasNote(owner: "Linux", bytes, from: Int(seg.fileOffset), to: Int(fileEnd)) { linux = true }
             default:
                 break
             }
@@ -116,54 +122,33 @@ public struct ELFImage: Sendable {
         isLinuxKernel = linux
     }
 
-    /// Whether a PT_NOTE segment holds a note whose name is `owner`.
-    static func hasNote(owner: String, _ bytes: [UInt8], from start: Int, to end: Int) -> Bool {
-        let name = Array(owner.utf8) + [0]
+    /// One ELF note: its name without the terminating NUL, its type and its descriptor.
+    struct Note {
+        var name: [UInt8]
+        var type: UInt32
+        var desc: [UInt8]
+    }
+
+    /// The notes of a PT_NOTE segment in `start..<end`, in order. The walk is bounded (4096
+    /// notes, names and descriptors under 1 MiB) and stops at the first note that does not
+    /// fit the segment.
+    static func notes(_ bytes: [UInt8], from start: Int, to end: Int) -> [Note] {
+        var out: [Note] = []
         var p = start
-        var steps = 0
-        while p >= 0, p + 12 <= end, steps < 4096 {
-            steps += 1
+        let end = min(end, bytes.count)
+        while p >= 0, p + 12 <= end, out.count < 4096 {
             guard let namesz = bytes.le(UInt32.self, at: p), let descsz = bytes.le(UInt32.self, at: p + 4),
-                  namesz < 1 << 20, descsz < 1 << 20 else { return false }
+                  let type = bytes.le(UInt32.self, at: p + 8),
+                  namesz < 1 << 20, descsz < 1 << 20 else { break }
             let nameStart = p + 12
             let descStart = nameStart + ((Int(namesz) + 3) & ~3)
-            guard descStart + Int(descsz) <= end else { return false }
-            if Int(namesz) == name.count && Array(bytes[nameStart..<(nameStart + name.count)]) == name { return true }
+            guard descStart + Int(descsz) <= end else { break }
+            var name = Array(bytes[nameStart..<(nameStart + Int(namesz))])
+            if name.last == 0 { name.removeLast() }
+            out.append(Note(name: name, type: type, desc: Array(bytes[descStart..<(descStart + Int(descsz))])))
             p = descStart + ((Int(descsz) + 3) & ~3)
         }
-        return false
-    }
-
-    /// Walks the notes in a PT_NOTE segment for ("Xen", XEN_ELFNOTE_PHYS32_ENTRY).
-    static func pvhNote(_ bytes: [UInt8], from start: Int, to end: Int) -> UInt64? {
-        guard let d = xenNote(bytes, type: xenElfNotePhys32Entry, from: start, to: end) else { return nil }
-        if d.count == 4 { return d.le(UInt32.self, at: 0).map(UInt64.init) }
-        if d.count == 8 { return d.le(UInt64.self, at: 0) }
-        return nil
-    }
-
-    /// The descriptor of the first ("Xen", `type`) note in a PT_NOTE segment (bounded walk).
-    static func xenNote(_ bytes: [UInt8], type wanted: UInt32, from start: Int, to end: Int) -> [UInt8]? {
-        var p = start
-        var steps = 0
-        let end = min(end, bytes.count)
-        while p >= 0, p + 12 <= end, steps < 4096 {
-            steps += 1
-            guard let namesz = bytes.le(UInt32.self, at: p), let descsz = bytes.le(UInt32.self, at: p + 4),
-                  let type = bytes.le(UInt32.self, at: p + 8) else { return nil }
-            guard namesz < 1 << 20, descsz < 1 << 20 else { return nil }
-            let nameStart = p + 12
-            let nameLen = (Int(namesz) + 3) & ~3
-            let descStart = nameStart + nameLen
-            let descLen = (Int(descsz) + 3) & ~3
-            guard descStart + Int(descsz) <= end else { return nil }
-            if type == wanted, namesz >= 3,
-               bytes[nameStart] == 0x58, bytes[nameStart + 1] == 0x65, bytes[nameStart + 2] == 0x6E { // "Xen"
-                return Array(bytes[descStart..<(descStart + Int(descsz))])
-            }
-            p = descStart + descLen
-        }
-        return nil
+        return out
     }
 
     /// The physical address of the entry point: e_entry, translated from a segment's
