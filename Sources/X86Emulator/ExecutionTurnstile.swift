@@ -28,10 +28,4 @@ final class ExecutionTurnstile: @unchecked Sendable {
         cond.broadcast()
         cond.unlock()
     }
-
-    /// Whether another vCPU is queued (so a running one should hand over soon).
-    var contended: Bool {
-        cond.lock(); defer { cond.unlock() }
-        return nextTicket &- serving > 1
-    }
 }

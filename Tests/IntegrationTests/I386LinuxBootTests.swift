@@ -14,24 +14,8 @@ import Testing
     /// TCG and time out (60 s, guest time) on the interpreter; `noisapnp`: ISA PnP probing.
     static let cmdline = "console=ttyS0 cryptomgr.notests noisapnp"
 
-    static var guestDirectory: URL {
-        if let c = ProcessInfo.processInfo.environment["SWIFTVMM_GUEST_CACHE"], !c.isEmpty {
-            return URL(fileURLWithPath: c).appendingPathComponent("i386")
-        }
-        return Harness.packageRoot.appendingPathComponent(".build/guests/debian/i386")
-    }
-
     @Test func debianI386KernelBootsToInitOnTheEmulator() throws {
-        if ProcessInfo.processInfo.environment["SWIFTVMM_SKIP_LINUX_BOOT"] != nil {
-            print("SKIPPED debianI386KernelBootsToInitOnTheEmulator: SWIFTVMM_SKIP_LINUX_BOOT is set")
-            return
-        }
-        let kernel = Self.guestDirectory.appendingPathComponent("vmlinux").path
-        let initrd = Self.guestDirectory.appendingPathComponent("initramfs.cpio.gz").path
-        for f in [kernel, initrd] where !FileManager.default.fileExists(atPath: f) {
-            print("SKIPPED debianI386KernelBootsToInitOnTheEmulator: \(f) is missing (build it with `sh guests/debian/build.sh --i386`)")
-            return
-        }
+        guard let (kernel, initrd) = LinuxGuestTests.guestFiles("i386") else { return }
         let start = Date()
         // Two vCPUs: SMP Linux on the software CPU (the vCPUs take turns; see ExecutionTurnstile).
         let r = try Harness.vmm(["--accel", "emulator", "-k", kernel, "-i", initrd, "-m", "256M",

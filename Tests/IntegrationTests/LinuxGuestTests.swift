@@ -12,13 +12,18 @@ import Testing
 @Suite(.serialized) struct LinuxGuestTests {
     static let marker = "SWIFTVMM-INIT-OK"
 
-    /// The cached guest files for `arch`, or nil (with the reason printed) when missing.
+    /// The cached guest files for `arch`, or nil (with the reason printed) when they are
+    /// missing or SWIFTVMM_SKIP_LINUX_BOOT is set.
     static func guestFiles(_ arch: String, test: String = #function) -> (kernel: String, initrd: String)? {
+        if ProcessInfo.processInfo.environment["SWIFTVMM_SKIP_LINUX_BOOT"] != nil {
+            print("SKIPPED \(test): SWIFTVMM_SKIP_LINUX_BOOT is set")
+            return nil
+        }
         let cache = ProcessInfo.processInfo.environment["SWIFTVMM_GUEST_CACHE"]
             ?? Harness.packageRoot.appendingPathComponent(".build/guests/debian").path
         let kernel = "\(cache)/\(arch)/vmlinux", initrd = "\(cache)/\(arch)/initramfs.cpio.gz"
         for f in [kernel, initrd] where !FileManager.default.fileExists(atPath: f) {
-            print("SKIPPED \(test): \(f) is missing (run guests/debian/build.sh; it needs apt access)")
+            print("SKIPPED \(test): \(f) is missing (run guests/debian/build.sh\(arch == "amd64" ? "" : " --\(arch)"); it needs apt access)")
             return nil
         }
         return (kernel, initrd)
