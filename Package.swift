@@ -28,7 +28,7 @@ let package = Package(
         // The software CPU is optimized even in debug builds: an unoptimized interpreter is too
         // slow to boot Linux in the test suite (see docs/emulator.md).
         .target(name: "X86Emulator", dependencies: ["Hypervisor", "GuestMemory"],
-                swiftSettings: [.unsafeFlags(["-O", "-enforce-exclusivity=unchecked"])]),
+                swiftSettings: [.unsafeFlags(["-O", "-enforce-exclusivity=unchecked", "-wmo", "-num-threads", "2"])]),
         // System zlib (zlib1g-dev) through a module map only: inflates compressed qcow2 clusters.
         .systemLibrary(name: "CZlib", path: "Sources/CZlib"),
         .target(name: "Storage", dependencies: ["CZlib"]),
