@@ -15,6 +15,9 @@ struct DaemonOptions: Sendable {
     var verbose: Int
     /// The user VM processes become when vmd runs as root (nil: _vmd, vmd or nobody).
     var vmUser: String? = nil
+    /// Control connections: per user, in total, idle timeout (VMD_CLIENT_TIMEOUT overrides it).
+    var limits = ConnectionLimits(
+        idleTimeout: ProcessInfo.processInfo.environment["VMD_CLIENT_TIMEOUT"].flatMap(Double.init) ?? 10)
 }
 
 /// One VM known to vmd: from vm.conf, from `vmctl load`, or started on the fly.
@@ -55,12 +58,15 @@ final class Daemon: @unchecked Sendable {
     private var listener: Int32 = -1
     /// Who VM processes become once they hold their files (nil: they keep vmd's identity).
     let vmIdentity: DropIdentity?
+    /// Control connections open per user (ConnectionLimits).
+    let gate: ConnectionGate
 
     init(options: DaemonOptions, users: any UserDatabase = SystemUserDatabase(), log: Logger) {
         self.options = options
         self.users = users
         self.log = log
         vmIdentity = GuestFiles.dropIdentity(user: options.vmUser)
+        gate = ConnectionGate(options.limits)
         if geteuid() == 0 {
             if let id = vmIdentity {
                 log.info("vm processes run as \(id.user) (uid \(id.uid)) once they hold their files")
@@ -180,13 +186,34 @@ final class Daemon: @unchecked Sendable {
         log.info("listening on \(options.socketPath)")
     }
 
+    /// Accepts connections for ever: each admitted one (ConnectionGate: per user and in
+    /// total) gets a thread; a refused one gets a reply saying why. A failing accept
+    /// (EMFILE until a descriptor is closed) backs off up to 1 s instead of spinning.
     func serve() -> Never {
+        var failures = 0
         while true {
-            guard let fd = try? UnixSocket.accept(listener) else {
-                usleep(10_000)
+            let fd: Int32
+            do {
+                fd = try UnixSocket.accept(listener)
+                failures = 0
+            } catch {
+                failures += 1
+                if failures == 1 { log.error("accept: \(error)") }
+                usleep(UInt32(min(1_000_000, 10_000 << min(failures, 7))))
                 continue
             }
-            let t = Thread { [self] in self.connection(ControlChannel(fd: fd)) }
+            let ch = ControlChannel(fd: fd)
+            guard let creds = try? ch.peerCredentials() else { continue }
+            if let why = gate.admit(uid: creds.uid) {
+                UnixSocket.setTimeouts(fd, receive: nil, send: 1)
+                try? ch.send(ReplyFrame(.failure(ControlFailure(.failed, why))))
+                log.debug("refused a connection from uid \(creds.uid) pid \(creds.pid): \(why)")
+                continue
+            }
+            let t = Thread { [self] in
+                self.connection(ch)
+                self.gate.release(uid: creds.uid)
+            }
             t.start()
         }
     }
@@ -194,6 +221,8 @@ final class Daemon: @unchecked Sendable {
     private func connection(_ ch: ControlChannel) {
         while true {
             let frame: RequestFrame
+            // A silent client (the first request included) is dropped after the idle timeout.
+            UnixSocket.setTimeouts(ch.fd, receive: gate.limits.idleTimeout, send: gate.limits.idleTimeout)
             do {
                 guard let (f, fds) = try ch.receive(RequestFrame.self) else { return }
                 for x in fds { close(x) }
