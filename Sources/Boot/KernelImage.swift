@@ -62,7 +62,8 @@ public struct KernelImage: Sendable {
 
 /// Reads a whole file with plain POSIX calls (no Foundation in the loader).
 public func readFile(_ path: String, limit: Int = 1 << 31) throws -> [UInt8] {
-    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    // O_NONBLOCK: a FIFO must not hang the open (it is refused below as not regular).
+    let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY)
     guard fd >= 0 else {
         throw BootError.unreadableFile(path: path, reason: String(cString: strerror(errno)))
     }

@@ -5,6 +5,7 @@ import Foundation
 import Logging
 import Control
 import VMConfig
+import VMDCore
 
 struct DaemonOptions: Sendable {
     var configPath: String
@@ -557,6 +558,26 @@ final class Daemon: @unchecked Sendable {
         return nil
     }
 
+    /// Whose rights open a VM's files: its owner user (with that user's groups); for an
+    /// owner group alone, the VM-process user in that group only; nil (vmd's own rights)
+    /// for a VM without a non-root owner.
+    func fileIdentity(_ o: ResolvedOwner) -> FileIdentity? {
+        if let uid = o.uid, uid != 0 {
+            var pw = passwd()
+            var result: UnsafeMutablePointer<passwd>?
+            var buf = [CChar](repeating: 0, count: 16384)
+            // SAFETY: buf outlives the call; the fields used are copied at once.
+            let gid = getpwuid_r(uid, &pw, &buf, buf.count, &result) == 0 && result != nil ? pw.pw_gid : 65534
+            var groups = users.groups(ofUID: uid)
+            if !groups.contains(gid) { groups.insert(gid, at: 0) }
+            return FileIdentity(uid: uid, gid: gid, groups: groups, name: Self.userName(uid))
+        }
+        if let gid = o.gid, gid != 0 {
+            return FileIdentity(uid: vmIdentity?.uid ?? 65534, gid: gid, groups: [gid], name: "group \(gid)")
+        }
+        return nil
+    }
+
     func startVM(_ e: VMEntry, _ req: StartRequest, asRoot: Bool, requester: PeerCredentials? = nil) -> (ControlReply, [Int32]) {
         cond.lock()
         guard e.state == .stopped else {
@@ -580,14 +601,10 @@ final class Daemon: @unchecked Sendable {
         }
         if let problem = Self.checkFiles(d) { return failStart(problem) }
 
-        // vmd opens every guest file; the VM process gets descriptors only.
-        var fileRequester: FileRequester?
-        if let c = requester, c.uid != 0 {
-            fileRequester = FileRequester(uid: c.uid, gids: Set([c.gid]).union(users.groups(ofUID: c.uid)))
-        }
-        let named = Set([req.boot, req.initrd, req.cdrom].compactMap { $0 } + req.disks.map(\.path))
+        // vmd opens every guest file; the VM process gets descriptors only. A VM with a
+        // non-root owner gets only files that owner could open (UserFileAccess).
         var files: OpenedGuestFiles
-        switch GuestFiles.open(d, requester: fileRequester, fromRequest: named) {
+        switch GuestFiles.open(d, as: fileIdentity(e.owner)) {
         case .failure(let m): return failStart(m.description)
         case .success(let f): files = f
         }

@@ -108,12 +108,17 @@ public enum KernelKind: String, Sendable, Equatable, CustomStringConvertible {
 
 /// Reads up to `count` bytes from the start of a file; throws a sentence naming the file.
 func readHead(path: String, count: Int, unreadable: (String, String) -> VMMError) throws -> [UInt8] {
-    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    // O_NONBLOCK: a FIFO must not hang the open; only regular files and block devices pass.
+    let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY)
     guard fd >= 0 else { throw unreadable(path, errnoString(errno)) }
     defer { close(fd) }
     var st = stat()
-    if fstat(fd, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR {
-        throw unreadable(path, "it is a directory")
+    if fstat(fd, &st) == 0 {
+        switch st.st_mode & S_IFMT {
+        case S_IFREG, S_IFBLK: break
+        case S_IFDIR: throw unreadable(path, "it is a directory")
+        default: throw unreadable(path, "not a regular file or block device")
+        }
     }
     var buffer = [UInt8](repeating: 0, count: count)
     var filled = 0
