@@ -65,10 +65,12 @@ public struct AcceleratorChoice: Sendable, Equatable {
                 guard host.emulatorAvailable else { throw VMMError.kvmUnavailable(problem) }
                 return AcceleratorChoice(backend: .emulator, reason: "KVM is not usable (\(problem))")
             }
-            if host.isPVM && kind.isLinux {
+            if host.isPVM && kind.needsFullVirtualization {
                 if host.emulatorAvailable {
                     return AcceleratorChoice(backend: .emulator,
-                        reason: "the host's KVM is PVM-backed (/sys/module/kvm_pvm), which cannot run a full Linux kernel")
+                        reason: kind == .firmware
+                            ? "the host's KVM is PVM-backed (/sys/module/kvm_pvm), which cannot run a BIOS and the system it boots"
+                            : "the host's KVM is PVM-backed (/sys/module/kvm_pvm), which cannot run a full Linux kernel")
                 }
                 return AcceleratorChoice(backend: .kvm,
                     reason: "the host's KVM is PVM-backed and may not run a full Linux kernel, but the software CPU is not available yet")
@@ -84,11 +86,16 @@ public enum KernelKind: String, Sendable, Equatable, CustomStringConvertible {
     case linuxELF = "Linux ELF"
     case elf = "ELF"
     case multiboot = "multiboot"
+    /// No kernel: the BIOS boots whatever is on the disk or CD-ROM.
+    case firmware = "BIOS firmware"
 
     public var description: String { rawValue }
 
     /// A full Linux kernel (which a PVM-backed KVM cannot run).
     public var isLinux: Bool { self == .linuxBzImage || self == .linuxELF }
+    /// What a PVM-backed KVM cannot run: a full Linux kernel, or a BIOS (real mode, and
+    /// whatever operating system it boots).
+    public var needsFullVirtualization: Bool { isLinux || self == .firmware }
 
     public init(_ format: KernelFormat, isLinux: Bool = false) {
         switch format {

@@ -1,0 +1,96 @@
+import Foundation
+import Testing
+
+/// Booting through SeaBIOS (Debian's seabios package) on the software CPU: its banner on
+/// COM1 through fw_cfg's etc/sercon-port, "No bootable device" and a clean stop for a blank
+/// disk, and a raw disk made from Debian packages (SYSLINUX in the MBR and on a FAT
+/// partition, guests/firmware/make-images.sh) booted to Debian's kernel and its init.
+@Suite(.serialized) struct FirmwareBootTests {
+    static let bios = "/usr/share/seabios/bios-256k.bin"
+    static let haveBIOS = FileManager.default.fileExists(atPath: bios)
+    static let cache = ProcessInfo.processInfo.environment["SWIFTVMM_GUEST_CACHE"]
+        ?? Harness.packageRoot.appendingPathComponent(".build/guests/debian").path
+    static let kernel = "\(cache)/amd64/vmlinuz", initrd = "\(cache)/amd64/initramfs.cpio.gz"
+    static let tools = ["/usr/bin/syslinux", "/usr/bin/mcopy", "/usr/sbin/mkfs.vfat", "/usr/sbin/sfdisk",
+                        "/usr/lib/syslinux/mbr/mbr.bin"]
+    /// The Linux boot needs the guest kernel, the image tools, and is skipped with
+    /// SWIFTVMM_SKIP_LINUX_BOOT (it costs ~130 CPU-seconds in a debug build).
+    static let canBootLinux = haveBIOS && ProcessInfo.processInfo.environment["SWIFTVMM_SKIP_LINUX_BOOT"] == nil
+        && ([kernel, initrd] + tools).allSatisfy { FileManager.default.fileExists(atPath: $0) }
+
+    static let imageDir = Harness.packageRoot.appendingPathComponent(".build/guests-firmware").path
+
+    /// Builds the images once per test process; returns the directory.
+    static func images() throws -> String {
+        lock.lock(); defer { lock.unlock() }
+        if !built {
+            let r = try Harness.run(["/bin/sh", Harness.packageRoot.appendingPathComponent("guests/firmware/make-images.sh").path,
+                                     imageDir, kernel, initrd], timeout: 120)
+            guard r.status == 0 else { throw HarnessError("make-images.sh failed: \(r.stderr)") }
+            built = true
+        }
+        return imageDir
+    }
+    private static let lock = NSLock()
+    nonisolated(unsafe) private static var built = false   // guarded by lock
+
+    /// A private copy of `image` (the guest writes to its disk).
+    static func copy(_ image: String) throws -> String {
+        let dst = NSTemporaryDirectory() + "swiftvmm-fw-\(getpid())-\(UUID().uuidString).img"
+        try FileManager.default.copyItem(atPath: image, toPath: dst)
+        return dst
+    }
+
+    @Test(.enabled(if: haveBIOS, "needs Debian's seabios package"))
+    func seaBIOSBannerThenNoBootableDeviceAndACleanStop() throws {
+        let blank = NSTemporaryDirectory() + "swiftvmm-fw-blank-\(getpid()).img"
+        FileManager.default.createFile(atPath: blank, contents: Data(count: 1 << 20))
+        defer { unlink(blank) }
+        let r = try Harness.vmm(["--accel", "emulator", "-m", "64M", "-d", blank], timeout: 120)
+        let log = r.stdout.replacingOccurrences(of: "\r", with: "")
+        #expect(!r.timedOut, "\(log)\n\(r.stderr)")
+        #expect(log.contains("SeaBIOS (version "), "\(log)")
+        #expect(log.contains("Booting from Hard Disk..."), "\(log)")
+        #expect(log.contains("No bootable device."), "\(log)")
+        #expect(r.status == 0 && r.stderr.contains("guest reset"), "status \(r.status): \(r.stderr)")
+    }
+
+    @Test(.enabled(if: haveBIOS, "needs Debian's seabios package"))
+    func noDiskAtAllAlsoStopsCleanly() throws {
+        let r = try Harness.vmm(["--accel", "emulator", "-m", "32M"], timeout: 120)
+        #expect(!r.timedOut)
+        #expect(r.stdout.contains("No bootable device."), "\(r.stdout)")
+        #expect(r.status == 0, "\(r.stderr)")
+    }
+
+    @Test func badFirmwareAndCDROMFilesAreOneLine() throws {
+        for (args, mention) in [(["--firmware", "/no/bios.bin"], "cannot read firmware /no/bios.bin"),
+                                (["--firmware", "/etc/passwd"], "/etc/passwd is not a BIOS image"),
+                                (["-r", "/no/cd.iso"], "cannot use CD-ROM image /no/cd.iso"),
+                                (["-B", "net"], "boot device net is not supported")] {
+            let r = try Harness.vmm(["--accel", "emulator", "-m", "32M"] + args)
+            #expect(r.status == 2, "\(args): \(r.status) \(r.stderr)")
+            #expect(r.stderr.split(separator: "\n").count == 1 && r.stderr.contains(mention), "\(args): \(r.stderr)")
+            #expect(r.stdout.isEmpty)
+        }
+    }
+
+    @Test(.enabled(if: canBootLinux, "needs seabios, syslinux, mtools, dosfstools, fdisk and the Debian guest kernel (guests/debian/build.sh); SWIFTVMM_SKIP_LINUX_BOOT skips it"))
+    func syslinuxDiskBootsDebianThroughSeaBIOS() throws {
+        let disk = try Self.copy(Self.images() + "/syslinux-disk.img")
+        defer { unlink(disk) }
+        let r = try Harness.vmm(["--accel", "emulator", "-m", "256M", "-d", disk], timeout: 1500)
+        let log = r.stdout.replacingOccurrences(of: "\r", with: "")
+        #expect(!r.timedOut, "no power-off in time; console so far:\n\(log.suffix(3000))")
+        #expect(r.status == 0, "vmm status \(r.status): \(r.stderr)\n\(log.suffix(3000))")
+        for step in ["SeaBIOS (version ", "Booting from Hard Disk...", "SYSLINUX 6.04", "swiftvmm syslinux disk",
+                     "boot:", "Loading /vmlinuz", "Linux version 6.", "BOOT_IMAGE=/vmlinuz"] {
+            #expect(log.contains(step), "missing '\(step)':\n\(log.prefix(3000))")
+        }
+        // Linux found our ACPI tables through SeaBIOS's table loader, and its virtio disk.
+        #expect(log.contains("ACPI: RSDP") && log.contains("SWVMM"), "\(log.prefix(4000))")
+        #expect(log.contains("loaded virtio_blk") && log.contains("vda: vda1"), "\(log.suffix(3000))")
+        #expect(log.contains(LinuxGuestTests.marker))
+        #expect(log.contains("reboot: Power down"), "\(log.suffix(1000))")
+    }
+}
