@@ -415,6 +415,10 @@ final class Daemon: @unchecked Sendable {
                 cond.unlock()
             }
             if scope == .all { return (reload(), []) }
+            if scope == .switches {
+                // Bridges are made on demand and never reset or deleted yet: say so, not OK.
+                return Self.fail(.failed, "reset switches: not supported yet (vmd does not reset or remove bridges)")
+            }
             return (.ok(message: nil), [])
 
         case .log(let verbose):
@@ -661,6 +665,10 @@ final class Daemon: @unchecked Sendable {
             return Self.fail(.failed, m)
         }
         if let problem = Self.checkFiles(d) { return failStart(problem) }
+        if let device = d.bootDevice {
+            // Until firmware boot reaches vmd (SeaBIOS in VMM), the kernel is loaded directly.
+            log.warning("vm \(d.name): boot device \(device.rawValue) is not supported by vmd yet: ignored, booting \(d.boot ?? "the kernel") directly")
+        }
 
         // vmd opens every guest file; the VM process gets descriptors only. A VM with a
         // non-root owner gets only files that owner could open (UserFileAccess).
