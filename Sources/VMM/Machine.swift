@@ -118,7 +118,8 @@ public final class Machine: @unchecked Sendable {
             let diskSlots = virtio.blocks.indices.map { VirtioMachineSet.firstDiskSlot + $0 }
             try FirmwareSetup.populate(fwcfg, ramSize: config.memorySize, vcpus: config.vcpus,
                                        pciRoutes: devices.pciRoutes,
-                                       bootOrder: FirmwareSetup.bootOrder(diskSlots: diskSlots, cdromSlot: nil,
+                                       bootOrder: FirmwareSetup.bootOrder(diskSlots: diskSlots,
+                                                                          cdromSlot: virtio.scsi.map { _ in VirtioMachineSet.cdromSlot },
                                                                           first: config.bootDevice))
             try firmwareImage.install(into: memory)
             bootResult = nil
