@@ -88,7 +88,7 @@ public final class Machine: @unchecked Sendable {
             guard config.bootsFirmware else {
                 throw VMMError.unsupported("a CD-ROM (-r) is booted by the firmware; it cannot be combined with a kernel (-k)")
             }
-            _ = try readHead(path: cdrom, count: 1, unreadable: VMMError.cdromUnreadable)
+            try Machine.checkISO(path: cdrom)
         }
 
         let hostCaps = host ?? HostCapabilities.probe(emulatorAvailable: Machine.emulatorAvailable)

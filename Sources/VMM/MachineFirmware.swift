@@ -69,14 +69,19 @@ extension Machine {
         guard let path = config.cdromPath else {
             return config.bootDevice == .cdrom ? SCSICDROM(medium: nil) : nil
         }
-        let head = try readHead(path: path, count: 0x8006, unreadable: VMMError.cdromUnreadable)
-        guard SCSICDROM.looksLikeISO9660(head) else {
-            throw VMMError.cdromUnreadable(path: path, reason: "it is not an ISO 9660 image (no CD001 volume descriptor at sector 16)")
-        }
+        try checkISO(path: path)
         do {
             return SCSICDROM(medium: try RawImage(path: path, readOnly: true))
         } catch {
             throw VMMError.cdromUnreadable(path: path, reason: "\(error)")
+        }
+    }
+
+    /// Throws one sentence unless `path` is a readable ISO 9660 image.
+    static func checkISO(path: String) throws {
+        let head = try readHead(path: path, count: 0x8006, unreadable: VMMError.cdromUnreadable)
+        guard SCSICDROM.looksLikeISO9660(head) else {
+            throw VMMError.cdromUnreadable(path: path, reason: "it is not an ISO 9660 image (no CD001 volume descriptor at sector 16)")
         }
     }
 }
