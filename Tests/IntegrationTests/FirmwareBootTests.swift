@@ -131,3 +131,37 @@ import Testing
         #expect(log.contains("reboot: Power down"), "\(log.suffix(1000))")
     }
 }
+
+/// The same firmware on KVM. SeaBIOS's POST runs on this host's PVM-backed KVM; SYSLINUX
+/// does not: its 32-bit `iret` (RIP 0x8ffc in ldlinux) is an instruction kvm_pvm cannot
+/// emulate ("KVM could not emulate an instruction"; QEMU with -enable-kvm stops at the same
+/// RIP here), so the boot-loader and Linux steps need KVM on real VT-x/SVM hardware.
+@Suite(.serialized) struct FirmwareKVMTests {
+    static let kvmUsable = Harness.kvmProblem == nil && FirmwareBootTests.haveBIOS
+    static let isPVM = access("/sys/module/kvm_pvm", F_OK) == 0
+
+    @Test(.enabled(if: kvmUsable, "needs a usable /dev/kvm and Debian's seabios package"))
+    func seaBIOSPOSTOnKVM() throws {
+        let blank = NSTemporaryDirectory() + "swiftvmm-fwkvm-blank-\(getpid()).img"
+        FileManager.default.createFile(atPath: blank, contents: Data(count: 1 << 20))
+        defer { unlink(blank) }
+        let r = try Harness.vmm(["--accel", "kvm", "-m", "64M", "-c", "2", "-d", blank], timeout: 120)
+        #expect(!r.timedOut, "\(r.stdout)\n\(r.stderr)")
+        #expect(r.stdout.contains("SeaBIOS (version ") && r.stdout.contains("Booting from Hard Disk..."), "\(r.stdout)")
+        #expect(r.stdout.contains("No bootable device."), "\(r.stdout)")
+        #expect(r.status == 0, "\(r.stderr)")
+    }
+
+    @Test(.enabled(if: kvmUsable && !isPVM && FirmwareBootTests.canBootLinux,
+                   "needs KVM on real VT-x/SVM hardware (kvm_pvm cannot emulate SYSLINUX's 32-bit iret), the image tools and the Debian guest kernel"))
+    func syslinuxDiskBootsDebianOnKVM() throws {
+        let disk = try FirmwareBootTests.copy(FirmwareBootTests.images() + "/syslinux-disk.img")
+        defer { unlink(disk) }
+        let r = try Harness.vmm(["--accel", "kvm", "-m", "256M", "-d", disk], timeout: 300)
+        let log = r.stdout.replacingOccurrences(of: "\r", with: "")
+        #expect(r.status == 0 && !r.timedOut, "\(r.stderr)\n\(log.suffix(3000))")
+        for step in ["SeaBIOS (version ", "SYSLINUX 6.04", "boot:", "Linux version 6.", LinuxGuestTests.marker] {
+            #expect(log.contains(step), "missing '\(step)':\n\(log.suffix(3000))")
+        }
+    }
+}
