@@ -63,7 +63,9 @@ import Testing
 
     @Test(.enabled(if: haveBIOS, "needs Debian's seabios package"))
     func noDiskAtAllAlsoStopsCleanly() throws {
-        let r = try Harness.vmm(["--accel", "emulator", "-m", "32M"], timeout: 120)
+        // Two vCPUs: SeaBIOS starts the AP and waits for it under a spin lock (this hung
+        // before PAUSE ended the emulator's slice at once).
+        let r = try Harness.vmm(["--accel", "emulator", "-m", "32M", "-c", "2"], timeout: 120)
         #expect(!r.timedOut)
         #expect(r.stdout.contains("No bootable device."), "\(r.stdout)")
         #expect(r.status == 0, "\(r.stderr)")
