@@ -72,7 +72,9 @@ let package = Package(
                     resources: [.copy("Golden")]),
         .testTarget(name: "ControlTests", dependencies: ["Control", "VMConfig"]),
         // Runs the built vmd and vmctl binaries (stand-in guests; real guests when /dev/kvm works).
-        .testTarget(name: "VMDTests", dependencies: ["Control", "VMConfig", "VMDCore", "Storage"]),
+        .testTarget(name: "VMDTests", dependencies: ["Control", "VMConfig", "VMDCore", "Storage", "CKVM"]),
+        // vmd's rules in-process: no processes, no sleeps.
+        .testTarget(name: "VMDCoreTests", dependencies: ["VMDCore", "VMConfig", "Control"]),
         .testTarget(name: "X86EmulatorTests", dependencies: ["X86Emulator", "Hypervisor", "GuestMemory", "Devices", "Boot"]),
         .testTarget(name: "VMMTests", dependencies: [
             "VMM", "VMMTool", "Devices", "Hypervisor", "GuestMemory", "Boot", "Storage",

@@ -37,6 +37,13 @@ int ckvm_thread_setgroups(size_t n, const uint32_t *gids) {
     return (int)syscall(SYS_setgroups, n, gids);
 }
 
+int ckvm_thread_setresuid(int64_t r, int64_t e, int64_t s) {
+    return (int)syscall(SYS_setresuid, (uid_t)r, (uid_t)e, (uid_t)s);
+}
+int ckvm_thread_setresgid(int64_t r, int64_t e, int64_t s) {
+    return (int)syscall(SYS_setresgid, (gid_t)r, (gid_t)e, (gid_t)s);
+}
+
 #ifndef SYS_faccessat2
 #define SYS_faccessat2 439
 #endif

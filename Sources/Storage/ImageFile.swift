@@ -145,18 +145,27 @@ final class ImageFile: @unchecked Sendable {
             guard fcntl(fd, F_OFD_GETLK, &fl) == 0 else { return false }
             return Int32(fl.l_type) != F_UNLCK
         }
-        for at in held.map({ 100 + $0 }) + unshared.map({ 200 + $0 }) {
-            let e = lockByte(at)
-            if e == 0 { continue }
-            // File systems without locks (some FUSE, NFS without lockd): carry on unlocked.
-            if e == ENOLCK || e == EINVAL || e == EOPNOTSUPP { return }
-            if e == EAGAIN || e == EACCES { throw StorageError.inUse(path: path, writable: exclusive) }
-            throw StorageError.system(path: path, operation: "lock", errno: e)
+        // A conflict is looked at again for up to 100 ms: a process forked by anyone in this
+        // process (posix_spawn, Foundation's Process) shares our open files until its exec,
+        // so an image closed here a moment ago can still look held.
+        for attempt in 0..<20 {
+            var conflict = false
+            for at in held.map({ 100 + $0 }) + unshared.map({ 200 + $0 }) {
+                let e = lockByte(at)
+                if e == 0 { continue }
+                // File systems without locks (some FUSE, NFS without lockd): carry on unlocked.
+                if e == ENOLCK || e == EINVAL || e == EOPNOTSUPP { return }
+                if e == EAGAIN || e == EACCES { conflict = true; break }
+                throw StorageError.system(path: path, operation: "lock", errno: e)
+            }
+            // Someone who does not share what we hold, or holds what we do not share.
+            if !conflict {
+                conflict = held.contains(where: { taken(200 + $0) }) || unshared.contains(where: { taken(100 + $0) })
+            }
+            if !conflict { return }
+            if attempt < 19 { usleep(5_000) }
         }
-        // Someone who does not share what we hold, or holds what we do not share.
-        if held.contains(where: { taken(200 + $0) }) || unshared.contains(where: { taken(100 + $0) }) {
-            throw StorageError.inUse(path: path, writable: exclusive)
-        }
+        throw StorageError.inUse(path: path, writable: exclusive)
     }
 
     /// Wraps an already open descriptor (passed from vmd); it is closed with the object.

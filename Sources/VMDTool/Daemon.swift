@@ -15,6 +15,11 @@ struct DaemonOptions: Sendable {
     var verbose: Int
     /// The user VM processes become when vmd runs as root (nil: _vmd, vmd or nobody).
     var vmUser: String? = nil
+    /// Without --vm-user, VM process of VM id N runs as uid and gid vmUIDBase + N.
+    var vmUIDBase: UInt32 = Daemon.defaultVMUIDBase
+    /// Control connections: per user, in total, idle timeout (VMD_CLIENT_TIMEOUT overrides it).
+    var limits = ConnectionLimits(
+        idleTimeout: ProcessInfo.processInfo.environment["VMD_CLIENT_TIMEOUT"].flatMap(Double.init) ?? 10)
 }
 
 /// One VM known to vmd: from vm.conf, from `vmctl load`, or started on the fly.
@@ -45,6 +50,9 @@ final class VMEntry: @unchecked Sendable {
 /// `wait` can sleep on it) guards it all; slow work (spawning, talking to VM processes)
 /// happens outside it.
 final class Daemon: @unchecked Sendable {
+    /// 2^30: far above login users (1000...), systemd's dynamic users (61184-65519) and the
+    /// usual /etc/subuid ranges (100000 + 65536 per user), far below 2^32-1 (-1).
+    static let defaultVMUIDBase: UInt32 = 1 << 30
     let options: DaemonOptions
     let users: any UserDatabase
     var log: Logger
@@ -53,19 +61,22 @@ final class Daemon: @unchecked Sendable {
     private var vms: [VMEntry] = []
     private var nextID = 1
     private var listener: Int32 = -1
-    /// Who VM processes become once they hold their files (nil: they keep vmd's identity).
+    /// The one user every VM process becomes (`--vm-user`); nil: each its own uid.
     let vmIdentity: DropIdentity?
+    /// Control connections open per user (ConnectionLimits).
+    let gate: ConnectionGate
 
     init(options: DaemonOptions, users: any UserDatabase = SystemUserDatabase(), log: Logger) {
         self.options = options
         self.users = users
         self.log = log
-        vmIdentity = GuestFiles.dropIdentity(user: options.vmUser)
+        vmIdentity = options.vmUser.flatMap { GuestFiles.dropIdentity(user: $0) }
+        gate = ConnectionGate(options.limits)
         if geteuid() == 0 {
             if let id = vmIdentity {
                 log.info("vm processes run as \(id.user) (uid \(id.uid)) once they hold their files")
             } else {
-                log.warning("vm processes keep running as root: no unprivileged user \(options.vmUser ?? "(_vmd, vmd or nobody)") found")
+                log.info("vm processes run as uid and gid \(options.vmUIDBase) + the vm's id once they hold their files")
             }
         }
     }
@@ -180,13 +191,34 @@ final class Daemon: @unchecked Sendable {
         log.info("listening on \(options.socketPath)")
     }
 
+    /// Accepts connections for ever: each admitted one (ConnectionGate: per user and in
+    /// total) gets a thread; a refused one gets a reply saying why. A failing accept
+    /// (EMFILE until a descriptor is closed) backs off up to 1 s instead of spinning.
     func serve() -> Never {
+        var failures = 0
         while true {
-            guard let fd = try? UnixSocket.accept(listener) else {
-                usleep(10_000)
+            let fd: Int32
+            do {
+                fd = try UnixSocket.accept(listener)
+                failures = 0
+            } catch {
+                failures += 1
+                if failures == 1 { log.error("accept: \(error)") }
+                usleep(UInt32(min(1_000_000, 10_000 << min(failures, 7))))
                 continue
             }
-            let t = Thread { [self] in self.connection(ControlChannel(fd: fd)) }
+            let ch = ControlChannel(fd: fd)
+            guard let creds = try? ch.peerCredentials() else { continue }
+            if let why = gate.admit(uid: creds.uid) {
+                UnixSocket.setTimeouts(fd, receive: nil, send: 1)
+                try? ch.send(ReplyFrame(.failure(ControlFailure(.failed, why))))
+                log.debug("refused a connection from uid \(creds.uid) pid \(creds.pid): \(why)")
+                continue
+            }
+            let t = Thread { [self] in
+                self.connection(ch)
+                self.gate.release(uid: creds.uid)
+            }
             t.start()
         }
     }
@@ -194,6 +226,8 @@ final class Daemon: @unchecked Sendable {
     private func connection(_ ch: ControlChannel) {
         while true {
             let frame: RequestFrame
+            // A silent client (the first request included) is dropped after the idle timeout.
+            UnixSocket.setTimeouts(ch.fd, receive: gate.limits.idleTimeout, send: gate.limits.idleTimeout)
             do {
                 guard let (f, fds) = try ch.receive(RequestFrame.self) else { return }
                 for x in fds { close(x) }
@@ -415,6 +449,7 @@ final class Daemon: @unchecked Sendable {
     private func startRequest(_ req: StartRequest, _ c: PeerCredentials) -> (ControlReply, [Int32]) {
         cond.lock()
         var entry: VMEntry
+        var instanceRequest: StartRequest?
         let overrides = req.boot != nil || req.bootDevice != nil || req.cdrom != nil || !req.disks.isEmpty
             || req.interfaceCount != nil || req.localInterface || !req.switches.isEmpty || req.memory != nil
             || req.vcpus != nil || req.initrd != nil || req.cmdline != nil || req.accel != nil
@@ -448,9 +483,12 @@ final class Daemon: @unchecked Sendable {
                     cond.unlock()
                     return Self.fail(.permissionDenied, "vm \(template): permission denied to create instances")
                 }
+                // initrd, cmdline, vcpus and accel have no `allow instance` keyword: root's only.
                 let denied = (req.boot != nil && !allow.boot) || (req.memory != nil && !allow.memory)
                     || (req.cdrom != nil && !allow.cdrom) || (!req.disks.isEmpty && !allow.disk)
                     || ((req.interfaceCount != nil || !req.switches.isEmpty || req.localInterface) && !allow.interface)
+                    || (req.bootDevice != nil && !allow.boot)
+                    || req.initrd != nil || req.cmdline != nil || req.vcpus != nil || req.accel != nil
                 if denied {
                     cond.unlock()
                     return Self.fail(.permissionDenied, "vm \(template): instances may not change that setting")
@@ -458,6 +496,11 @@ final class Daemon: @unchecked Sendable {
             }
             var d = VMDefinition(name: name, parent: template, location: parent.definition.location)
             d = d.inheriting(from: parent.definition)
+            // The instance keeps the request's settings as its own (a later plain start of
+            // it runs them again).
+            d = Self.effective(d, req)
+            instanceRequest = StartRequest(target: .id(nextID))
+            instanceRequest?.attachConsole = req.attachConsole
             if c.uid != 0 { d.owner = OwnerSpec(user: Self.userName(c.uid)) }
             entry = VMEntry(id: nextID, definition: d, fromConfig: false,
                             owner: c.uid == 0 ? parent.owner : ResolvedOwner(uid: c.uid, gid: nil))
@@ -497,7 +540,14 @@ final class Daemon: @unchecked Sendable {
             vms.append(entry)
         }
         cond.unlock()
-        var r = startVM(entry, req, asRoot: c.uid == 0, requester: c)
+        var r = startVM(entry, instanceRequest ?? req, asRoot: c.uid == 0)
+        if instanceRequest != nil, case .failure = r.0 {
+            // An instance that never ran is not kept (1,000 failed starts, 0 entries).
+            cond.lock()
+            vms.removeAll { $0 === entry && $0.state == .stopped }
+            cond.broadcast()
+            cond.unlock()
+        }
         if req.attachConsole, case .vm = r.0 {
             cond.lock()
             if entry.ptyMaster >= 0 {
@@ -558,10 +608,21 @@ final class Daemon: @unchecked Sendable {
         return nil
     }
 
+    /// Who a VM's process becomes once it holds its files (vmd running as root): the
+    /// `--vm-user` for all, else uid = gid = vmUIDBase + the VM's id, its own, so VM
+    /// processes cannot signal or ptrace each other. nil when vmd is not root.
+    func processIdentity(_ e: VMEntry) -> DropIdentity? {
+        guard geteuid() == 0 else { return nil }
+        if let vmIdentity { return vmIdentity }
+        let (id, overflow) = options.vmUIDBase.addingReportingOverflow(UInt32(truncatingIfNeeded: e.id))
+        guard !overflow, id != UInt32.max else { return nil }
+        return DropIdentity(user: "uid \(id)", uid: id, gid: id)
+    }
+
     /// Whose rights open a VM's files: its owner user (with that user's groups); for an
     /// owner group alone, the VM-process user in that group only; nil (vmd's own rights)
     /// for a VM without a non-root owner.
-    func fileIdentity(_ o: ResolvedOwner) -> FileIdentity? {
+    func fileIdentity(_ o: ResolvedOwner, vmUID: UInt32) -> FileIdentity? {
         if let uid = o.uid, uid != 0 {
             var pw = passwd()
             var result: UnsafeMutablePointer<passwd>?
@@ -573,12 +634,12 @@ final class Daemon: @unchecked Sendable {
             return FileIdentity(uid: uid, gid: gid, groups: groups, name: Self.userName(uid))
         }
         if let gid = o.gid, gid != 0 {
-            return FileIdentity(uid: vmIdentity?.uid ?? 65534, gid: gid, groups: [gid], name: "group \(gid)")
+            return FileIdentity(uid: vmUID, gid: gid, groups: [gid], name: "group \(gid)")
         }
         return nil
     }
 
-    func startVM(_ e: VMEntry, _ req: StartRequest, asRoot: Bool, requester: PeerCredentials? = nil) -> (ControlReply, [Int32]) {
+    func startVM(_ e: VMEntry, _ req: StartRequest, asRoot: Bool) -> (ControlReply, [Int32]) {
         cond.lock()
         guard e.state == .stopped else {
             let s = e.state
@@ -604,7 +665,8 @@ final class Daemon: @unchecked Sendable {
         // vmd opens every guest file; the VM process gets descriptors only. A VM with a
         // non-root owner gets only files that owner could open (UserFileAccess).
         var files: OpenedGuestFiles
-        switch GuestFiles.open(d, as: fileIdentity(e.owner)) {
+        let processIdentity = self.processIdentity(e)
+        switch GuestFiles.open(d, as: fileIdentity(e.owner, vmUID: processIdentity?.uid ?? 65534)) {
         case .failure(let m): return failStart(m.description)
         case .success(let f): files = f
         }
@@ -657,7 +719,7 @@ final class Daemon: @unchecked Sendable {
         var answer: ChildMessage?
         do {
             try ch.send(ParentMessage.spec(ChildSpec(vm: d, fake: options.fakeVMs, verbose: options.verbose,
-                                                     files: files.table, dropTo: vmIdentity,
+                                                     files: files.table, dropTo: processIdentity,
                                                      interfaces: interfaces)))
             try GuestFiles.send(files.fds, over: ch)
             let got = try ch.receive(ChildMessage.self)

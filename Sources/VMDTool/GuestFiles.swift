@@ -188,20 +188,15 @@ enum GuestFiles {
         }
     }
 
-    /// The user VM processes run as when vmd runs as root: `name` if given, else the first
-    /// of _vmd, vmd, nobody that exists; nil when there is none (or it is root).
-    static func dropIdentity(user name: String?) -> DropIdentity? {
+    /// The `--vm-user` every VM process becomes when vmd runs as root; nil when there is no
+    /// such user (or it is root).
+    static func dropIdentity(user name: String) -> DropIdentity? {
         guard geteuid() == 0 else { return nil }
-        for candidate in name.map({ [$0] }) ?? ["_vmd", "vmd", "nobody"] {
-            var pw = passwd()
-            var result: UnsafeMutablePointer<passwd>?
-            var buf = [CChar](repeating: 0, count: 16384)
-            // SAFETY: buf outlives the call; the fields used are copied at once.
-            if getpwnam_r(candidate, &pw, &buf, buf.count, &result) == 0, result != nil {
-                if pw.pw_uid == 0 { return nil }
-                return DropIdentity(user: candidate, uid: pw.pw_uid, gid: pw.pw_gid)
-            }
-        }
-        return nil
+        var pw = passwd()
+        var result: UnsafeMutablePointer<passwd>?
+        var buf = [CChar](repeating: 0, count: 16384)
+        // SAFETY: buf outlives the call; the fields used are copied at once.
+        guard getpwnam_r(name, &pw, &buf, buf.count, &result) == 0, result != nil, pw.pw_uid != 0 else { return nil }
+        return DropIdentity(user: name, uid: pw.pw_uid, gid: pw.pw_gid)
     }
 }

@@ -60,6 +60,7 @@ public final class Machine: @unchecked Sendable {
         } else { do {
             if let passed = config.passedFiles {
                 image = try KernelImage(bytes: readAllAndClose(fd: passed.kernel, path: config.kernelPath,
+                                                               check: { [path = config.kernelPath] in try KernelImage.checkHead($0, path: path) },
                                                                unreadable: VMMError.kernelUnreadable),
                                         path: config.kernelPath)
             } else {

@@ -83,3 +83,21 @@ import Testing
         #expect(errors.count == 1 && errors[0].contains(dir + "/./x.qcow2") && errors[0].contains("in use"), "\(r.stderr)")
     }
 }
+
+/// A large file that is no kernel is refused from its head, never read whole (issue 11).
+@Suite struct LargeNonKernelTests {
+    /// Under a 200 MB data limit (prlimit), reading the 300 MB file whole would abort vmm;
+    /// refusing it from its first 64 KiB is the one clear line.
+    @Test(.enabled(if: access("/usr/bin/prlimit", X_OK) == 0, "needs prlimit (util-linux)"))
+    func a300MBFileThatIsNoKernelIsRefusedWithoutBeingRead() throws {
+        let path = NSTemporaryDirectory() + "vmm-big-" + UUID().uuidString
+        let fd = open(path, O_CREAT | O_RDWR | O_CLOEXEC, 0o644)
+        #expect(fd >= 0)
+        #expect(ftruncate(fd, 300 << 20) == 0)
+        close(fd)
+        defer { unlink(path) }
+        let r = try Harness.run(["/usr/bin/prlimit", "--data=\(200 << 20)", Harness.vmmBinary, "-k", path])
+        #expect(r.status == 2, "exit status \(r.status): \(r.stderr)")
+        #expect(r.stderr.contains("\(path) is not a kernel"), "\(r.stderr)")
+    }
+}

@@ -120,6 +120,11 @@ final class TestDaemon {
 
     @discardableResult
     func vmctl(_ args: String..., stdin: String? = nil, as user: String? = nil) throws -> RunResult {
+        try vmctl(args: args, stdin: stdin, as: user)
+    }
+
+    @discardableResult
+    func vmctl(args: [String], stdin: String? = nil, as user: String? = nil) throws -> RunResult {
         // setpriv execs vmctl directly (no helper process left behind on a timeout).
         let prefix = user.map { ["/usr/bin/setpriv", "--reuid=\($0)", "--regid=\($0)", "--init-groups", "--"] } ?? []
         return try run(Binaries.vmctl, ["--socket", socket] + args, stdin: stdin, prefix: prefix)

@@ -306,6 +306,10 @@ int ckvm_thread_setfsgid(uint32_t gid);
 /* The raw setgroups system call: changes the calling thread only (glibc's wrapper makes
  * every thread of the process change). 0 or -1 (errno set). */
 int ckvm_thread_setgroups(size_t n, const uint32_t *gids);
+/* setresuid/setresgid of the calling thread only (raw system calls; -1 keeps an id).
+ * Tests use them to connect to vmd as another user from one thread. 0 or -1. */
+int ckvm_thread_setresuid(int64_t r, int64_t e, int64_t s);
+int ckvm_thread_setresgid(int64_t r, int64_t e, int64_t s);
 /* faccessat2(dirfd, path, mode, AT_EACCESS): checks with the thread's file-system ids.
  * 0 or -1 (errno set). */
 int ckvm_access_as_fsuid(const char *path, int mode);
