@@ -89,7 +89,7 @@ public final class Machine: @unchecked Sendable {
             guard config.bootsFirmware else {
                 throw VMMError.unsupported("a CD-ROM (-r) is booted by the firmware; it cannot be combined with a kernel (-k)")
             }
-            _ = try readHead(path: cdrom, count: 1, unreadable: VMMError.cdromUnreadable)
+            try Machine.checkISO(path: cdrom)
         }
 
         let hostCaps = host ?? HostCapabilities.probe(emulatorAvailable: Machine.emulatorAvailable)
@@ -119,7 +119,8 @@ public final class Machine: @unchecked Sendable {
             let diskSlots = virtio.blocks.indices.map { VirtioMachineSet.firstDiskSlot + $0 }
             try FirmwareSetup.populate(fwcfg, ramSize: config.memorySize, vcpus: config.vcpus,
                                        pciRoutes: devices.pciRoutes,
-                                       bootOrder: FirmwareSetup.bootOrder(diskSlots: diskSlots, cdromSlot: nil,
+                                       bootOrder: FirmwareSetup.bootOrder(diskSlots: diskSlots,
+                                                                          cdromSlot: virtio.scsi.map { _ in VirtioMachineSet.cdromSlot },
                                                                           first: config.bootDevice))
             try firmwareImage.install(into: memory)
             bootResult = nil

@@ -4,6 +4,7 @@ import Glibc
 import Boot
 import Devices
 import GuestMemory
+import Storage
 
 /// A BIOS image (SeaBIOS's bios-256k.bin by default): read, checked, and placed the way
 /// QEMU's i440FX machine places it: the whole image ends at 4 GiB, and its last 128 KiB
@@ -58,6 +59,30 @@ struct FirmwareImage {
         try memory.write(bytes: bytes, at: base)
         let n = min(Self.legacyWindow, bytes.count)
         try memory.write(bytes: Array(bytes[(bytes.count - n)...]), at: PhysicalMap.highMemoryStart - UInt64(n))
+    }
+}
+
+extension Machine {
+    /// The CD-ROM for `-r`: the ISO opened read-only after a look at its volume descriptor.
+    /// `-B cdrom` without `-r` gets an empty drive (the firmware reports it cannot boot it).
+    static func cdrom(config: MachineConfig) throws -> SCSICDROM? {
+        guard let path = config.cdromPath else {
+            return config.bootDevice == .cdrom ? SCSICDROM(medium: nil) : nil
+        }
+        try checkISO(path: path)
+        do {
+            return SCSICDROM(medium: try RawImage(path: path, readOnly: true))
+        } catch {
+            throw VMMError.cdromUnreadable(path: path, reason: "\(error)")
+        }
+    }
+
+    /// Throws one sentence unless `path` is a readable ISO 9660 image.
+    static func checkISO(path: String) throws {
+        let head = try readHead(path: path, count: 0x8006, unreadable: VMMError.cdromUnreadable)
+        guard SCSICDROM.looksLikeISO9660(head) else {
+            throw VMMError.cdromUnreadable(path: path, reason: "it is not an ISO 9660 image (no CD001 volume descriptor at sector 16)")
+        }
     }
 }
 
