@@ -454,9 +454,7 @@ final class Daemon: @unchecked Sendable {
         cond.lock()
         var entry: VMEntry
         var instanceRequest: StartRequest?
-        let overrides = req.boot != nil || req.bootDevice != nil || req.cdrom != nil || !req.disks.isEmpty
-            || req.interfaceCount != nil || req.localInterface || !req.switches.isEmpty || req.memory != nil
-            || req.vcpus != nil || req.initrd != nil || req.cmdline != nil || req.accel != nil
+        let overrides = !StartOverride.given(in: req).isEmpty
         if let template = req.template {
             // -t: a new VM `target` as an instance of `template`.
             guard case .name(let name) = req.target else {
@@ -488,11 +486,7 @@ final class Daemon: @unchecked Sendable {
                     return Self.fail(.permissionDenied, "vm \(template): permission denied to create instances")
                 }
                 // initrd, cmdline, vcpus and accel have no `allow instance` keyword: root's only.
-                let denied = (req.boot != nil && !allow.boot) || (req.memory != nil && !allow.memory)
-                    || (req.cdrom != nil && !allow.cdrom) || (!req.disks.isEmpty && !allow.disk)
-                    || ((req.interfaceCount != nil || !req.switches.isEmpty || req.localInterface) && !allow.interface)
-                    || (req.bootDevice != nil && !allow.boot)
-                    || req.initrd != nil || req.cmdline != nil || req.vcpus != nil || req.accel != nil
+                let denied = StartOverride.denied(req, by: allow) != nil
                 if denied {
                     cond.unlock()
                     return Self.fail(.permissionDenied, "vm \(template): instances may not change that setting")
@@ -577,28 +571,7 @@ final class Daemon: @unchecked Sendable {
 
     /// The definition a start request runs: the VM's settings with the request's on top.
     static func effective(_ base: VMDefinition, _ req: StartRequest) -> VMDefinition {
-        var d = base
-        if let b = req.boot { d.boot = b }
-        if let b = req.bootDevice { d.bootDevice = b }
-        if let c = req.cdrom { d.cdrom = c }
-        if !req.disks.isEmpty { d.disks = req.disks }
-        if let n = req.interfaceCount { d.interfaceCount = n }
-        for s in req.switches {
-            var i = InterfaceSpec()
-            i.switchName = s
-            d.interfaces.append(i)
-        }
-        if req.localInterface {
-            var i = InterfaceSpec()
-            i.isLocal = true
-            d.interfaces.append(i)
-        }
-        if let m = req.memory { d.memory = m }
-        if let v = req.vcpus { d.vcpus = v }
-        if let i = req.initrd { d.initrd = i }
-        if let c = req.cmdline { d.cmdline = c }
-        if let a = req.accel { d.accel = a }
-        return d
+        StartOverride.effective(base, req)
     }
 
     /// Checks the settings of a VM before its files are opened (GuestFiles.open).
