@@ -3,7 +3,7 @@ import Glibc
 #endif
 
 /// The image formats this layer reads and writes.
-public enum DiskImageFormat: String, Sendable, CaseIterable, Equatable {
+public enum DiskImageFormat: String, Sendable, CaseIterable, Equatable, Codable {
     case raw
     case qcow2
 }

@@ -1,10 +1,11 @@
 import VMConfig
+import Storage
 
 /// vmd -> VM process messages (over the socketpair at fd 3 of the VM process).
 ///
 /// Start: `.spec` (no descriptors), then as many `.files` frames as it takes to carry the
 /// `spec.files.count` descriptors vmd opened for the guest (at most
-/// `ControlChannel.maxFDsPerFrame` per frame), in the order `ChildFiles` indexes them.
+/// `ControlChannel.maxFDsPerFrame` per frame), in `spec.files` order.
 enum ParentMessage: Codable {
     case spec(ChildSpec)
     /// Carries the next descriptors of the guest's files.
@@ -30,8 +31,8 @@ struct ChildSpec: Codable {
     /// Run the stand-in guest instead of a machine (tests, hosts without /dev/kvm).
     var fake: Bool
     var verbose: Int
-    /// The guest files vmd opened; the VM process opens none by name.
-    var files = ChildFiles()
+    /// The descriptors vmd passes, which is which; the VM process opens no file by name.
+    var files: [GuestFile] = []
     /// When vmd runs as root: the user the VM process becomes once it holds its files,
     /// /dev/kvm and its console (nil: keep the identity it was started with).
     var dropTo: DropIdentity?
@@ -40,27 +41,26 @@ struct ChildSpec: Codable {
     var interfaces: [ChildInterface] = []
 }
 
-/// Which of the passed descriptors is which file. Indexes count from 0 over the
-/// descriptors of the `.files` frames, in order.
-struct ChildFiles: Codable, Equatable {
-    struct File: Codable, Equatable {
-        var index: Int
-        /// For messages only.
-        var path: String
+/// The descriptors vmd passes, as one typed list: entry i describes descriptor i of the
+/// `.files` frames (counted from 0, in order).
+struct GuestFile: Codable, Equatable {
+    enum Role: Codable, Equatable {
+        case kernel
+        case initrd
+        case cdrom
+        /// Disk n's image (the top of its chain).
+        case disk(Int)
+        /// The backing file `depth` levels below disk n's image (1: its direct backing).
+        case backing(disk: Int, depth: Int)
+        /// Network interface n's tap.
+        case tap(Int)
     }
-    struct Image: Codable, Equatable {
-        var index: Int
-        var path: String
-        var format: String
-        var readOnly: Bool
-    }
-    var kernel: File?
-    var initrd: File?
-    var cdrom: File?
-    /// Per disk: the image, then its backing files (qcow2 chain), as vmd opened them.
-    var disks: [[Image]] = []
-    /// How many descriptors follow the spec.
-    var count = 0
+    var role: Role
+    /// For messages only: the VM process opens nothing by name.
+    var path: String
+    /// Disk images (disks, backing files, the cdrom); nil for the kernel, initrd, taps.
+    var format: DiskImageFormat?
+    var readOnly: Bool
 }
 
 /// The unprivileged identity a VM process switches to (uid, gid and supplementary groups

@@ -232,7 +232,7 @@ extension Daemon {
         var answer: ChildMessage?
         do {
             try ch.send(ParentMessage.spec(ChildSpec(vm: d, fake: options.fakeVMs, verbose: options.verbose,
-                                                     files: files.table, dropTo: processIdentity,
+                                                     files: files.files, dropTo: processIdentity,
                                                      interfaces: interfaces)))
             try GuestFiles.send(files.fds, over: ch)
             let got = try ch.receive(ChildMessage.self)

@@ -14,8 +14,14 @@ import VMDCore
 
 /// The descriptors vmd opened for one VM start and the table saying which is which.
 struct OpenedGuestFiles {
-    var fds: [Int32] = []
-    var table = ChildFiles()
+    private(set) var fds: [Int32] = []
+    private(set) var files: [GuestFile] = []
+
+    /// Adds one descriptor and what it is (the two lists stay in step).
+    mutating func add(_ fd: Int32, _ file: GuestFile) {
+        fds.append(fd)
+        files.append(file)
+    }
 
     func closeAll() { for fd in fds { close(fd) } }
 }
@@ -44,8 +50,8 @@ enum GuestFiles {
         }
         let opener: ImageOpener? = identity.map { id in { path, flags in try UserFileAccess.open(path, flags: flags, as: id) } }
         // The kernel and initrd: regular files only, read once by the VM process.
-        func plain(_ what: String, _ path: String?) -> Result<ChildFiles.File?, GuestError> {
-            guard let path else { return .success(nil) }
+        func plain(_ what: String, _ role: GuestFile.Role, _ path: String?) -> GuestError? {
+            guard let path else { return nil }
             let flags = O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY
             let fd: Int32
             do {
@@ -54,38 +60,31 @@ enum GuestFiles {
                     if fd < 0 { throw StorageError.system(path: path, operation: "open", errno: errno) }
                 }
             } catch {
-                return .failure(GuestError(description: describe(error, role: { _ in what })))
+                return GuestError(description: describe(error, role: { _ in what }))
             }
             var st = stat()
             let isRegular = fstat(fd, &st) == 0 && st.st_mode & S_IFMT == S_IFREG
             guard isRegular else {
                 let dir = st.st_mode & S_IFMT == S_IFDIR
                 close(fd)
-                return .failure(GuestError(description: "\(what) \(path): \(dir ? "it is a directory" : "not a regular file")"))
+                return GuestError(description: "\(what) \(path): \(dir ? "it is a directory" : "not a regular file")")
             }
             let fl = fcntl(fd, F_GETFL)
             if fl >= 0 { _ = fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) }
-            out.fds.append(fd)
-            return .success(ChildFiles.File(index: out.fds.count - 1, path: path))
+            out.add(fd, GuestFile(role: role, path: path, format: nil, readOnly: true))
+            return nil
         }
-        for (what, path, slot) in [("kernel", d.boot, \ChildFiles.kernel), ("initrd", d.initrd, \ChildFiles.initrd)]
-            as [(String, String?, WritableKeyPath<ChildFiles, ChildFiles.File?>)] {
-            switch plain(what, path) {
-            case .failure(let m): return fail(m.description)
-            case .success(let f): out.table[keyPath: slot] = f
-            }
-        }
+        if let m = plain("kernel", .kernel, d.boot) ?? plain("initrd", .initrd, d.initrd) { return fail(m.description) }
         // The cdrom: read-only, a regular file or block device, shared-locked.
         if let cdrom = d.cdrom {
             do {
                 let f = try DiskImage.openChain(path: cdrom, format: .raw, readOnly: true, opener: opener)
-                out.fds.append(f[0].fd)
-                out.table.cdrom = ChildFiles.File(index: out.fds.count - 1, path: cdrom)
+                out.add(f[0].fd, GuestFile(role: .cdrom, path: cdrom, format: .raw, readOnly: true))
             } catch {
                 return fail(describe(error, role: { _ in "cdrom" }))
             }
         }
-        for disk in d.disks {
+        for (n, disk) in d.disks.enumerated() {
             let chain: [OpenedImageFile]
             do {
                 chain = try DiskImage.openChain(path: disk.path, format: disk.format.flatMap { DiskImageFormat(rawValue: $0.rawValue) },
@@ -93,14 +92,11 @@ enum GuestFiles {
             } catch {
                 return fail(describe(error, role: { $0 == disk.path ? "disk" : "backing file" }, top: disk.path))
             }
-            var images: [ChildFiles.Image] = []
-            for f in chain {
-                out.fds.append(f.fd)
-                images.append(ChildFiles.Image(index: out.fds.count - 1, path: f.path, format: f.format.rawValue, readOnly: f.readOnly))
+            for (depth, f) in chain.enumerated() {
+                out.add(f.fd, GuestFile(role: depth == 0 ? .disk(n) : .backing(disk: n, depth: depth), path: f.path,
+                                        format: f.format, readOnly: f.readOnly))
             }
-            out.table.disks.append(images)
         }
-        out.table.count = out.fds.count
         return .success(out)
     }
 
@@ -152,25 +148,35 @@ enum GuestFiles {
         return fds
     }
 
-    /// The machine's view: descriptors by role. The cdrom becomes a read-only disk after
-    /// the others.
-    static func passedFiles(_ t: ChildFiles, _ fds: [Int32]) throws -> PassedFiles {
-        func fd(_ i: Int) throws -> Int32 {
-            guard i >= 0, i < fds.count else { throw GuestError(description: "vmd's file table is out of range") }
-            return fds[i]
-        }
-        guard let kernel = t.kernel else { throw GuestError(description: "no kernel was passed") }
+    /// The machine's view: descriptors by role. Taps are left to the caller.
+    static func passedFiles(_ files: [GuestFile], _ fds: [Int32]) throws -> PassedFiles {
+        guard files.count == fds.count else { throw GuestError(description: "vmd's file list does not match the descriptors passed") }
+        func fd(_ role: GuestFile.Role) -> Int32? { files.firstIndex { $0.role == role }.map { fds[$0] } }
+        guard let kernel = fd(.kernel) else { throw GuestError(description: "no kernel was passed") }
+        return PassedFiles(kernel: kernel, initrd: fd(.initrd), disks: try diskChains(files, fds))
+    }
+
+    /// One chain per disk (the image, then its backing files), in disk order; the cdrom
+    /// becomes a read-only disk after the others.
+    static func diskChains(_ files: [GuestFile], _ fds: [Int32]) throws -> [[OpenedImageFile]] {
+        guard files.count == fds.count else { throw GuestError(description: "vmd's file list does not match the descriptors passed") }
         var disks: [[OpenedImageFile]] = []
-        for chain in t.disks {
-            disks.append(try chain.map { img in
-                OpenedImageFile(fd: try fd(img.index), path: img.path,
-                                format: DiskImageFormat(rawValue: img.format) ?? .raw, readOnly: img.readOnly)
-            })
+        for (i, f) in files.enumerated() {
+            guard let format = f.format else { continue }
+            switch f.role {
+            case .disk(let n):
+                guard n == disks.count else { throw GuestError(description: "vmd passed disk \(n) out of order") }
+                disks.append([OpenedImageFile(fd: fds[i], path: f.path, format: format, readOnly: f.readOnly)])
+            case .backing(let n, _):
+                guard n == disks.count - 1 else { throw GuestError(description: "vmd passed a backing file of disk \(n) out of order") }
+                disks[n].append(OpenedImageFile(fd: fds[i], path: f.path, format: format, readOnly: true))
+            default: break
+            }
         }
-        if let c = t.cdrom {
-            disks.append([OpenedImageFile(fd: try fd(c.index), path: c.path, format: .raw, readOnly: true)])
+        if let i = files.firstIndex(where: { $0.role == .cdrom }) {
+            disks.append([OpenedImageFile(fd: fds[i], path: files[i].path, format: .raw, readOnly: true)])
         }
-        return PassedFiles(kernel: try fd(kernel.index), initrd: try t.initrd.map { try fd($0.index) }, disks: disks)
+        return disks
     }
 
     /// Becomes `id` (supplementary groups: only its gid), for good. Called once the process

@@ -14,7 +14,6 @@ import VMM
 /// One guest interface as the VM process sees it: which passed descriptor is its tap, the
 /// tap's host name (for messages) and the guest MAC.
 struct ChildInterface: Codable, Equatable {
-    var index: Int
     var name: String
     var mac: [UInt8]
     /// `locked lladdr`: the device drops frames the guest sends from another MAC.
@@ -96,13 +95,11 @@ enum VMNetwork {
             }
             let mac = mac(spec, vm: d.name, index: i)
             log.info("vm \(d.name): interface \(i) is \(tap.name)\(bridge.map { " on bridge \($0)" } ?? ""), \(spec.locked ? "locked " : "")lladdr \(NetworkInterfaceConfig.formatMAC(mac))")
-            out.append(ChildInterface(index: -1, name: tap.name, mac: mac, locked: spec.locked))
+            out.append(ChildInterface(name: tap.name, mac: mac, locked: spec.locked))
         }
         for (k, fd) in made.enumerated() {
-            files.fds.append(fd)
-            out[k].index = files.fds.count - 1
+            files.add(fd, GuestFile(role: .tap(k), path: out[k].name, format: nil, readOnly: false))
         }
-        files.table.count = files.fds.count
         return .success(out)
     }
 }

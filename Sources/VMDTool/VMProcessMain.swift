@@ -122,8 +122,9 @@ final class MachineGuest: GuestRunner, @unchecked Sendable {
             accelerator: VMM.Accelerator(rawValue: (vm.accel ?? .auto).rawValue) ?? .auto,
             console: .pty)
         config.passedFiles = passed
-        for i in spec.interfaces where i.index >= 0 && i.index < fds.count {
-            config.networkInterfaces.append(NetworkInterfaceConfig(attachment: .fileDescriptor(fds[i.index]), mac: i.mac,
+        for (k, i) in spec.interfaces.enumerated() {
+            guard let at = spec.files.firstIndex(where: { $0.role == .tap(k) }), at < fds.count else { continue }
+            config.networkInterfaces.append(NetworkInterfaceConfig(attachment: .fileDescriptor(fds[at]), mac: i.mac,
                                                                    lockedMAC: i.locked))
         }
         var log = Logger(label: "vm \(vm.name)")
@@ -237,16 +238,10 @@ final class FakeGuest: GuestRunner, @unchecked Sendable {
         self.spec = spec
         var disks: [any DiskBackend] = []
         do {
-            let t = spec.files
-            let plain = [t.kernel, t.initrd].compactMap { $0 }
-            for f in plain where f.index >= 0 && f.index < fds.count { close(fds[f.index]) }
-            var images = t.disks.map { chain in
-                chain.map { OpenedImageFile(fd: $0.index >= 0 && $0.index < fds.count ? fds[$0.index] : -1, path: $0.path,
-                                            format: DiskImageFormat(rawValue: $0.format) ?? .raw, readOnly: $0.readOnly) }
-            }
-            if let c = t.cdrom, c.index >= 0, c.index < fds.count {
-                images.append([OpenedImageFile(fd: fds[c.index], path: c.path, format: .raw, readOnly: true)])
-            }
+            // The kernel and initrd are read and closed, as a machine does; taps are not used.
+            guard spec.files.count == fds.count else { throw GuestError(description: "vmd's file list does not match the descriptors passed") }
+            for (i, f) in spec.files.enumerated() where f.role == .kernel || f.role == .initrd { close(fds[i]) }
+            let images = try GuestFiles.diskChains(spec.files, fds)
             for chain in images { disks.append(try DiskImage.open(chain: chain)) }
         } catch {
             throw GuestError(description: "vm \(spec.vm.name): \(error)")
