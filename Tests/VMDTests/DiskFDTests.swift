@@ -176,20 +176,14 @@ import Testing
 
     /// A real guest (guests/virtio-test.c) started by vmd reads sector 0 of a qcow2 overlay
     /// (from its raw base) and writes sectors 1-2, all through the descriptors vmd passed.
-    @Test func aRealGuestReadsAndWritesItsDiskThroughThePassedDescriptors() throws {
-        guard RealGuestTests.kvmUsable() else {
-            print("DiskFDTests real guest skipped: /dev/kvm is not usable here")
-            return
-        }
+    @Test(.enabled(if: RealGuestTests.kvm, "/dev/kvm is not usable here"))
+    func aRealGuestReadsAndWritesItsDiskThroughThePassedDescriptors() throws {
         try #require(Binaries.available)
         let dir = try Self.scratch("guest")
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let kernel = dir + "/virtio-test.elf"
         let build = try run("/bin/sh", [RealGuestTests.repoRoot + "/guests/build-virtio-test.sh", kernel], timeout: 60)
-        guard build.status == 0 else {
-            print("DiskFDTests real guest skipped: cannot build the test guest: \(build.stderr.prefix(200))")
-            return
-        }
+        try #require(build.status == 0, "cannot build the test guest: \(build.stderr.prefix(200))")
         var base = [UInt8](repeating: 0, count: 1 << 20)
         let marker = Array("HOST-MARKER-SECTOR-ZERO".utf8)
         base.replaceSubrange(0..<marker.count, with: marker)
@@ -218,11 +212,8 @@ import Testing
     /// vmd opens files as root, so a file a user names in a start request (an instance's
     /// `-d`, `-b`, `-r`) must be one that user could open: read and write for a disk, read
     /// for its backing files, the kernel, the cdrom (as OpenBSD's vmd checks).
-    @Test func aUserCannotHaveVmdOpenFilesTheyCouldNotOpen() throws {
-        guard PermissionTests.usable else {
-            print("DiskFDTests permission test skipped: needs root, useradd and setpriv")
-            return
-        }
+    @Test(.enabled(if: PermissionTests.usable, "needs root, useradd and setpriv"))
+    func aUserCannotHaveVmdOpenFilesTheyCouldNotOpen() throws {
         try #require(Binaries.available)
         try PermissionTests.ensureUsers()
         let dir = try Self.scratch("perm")
@@ -286,11 +277,8 @@ import Testing
     /// A real machine in a VM process: it holds its disks' descriptors (the qcow2 chain),
     /// has closed the kernel's and initrd's after reading them, and runs as the
     /// unprivileged user while the guest runs.
-    @Test func aRealMachineHoldsOnlyThePassedDisksAndRunsUnprivileged() throws {
-        guard RealGuestTests.kvmUsable() else {
-            print("DiskFDTests real machine skipped: /dev/kvm is not usable here")
-            return
-        }
+    @Test(.enabled(if: RealGuestTests.kvm, "/dev/kvm is not usable here"))
+    func aRealMachineHoldsOnlyThePassedDisksAndRunsUnprivileged() throws {
         try #require(Binaries.available)
         let dir = try Self.scratch("machine")
         defer { try? FileManager.default.removeItem(atPath: dir) }

@@ -47,11 +47,8 @@ import Testing
 
         """
 
-    @Test func ownersControlTheirVMsAndNothingElse() throws {
-        guard Self.usable else {
-            print("PermissionTests skipped: needs root, useradd and setpriv")
-            return
-        }
+    @Test(.enabled(if: PermissionTests.usable, "needs root, useradd and setpriv"))
+    func ownersControlTheirVMsAndNothingElse() throws {
         try #require(Binaries.available)
         try Self.ensureUsers()
         let d = try TestDaemon(config: Self.config)
