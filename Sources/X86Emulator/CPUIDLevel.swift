@@ -8,7 +8,8 @@ public enum X86CPULevel: String, Sendable, CaseIterable, Comparable, CustomStrin
     /// x86-64-v2: + SSE3, SSSE3, SSE4.1, SSE4.2, POPCNT, CMPXCHG16B, LAHF/SAHF in 64-bit mode.
     case v2
 
-    public static let `default`: X86CPULevel = .v2
+    /// Until v2 is complete the default stays at the baseline.
+    public static let `default`: X86CPULevel = .baseline
 
     public var description: String { rawValue }
 
