@@ -28,7 +28,9 @@ let package = Package(
         // The software CPU is optimized even in debug builds: an unoptimized interpreter is too
         // slow to boot Linux in the test suite (see docs/emulator.md).
         .target(name: "X86Emulator", dependencies: ["Hypervisor", "GuestMemory"],
-                swiftSettings: [.unsafeFlags(["-O", "-enforce-exclusivity=unchecked"])]),
+                swiftSettings: [.unsafeFlags(["-O", "-enforce-exclusivity=unchecked", "-wmo", "-num-threads", "2"])]),
+        // Benchmark driver for bench/emulator-callgrind.sh (a fixed guest loop, no threads).
+        .executableTarget(name: "EmulatorBench", dependencies: ["X86Emulator", "Hypervisor", "GuestMemory"]),
         // System zlib (zlib1g-dev) through a module map only: inflates compressed qcow2 clusters.
         .systemLibrary(name: "CZlib", path: "Sources/CZlib"),
         .target(name: "Storage", dependencies: ["CZlib"]),
