@@ -25,7 +25,7 @@ extension X86CPU {
     /// Executes one instruction (or delivers one interrupt/exception).
     @inline(__always)
     func step() {
-        let exitsBefore = pendingExits.count
+        let exitsBefore = exitCount
         do {
             let len = try decodeCached()
             nextRIP = (rip &+ UInt64(len)) & ipMask
@@ -164,7 +164,7 @@ extension X86CPU {
             if halted { return .halted }
             interruptShadow = false
             step()
-            if !pendingExits.isEmpty { return .exit }
+            if exitCount != 0 { return .exit }
             left &-= 1
         }
         return .budget
