@@ -151,7 +151,6 @@ extension X86CPU {
                 timerCountdown = 2048
                 if apic.timerDeadline != 0 { apic.checkTimer(now: HostClock.nanoseconds()) }
                 if kickRequested.load(ordering: .relaxed) { return .attention }
-                if yieldRequested { yieldRequested = false; return .attention }
                 if let p = ripProfile, instructions &- profiledAt >= 2048 { profiledAt = instructions; p.sample(rip, cpl: cpl) }
             }
             timerCountdown &-= 1
@@ -165,6 +164,11 @@ extension X86CPU {
             interruptShadow = false
             step()
             if exitCount != 0 { return .exit }
+            // PAUSE with several vCPUs ends the slice right after it retires. Honouring it
+            // at the next 2048-instruction check instead phase-locked with short spin loops:
+            // SeaBIOS's BSP releases and retakes its SMP lock in an 8-instruction loop, so
+            // its slice always ended with the lock held and the AP never got it.
+            if yieldRequested { yieldRequested = false; return .attention }
             left &-= 1
         }
         return .budget

@@ -184,7 +184,7 @@ public final class X86CPU {
     /// (an interrupt became deliverable, a kick): long string instructions yield.
     var attention = false
     /// Several vCPUs take turns (ExecutionTurnstile): PAUSE asks the run loop to end the
-    /// slice (`yieldRequested`, honoured within a few thousand instructions).
+    /// slice (`yieldRequested`, honoured right after the PAUSE).
     var yieldOnPause = false
     var yieldRequested = false
     /// Set from any thread by `EmulatorVCPU.kick()`; polled every few thousand instructions.
