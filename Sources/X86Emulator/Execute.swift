@@ -11,9 +11,9 @@ import Synchronization
     // SAFETY: callers pass a pointer into a RAM page with `size` bytes available.
     switch size {
     case 1: return UInt64(p.load(as: UInt8.self))
-    case 2: return UInt64(UInt16(littleEndian: p.loadUnaligned(as: UInt16.self)))
-    case 4: return UInt64(UInt32(littleEndian: p.loadUnaligned(as: UInt32.self)))
-    default: return UInt64(littleEndian: p.loadUnaligned(as: UInt64.self))
+    case 2: return UInt64(hostLoad16(p))
+    case 4: return UInt64(hostLoad32(p))
+    default: return hostLoad64(p)
     }
 }
 
