@@ -3,7 +3,7 @@
 SWIFT ?= swift
 export PATH := /opt/swift/usr/bin:$(PATH)
 
-APT_PACKAGES = gcc make busybox-static cpio qemu-system-x86 qemu-utils seabios acpica-tools zlib1g-dev
+APT_PACKAGES = gcc make busybox-static cpio qemu-system-x86 qemu-utils seabios acpica-tools zlib1g-dev isc-dhcp-client
 
 .PHONY: all build test demo deps bench clean guest-kernels
 
