@@ -33,7 +33,19 @@ public struct KernelImage: Sendable {
 
     /// Reads and classifies `path`.
     public init(path: String) throws {
-        try self.init(bytes: readFile(path), path: path)
+        try self.init(bytes: readFile(path, check: { try KernelImage.checkHead($0, path: path) }), path: path)
+    }
+
+    /// How much of a file `checkHead` looks at: enough for every signature (the bzImage
+    /// magic at 0x202, a multiboot header in the first 8 KiB, the ELF magic).
+    public static let headLength = 64 << 10
+
+    /// Throws `notAKernel` when the first `headLength` bytes of a file carry no kernel
+    /// signature, so a large file that is no kernel is refused before it is read whole.
+    public static func checkHead(_ head: [UInt8], path: String) throws {
+        guard LinuxSetupHeader.hasMagic(head) || MultibootHeader.find(in: head) != nil || ELFImage.hasMagic(head) else {
+            throw BootError.notAKernel(path: path)
+        }
     }
 
     /// Classifies `bytes` (`path` only names the image in errors).
@@ -60,36 +72,49 @@ public struct KernelImage: Sendable {
     }
 }
 
-/// Reads a whole file with plain POSIX calls (no Foundation in the loader).
-public func readFile(_ path: String, limit: Int = 1 << 31) throws -> [UInt8] {
-    let fd = open(path, O_RDONLY | O_CLOEXEC)
+/// Reads a whole file with plain POSIX calls (no Foundation in the loader). `check` sees
+/// the first `KernelImage.headLength` bytes before the rest is read (and may throw).
+public func readFile(_ path: String, limit: Int = 1 << 31, check: (([UInt8]) throws -> Void)? = nil) throws -> [UInt8] {
+    // O_NONBLOCK: a FIFO must not hang the open (it is refused below as not regular).
+    let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY)
     guard fd >= 0 else {
         throw BootError.unreadableFile(path: path, reason: String(cString: strerror(errno)))
     }
     defer { close(fd) }
+    return try readWholeFile(fd: fd, path: path, limit: limit, check: check) { reason in
+        BootError.unreadableFile(path: path, reason: reason)
+    }
+}
+
+/// Reads a whole regular file from an open descriptor (from offset 0), in two steps: the
+/// head (given to `check`), then the rest. Errors come from `unreadable(reason)`.
+public func readWholeFile(fd: Int32, path: String, limit: Int, check: (([UInt8]) throws -> Void)?,
+                          unreadable: (String) -> any Error) throws -> [UInt8] {
     var st = stat()
-    guard fstat(fd, &st) == 0 else {
-        throw BootError.unreadableFile(path: path, reason: String(cString: strerror(errno)))
-    }
-    guard (st.st_mode & S_IFMT) == S_IFREG else {
-        throw BootError.unreadableFile(path: path, reason: "not a regular file")
-    }
-    guard st.st_size <= limit else {
-        throw BootError.unreadableFile(path: path, reason: "file is larger than \(limit) bytes")
-    }
-    var out = [UInt8](repeating: 0, count: Int(st.st_size))
-    var done = 0
-    while done < out.count {
-        // SAFETY: reads into the array's own storage, never past its count.
-        let n = out.withUnsafeMutableBytes { buf in
-            read(fd, buf.baseAddress! + done, buf.count - done)
+    guard fstat(fd, &st) == 0 else { throw unreadable(String(cString: strerror(errno))) }
+    guard (st.st_mode & S_IFMT) == S_IFREG else { throw unreadable("not a regular file") }
+    guard st.st_size <= limit else { throw unreadable("file is larger than \(limit) bytes") }
+    let size = Int(st.st_size)
+    func readRange(into out: inout [UInt8], from start: Int) throws -> Int {
+        var done = start
+        while done < out.count {
+            // SAFETY: reads into the array's own storage, never past its count.
+            let n = out.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + done, $0.count - done, off_t(done)) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw unreadable(String(cString: strerror(errno)))
+            }
+            if n == 0 { break }
+            done += n
         }
-        if n < 0 {
-            if errno == EINTR { continue }
-            throw BootError.unreadableFile(path: path, reason: String(cString: strerror(errno)))
-        }
-        if n == 0 { break }
-        done += n
+        return done
+    }
+    var out = [UInt8](repeating: 0, count: min(size, KernelImage.headLength))
+    var done = try readRange(into: &out, from: 0)
+    if let check { try check(Array(out[0..<done])) }
+    if done == out.count, size > out.count {
+        out += [UInt8](repeating: 0, count: size - out.count)
+        done = try readRange(into: &out, from: done)
     }
     if done < out.count { out.removeLast(out.count - done) }
     return out

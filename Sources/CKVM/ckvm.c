@@ -1,5 +1,9 @@
 #define _GNU_SOURCE
 #include "ckvm.h"
+#include <sys/syscall.h>
+#include <unistd.h>
+#include <fcntl.h>
+#include <errno.h>
 
 static void ckvm_kick_handler(int sig) { (void)sig; }
 
@@ -24,4 +28,37 @@ int ckvm_unblock_signal(int sig) {
     sigemptyset(&set);
     sigaddset(&set, sig);
     return pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+}
+
+int ckvm_thread_setfsuid(uint32_t uid) { return (int)syscall(SYS_setfsuid, (uid_t)uid); }
+int ckvm_thread_setfsgid(uint32_t gid) { return (int)syscall(SYS_setfsgid, (gid_t)gid); }
+
+int ckvm_thread_setgroups(size_t n, const uint32_t *gids) {
+    return (int)syscall(SYS_setgroups, n, gids);
+}
+
+int ckvm_thread_setresuid(int64_t r, int64_t e, int64_t s) {
+    return (int)syscall(SYS_setresuid, (uid_t)r, (uid_t)e, (uid_t)s);
+}
+int ckvm_thread_setresgid(int64_t r, int64_t e, int64_t s) {
+    return (int)syscall(SYS_setresgid, (gid_t)r, (gid_t)e, (gid_t)s);
+}
+
+#ifndef SYS_faccessat2
+#define SYS_faccessat2 439
+#endif
+int ckvm_access_as_fsuid(const char *path, int mode) {
+    return (int)syscall(SYS_faccessat2, AT_FDCWD, path, mode, AT_EACCESS);
+}
+
+#ifndef SYS_openat2
+#define SYS_openat2 437
+#endif
+struct ckvm_open_how { uint64_t flags, mode, resolve; };
+int ckvm_open_no_symlinks(const char *path, int flags) {
+    struct ckvm_open_how how;
+    memset(&how, 0, sizeof(how));
+    how.flags = (uint64_t)(unsigned int)flags;
+    how.resolve = 0x04 /* RESOLVE_NO_SYMLINKS */ | 0x02 /* RESOLVE_NO_MAGICLINKS */;
+    return (int)syscall(SYS_openat2, AT_FDCWD, path, &how, sizeof(how));
 }

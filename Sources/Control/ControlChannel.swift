@@ -24,8 +24,8 @@ public final class ControlChannel: @unchecked Sendable {
         if ownsFD { close(fd) }
     }
 
-    public static func connect(path: String) throws(ControlError) -> ControlChannel {
-        ControlChannel(fd: try UnixSocket.connect(path: path))
+    public static func connect(path: String, timeout: Double? = nil) throws(ControlError) -> ControlChannel {
+        ControlChannel(fd: try UnixSocket.connect(path: path, timeout: timeout))
     }
 
     public func peerCredentials() throws(ControlError) -> PeerCredentials {
@@ -195,7 +195,15 @@ public final class ControlChannel: @unchecked Sendable {
 
     /// Client side: one request, one reply (with any descriptors).
     public func call(_ request: ControlRequest) throws(ControlError) -> (ControlReply, [Int32]) {
-        try send(RequestFrame(request))
+        do {
+            try send(RequestFrame(request))
+        } catch {
+            // vmd may have refused the connection (too many) with a reply and closed it
+            // before the request went out: that reply says why.
+            guard case .system(_, let e, _) = error, e == EPIPE || e == ECONNRESET,
+                  let (frame, fds) = try? receive(ReplyFrame.self) else { throw error }
+            return (frame.reply, fds)
+        }
         guard let (frame, fds) = try receive(ReplyFrame.self) else { throw .truncatedFrame }
         guard frame.version == ControlProtocol.version else {
             for f in fds { close(f) }

@@ -84,10 +84,13 @@ public enum UnixSocket {
         return fd
     }
 
-    public static func connect(path: String) throws(ControlError) -> Int32 {
+    /// `timeout`: seconds for the connect itself and then for each send and receive
+    /// (SO_SNDTIMEO/SO_RCVTIMEO; nil: block). A timed-out call fails with EAGAIN.
+    public static func connect(path: String, timeout: Double? = nil) throws(ControlError) -> Int32 {
         var addr = try address(path)
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw .sys("socket") }
+        if let timeout { setTimeouts(fd, receive: timeout, send: timeout) }
         // SAFETY: as in listen.
         let rc = withUnsafePointer(to: &addr) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
@@ -100,6 +103,18 @@ public enum UnixSocket {
             throw e
         }
         return fd
+    }
+
+    /// Sets (or with nil clears) the receive and send timeouts of a socket.
+    public static func setTimeouts(_ fd: Int32, receive: Double?, send: Double?) {
+        func tv(_ s: Double?) -> timeval {
+            guard let s, s > 0 else { return timeval(tv_sec: 0, tv_usec: 0) }
+            return timeval(tv_sec: Int(s), tv_usec: Int((s - Double(Int(s))) * 1_000_000))
+        }
+        var r = tv(receive), w = tv(send)
+        // SAFETY: both timevals outlive the calls, which copy them.
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &r, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &w, socklen_t(MemoryLayout<timeval>.size))
     }
 
     /// Accepts one connection; retries on EINTR.

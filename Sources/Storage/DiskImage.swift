@@ -22,7 +22,7 @@ public enum DiskImage {
     /// The format given by the file's magic, or nil when the file has none we know
     /// (a raw image has no magic).
     public static func probeFormat(path: String) throws -> DiskImageFormat? {
-        let file = try ImageFile.open(path, readOnly: true)
+        let file = try ImageFile.open(path, readOnly: true, lock: false)
         let head = try file.readBytes(count: 4, at: 0)
         if head.count == 4, head.be32(0) == Qcow2Header.magic { return .qcow2 }
         return nil

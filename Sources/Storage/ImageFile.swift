@@ -21,6 +21,9 @@ public enum StorageError: Error, Equatable, CustomStringConvertible {
     case badArgument(String)
     case exists(path: String)
     case refcountOverflow(path: String, cluster: UInt64)
+    /// Another open of the image holds its lock (another VM or process, or another disk of
+    /// the same machine naming the same file).
+    case inUse(path: String, writable: Bool)
 
     public var description: String {
         switch self {
@@ -44,11 +47,19 @@ public enum StorageError: Error, Equatable, CustomStringConvertible {
             return text
         case let .exists(path):
             return "\(path): the file already exists; choose another name or remove it first"
+        case let .inUse(path, writable):
+            return writable
+                ? "\(path): the image is in use (another process, or another disk of this machine, has it open); an image can be written by one user at a time"
+                : "\(path): the image is being written by another process or another disk of this machine"
         case let .refcountOverflow(path, cluster):
             return "\(path): the reference count of host cluster \(cluster) would overflow"
         }
     }
 }
+
+/// Opens a path with open(2)-style `flags` and returns the descriptor, or throws a
+/// `StorageError` naming the path. vmd passes one that opens as the VM's owner.
+public typealias ImageOpener = (_ path: String, _ flags: Int32) throws -> Int32
 
 /// An open file with positional I/O that retries short transfers and EINTR.
 /// The file descriptor is closed when the object goes away.
@@ -65,16 +76,96 @@ final class ImageFile: @unchecked Sendable {
         self.isReadOnly = readOnly
     }
 
-    static func open(_ path: String, readOnly: Bool) throws -> ImageFile {
-        let flags = (readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC
-        let fd = Glibc.open(path, flags)
-        if fd < 0 { throw StorageError.system(path: path, operation: "open", errno: errno) }
-        var st = stat()
-        if fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR {
-            close(fd)
-            throw StorageError.badArgument("\(path): is a directory, not a disk image")
+    /// Opens an image file: only a regular file or a block device (a FIFO, socket or
+    /// character device is refused, and never blocks the open: O_NONBLOCK until the type is
+    /// known). `lock`: take the image's OFD lock (`lockImage`), as every user of an image
+    /// must. `opener` (vmd's: as the VM owner, no symbolic links) replaces open(2).
+    static func open(_ path: String, readOnly: Bool, lock: Bool = true,
+                     opener: ImageOpener? = nil) throws -> ImageFile {
+        let flags = (readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC | O_NONBLOCK | O_NOCTTY
+        let fd: Int32
+        if let opener {
+            fd = try opener(path, flags)
+        } else {
+            fd = Glibc.open(path, flags)
+            if fd < 0 { throw StorageError.system(path: path, operation: "open", errno: errno) }
         }
-        return ImageFile(path: path, fd: fd, readOnly: readOnly)
+        let file = ImageFile(path: path, fd: fd, readOnly: readOnly)
+        try checkType(fd, path: path)
+        if lock { try lockImage(fd, path: path, exclusive: !readOnly) }
+        return file
+    }
+
+    /// Refuses what is not a regular file or a block device, then clears O_NONBLOCK.
+    static func checkType(_ fd: Int32, path: String) throws {
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw StorageError.system(path: path, operation: "stat", errno: errno) }
+        switch st.st_mode & S_IFMT {
+        case S_IFREG, S_IFBLK: break
+        case S_IFDIR: throw StorageError.badArgument("\(path): is a directory, not a disk image")
+        default: throw StorageError.badArgument("\(path): not a regular file or block device")
+        }
+        let fl = fcntl(fd, F_GETFL)
+        if fl >= 0 { _ = fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) }
+    }
+
+    static let F_OFD_GETLK: Int32 = 36
+    static let F_OFD_SETLK: Int32 = 37
+
+    /// Locks an image as QEMU does (block/file-posix.c), so that we, QEMU and other
+    /// instances of us see each other: open-file-description locks, shared (F_RDLCK), on
+    /// byte 100+p for each permission p held and on byte 200+p for each permission p not
+    /// shared with others (p: 0 consistent read, 1 write, 2 write-unchanged, 3 resize).
+    /// A writable image holds all four and shares neither write nor resize; a read-only one
+    /// (backing file, cdrom) holds read and shares neither write nor resize either. So two
+    /// writers, or a writer and a reader, of one image conflict; readers share; `qemu-img
+    /// -U` may still look. OFD locks belong to the open file, not the process: they travel
+    /// with a descriptor passed to another process (vmd → VM process), conflict between two
+    /// opens in one process (one machine naming a file twice), and go with the last close.
+    static func lockImage(_ fd: Int32, path: String, exclusive: Bool) throws {
+        let held: [Int] = exclusive ? [0, 1, 2, 3] : [0]
+        let unshared: [Int] = [1, 3]
+        func lockByte(_ at: Int) -> Int32 {
+            var fl = flock()
+            fl.l_type = Int16(F_RDLCK)
+            fl.l_whence = Int16(SEEK_SET)
+            fl.l_start = at
+            fl.l_len = 1
+            // SAFETY: fl lives across the call; F_OFD_SETLK reads a struct flock.
+            return fcntl(fd, F_OFD_SETLK, &fl) == 0 ? 0 : errno
+        }
+        /// True when another open file holds a lock on byte `at`.
+        func taken(_ at: Int) -> Bool {
+            var fl = flock()
+            fl.l_type = Int16(F_WRLCK)
+            fl.l_whence = Int16(SEEK_SET)
+            fl.l_start = at
+            fl.l_len = 1
+            // SAFETY: as above; F_OFD_GETLK writes the conflicting lock (or F_UNLCK) back.
+            guard fcntl(fd, F_OFD_GETLK, &fl) == 0 else { return false }
+            return Int32(fl.l_type) != F_UNLCK
+        }
+        // A conflict is looked at again for up to 100 ms: a process forked by anyone in this
+        // process (posix_spawn, Foundation's Process) shares our open files until its exec,
+        // so an image closed here a moment ago can still look held.
+        for attempt in 0..<20 {
+            var conflict = false
+            for at in held.map({ 100 + $0 }) + unshared.map({ 200 + $0 }) {
+                let e = lockByte(at)
+                if e == 0 { continue }
+                // File systems without locks (some FUSE, NFS without lockd): carry on unlocked.
+                if e == ENOLCK || e == EINVAL || e == EOPNOTSUPP { return }
+                if e == EAGAIN || e == EACCES { conflict = true; break }
+                throw StorageError.system(path: path, operation: "lock", errno: e)
+            }
+            // Someone who does not share what we hold, or holds what we do not share.
+            if !conflict {
+                conflict = held.contains(where: { taken(200 + $0) }) || unshared.contains(where: { taken(100 + $0) })
+            }
+            if !conflict { return }
+            if attempt < 19 { usleep(5_000) }
+        }
+        throw StorageError.inUse(path: path, writable: exclusive)
     }
 
     /// Wraps an already open descriptor (passed from vmd); it is closed with the object.
@@ -89,7 +180,9 @@ final class ImageFile: @unchecked Sendable {
             if errno == EEXIST { throw StorageError.exists(path: path) }
             throw StorageError.system(path: path, operation: "create", errno: errno)
         }
-        return ImageFile(path: path, fd: fd, readOnly: false)
+        let file = ImageFile(path: path, fd: fd, readOnly: false)
+        try lockImage(fd, path: path, exclusive: true)
+        return file
     }
 
     deinit { if ownsFD { close(fd) } }

@@ -24,8 +24,11 @@ extension DiskImage {
     /// Backing files are opened read-only. Only the headers are read (the image itself is
     /// checked by `open(chain:)` in the process that uses it). `format` nil: by magic.
     /// The caller owns the returned descriptors (close-on-exec); on error none stay open.
+    /// Each file is locked as `ImageFile.lockImage` says (the locks travel with the
+    /// descriptors); `opener` replaces open(2) for every file of the chain (vmd: as the
+    /// VM's owner, refusing symbolic links).
     public static func openChain(path: String, format: DiskImageFormat? = nil,
-                                 readOnly: Bool = false) throws -> [OpenedImageFile] {
+                                 readOnly: Bool = false, opener: ImageOpener? = nil) throws -> [OpenedImageFile] {
         var opened: [OpenedImageFile] = []
         var success = false
         defer { if !success { for f in opened { close(f.fd) } } }
@@ -34,7 +37,7 @@ extension DiskImage {
         var currentReadOnly = readOnly
         var above: [String] = []  // canonical paths of the images opened so far
         while true {
-            let file = try ImageFile.open(current, readOnly: currentReadOnly)
+            let file = try ImageFile.open(current, readOnly: currentReadOnly, opener: opener)
             let head = try file.readBytes(count: 4, at: 0)
             let kind = currentFormat ?? (head.count == 4 && head.be32(0) == Qcow2Header.magic ? .qcow2 : .raw)
             var backing: (name: String, format: String?)?

@@ -49,6 +49,12 @@ public final class Qcow2Image: DiskBackend, AllocationMapping, @unchecked Sendab
     var l2Cache: ClusterCache<[UInt64]>
     var refcountCache: ClusterCache<[UInt8]>
     var compressedCache: (entry: UInt64, data: [UInt8])?
+    /// Host clusters holding L2 tables or refcount blocks (what the L1 and refcount tables
+    /// point at), kept up to date as tables are added: no data write, reuse or free may
+    /// touch them (`checkNoOverlap`).
+    var metadataClusters: Set<UInt64> = []
+    /// The snapshot table's first cluster (0: none).
+    let snapshotsOffset: UInt64
 
     // Table entry bits.
     static let offsetMask: UInt64 = 0x00ff_ffff_ffff_fe00
@@ -160,6 +166,9 @@ public final class Qcow2Image: DiskBackend, AllocationMapping, @unchecked Sendab
         refcountTable = decodeBE64Table(rtRaw, count: Int(rtBytes / 8))
 
         nextFreeCluster = (fileLength + clusterMask) >> UInt64(clusterBits)
+        snapshotsOffset = h.snapshotCount == 0 ? 0 : h.snapshotsOffset
+        for e in l1 where e & Self.offsetMask != 0 { metadataClusters.insert((e & Self.offsetMask) >> UInt64(clusterBits)) }
+        for e in refcountTable where e & Self.offsetMask != 0 { metadataClusters.insert((e & Self.offsetMask) >> UInt64(clusterBits)) }
         l2Cache = ClusterCache(capacity: 64)
         refcountCache = ClusterCache(capacity: 16)
 
@@ -251,6 +260,48 @@ public final class Qcow2Image: DiskBackend, AllocationMapping, @unchecked Sendab
     }
 
     static func hex(_ v: UInt64) -> String { "0x" + String(v, radix: 16) }
+
+    // MARK: - Metadata overlap
+
+    /// What metadata, if any, host range [host, host+length) overlaps: the header cluster,
+    /// the L1 table, the refcount table, an L2 table, a refcount block, the snapshot table.
+    func metadataOverlap(_ host: UInt64, _ length: UInt64) -> String? {
+        guard length > 0 else { return nil }
+        let end = host &+ length
+        func hits(_ start: UInt64, _ bytes: UInt64) -> Bool { bytes > 0 && host < start &+ bytes && start < end }
+        if hits(0, UInt64(clusterSize)) { return "the header" }
+        if hits(l1Offset, UInt64(l1.count) * 8) { return "the L1 table" }
+        if hits(refcountTableOffset, UInt64(refcountTable.count) * 8) { return "the refcount table" }
+        if snapshotsOffset != 0, hits(snapshotsOffset & ~clusterMask, UInt64(clusterSize)) { return "the snapshot table" }
+        let first = host >> UInt64(clusterBits), last = (end - 1) >> UInt64(clusterBits)
+        // At most a few clusters per call (one guest cluster, or a data run).
+        if last - first < 4096 {
+            for c in first...last where metadataClusters.contains(c) {
+                return "an L2 table or refcount block (host cluster \(c))"
+            }
+        } else if metadataClusters.contains(where: { $0 >= first && $0 <= last }) {
+            return "an L2 table or refcount block"
+        }
+        return nil
+    }
+
+    /// Refuses to write data to, reuse or free host bytes that hold metadata: that is an
+    /// image whose tables point into each other. The image is marked corrupt (in memory and,
+    /// for version 3, with the header's corrupt bit), so it is never written again.
+    func checkNoOverlap(_ host: UInt64, _ length: UInt64, _ what: String) throws {
+        guard let hit = metadataOverlap(host, length) else { return }
+        let reason = "\(what) at \(Self.hex(host)) would overlap \(hit)"
+        let first = corruption == nil
+        let error = corrupt(reason)
+        if first, version >= 3, !isReadOnly {
+            // Best effort: the error is reported whether or not the bit reaches the disk.
+            if let raw = try? file.readBytes(count: 8, at: UInt64(Qcow2Header.offIncompatible)), raw.count == 8 {
+                try? file.write(be64Bytes(raw.be64(0) | Qcow2Header.incompatCorrupt), at: UInt64(Qcow2Header.offIncompatible))
+                try? file.sync()
+            }
+        }
+        throw error
+    }
 
     // MARK: - L1 / L2
 
@@ -465,6 +516,7 @@ public final class Qcow2Image: DiskBackend, AllocationMapping, @unchecked Sendab
     func createRefcountBlock(index: UInt64, depth: Int) throws -> UInt64 {
         let cluster = takeFreshCluster()
         let offset = cluster << UInt64(clusterBits)
+        metadataClusters.insert(cluster)
         var block = [UInt8](repeating: 0, count: clusterSize)
         if cluster / refcountsPerBlock == index {
             // The block describes itself.
@@ -527,6 +579,7 @@ public final class Qcow2Image: DiskBackend, AllocationMapping, @unchecked Sendab
                 throw StorageError.unsupported(path: path, feature: "an image file larger than 2^56 bytes")
             }
             if try refcount(of: cluster) != 0 { continue }  // in use despite lying past the end
+            try checkNoOverlap(cluster << UInt64(clusterBits), UInt64(clusterSize), "a newly allocated cluster")
             try setRefcount(of: cluster, to: 1)
             return cluster << UInt64(clusterBits)
         }
@@ -534,12 +587,25 @@ public final class Qcow2Image: DiskBackend, AllocationMapping, @unchecked Sendab
 
     /// Drops one reference to a host cluster; a cluster reaching 0 is punched out and reused.
     func release(cluster: UInt64) throws {
+        try checkNoOverlap(cluster << UInt64(clusterBits), UInt64(clusterSize), "a freed cluster")
         let count = try refcount(of: cluster)
         guard count > 0 else { throw corrupt("host cluster \(cluster) is freed but its refcount is already 0") }
         try setRefcount(of: cluster, to: count - 1)
         if count == 1 {
             _ = file.punchHole(offset: cluster << UInt64(clusterBits), length: UInt64(clusterSize))
             freeClusters.append(cluster)
+        }
+    }
+
+    /// Checks, before anything is changed, that the clusters an L2 entry references are
+    /// not metadata (so they may be replaced and freed).
+    func checkReplaceable(_ kind: ClusterKind) throws {
+        switch kind {
+        case .unallocated, .zero(host: 0): break
+        case let .zero(host), let .data(host):
+            try checkNoOverlap(host, UInt64(clusterSize), "a data cluster")
+        case let .compressed(host, length):
+            try checkNoOverlap(host, UInt64(length), "a compressed cluster")
         }
     }
 
@@ -580,6 +646,7 @@ public final class Qcow2Image: DiskBackend, AllocationMapping, @unchecked Sendab
         }
         if l2Offset == 0 {
             l2Offset = try allocateCluster()
+            metadataClusters.insert(l2Offset >> UInt64(clusterBits))
             var table = [UInt64](repeating: 0, count: clusterSize / 8)
             table[l2Index] = entry
             var raw = [UInt8](repeating: 0, count: clusterSize)
@@ -604,6 +671,7 @@ public final class Qcow2Image: DiskBackend, AllocationMapping, @unchecked Sendab
         let clusterStart = guest & ~clusterMask
         let inCluster = Int(guest & clusterMask)
         let length = Int(min(UInt64(clusterSize), size - clusterStart))
+        try checkReplaceable(kind)
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: clusterSize, alignment: 4096)
         defer { buffer.deallocate() }
         // SAFETY: all slices below lie inside the clusterSize-byte buffer.
@@ -623,6 +691,7 @@ public final class Qcow2Image: DiskBackend, AllocationMapping, @unchecked Sendab
         } else {
             host = try allocateCluster()
         }
+        try checkNoOverlap(host, UInt64(clusterSize), "guest data")
         try writeMeta(UnsafeRawBufferPointer(buffer), at: host)
         try setL2Entry(guest: clusterStart, to: host | Self.copiedFlag)
         if releaseOld { try releaseEntry(kind) }
@@ -648,6 +717,7 @@ public final class Qcow2Image: DiskBackend, AllocationMapping, @unchecked Sendab
                 let kind = try classify(entry)
                 if case let .data(host) = kind, entry & Self.copiedFlag != 0 {
                     let h = host + (guest & clusterMask)
+                    try checkNoOverlap(host, UInt64(clusterSize), "guest data")
                     if runLength > 0, runHost + UInt64(runLength) == h {
                         runLength += n
                     } else {
@@ -703,6 +773,7 @@ public final class Qcow2Image: DiskBackend, AllocationMapping, @unchecked Sendab
             let n = min(end, clusterEnd) - at
             let entry = try l2Entry(at)
             let kind = try classify(entry)
+            try checkReplaceable(kind)
             let whole = at == clusterStart && at + n == clusterEnd
             let readsZeroAlready: Bool
             switch kind {
@@ -737,6 +808,7 @@ public final class Qcow2Image: DiskBackend, AllocationMapping, @unchecked Sendab
         let entry = try l2Entry(guest)
         let kind = try classify(entry)
         if case let .data(host) = kind, entry & Self.copiedFlag != 0 {
+            try checkNoOverlap(host, UInt64(clusterSize), "guest data")
             try writeMeta(UnsafeRawBufferPointer(zeroes), at: host + (guest & clusterMask))
         } else {
             try writeAllocating(UnsafeRawBufferPointer(zeroes), guest: guest, entry: entry, kind: kind)
@@ -830,8 +902,8 @@ public final class Qcow2Image: DiskBackend, AllocationMapping, @unchecked Sendab
             version: UInt32(version), clusterBits: bits, size: size, l1Size: UInt32(l1Size), l1Offset: l1Offset,
             refcountTableOffset: rtOffset, refcountTableClusters: UInt32(tableClusters),
             backingFile: backingFile, backingFormat: backingFormat?.rawValue)
-        let file = try ImageFile.create(path)
-        do {
+        // The creating handle (and its lock) is closed before the image is opened below.
+        try createFile(path) { file in
             var table = [UInt8](repeating: 0, count: Int(tableClusters * cs))
             for b in 0..<blocks { table.putBE64(blocksOffset + b * cs, at: Int(b) * 8) }
             var refBlocks = [UInt8](repeating: 0, count: Int(blocks * cs))
@@ -841,12 +913,22 @@ public final class Qcow2Image: DiskBackend, AllocationMapping, @unchecked Sendab
             try file.write(refBlocks, at: blocksOffset)
             try file.write(header, at: 0)
             try file.sync()
+        }
+        do {
+            return try Qcow2Image(path: path)
         } catch {
             unlink(path)
             throw error
         }
+    }
+}
+
+extension Qcow2Image {
+    /// Creates `path`, fills it through `body` and closes it; removes it if `body` fails.
+    static func createFile(_ path: String, _ body: (ImageFile) throws -> Void) throws {
+        let file = try ImageFile.create(path)
         do {
-            return try Qcow2Image(path: path)
+            try body(file)
         } catch {
             unlink(path)
             throw error

@@ -25,15 +25,33 @@ func say(_ message: String) {
     _ = write(1, &b, b.count)
 }
 
+/// Seconds vmctl waits for vmd to take a connection, and to answer a request that does not
+/// wait for a VM (`wait`, `stop -w` and `reset` may wait as long as the VMs take).
+let connectTimeout: Double = 10
+let replyTimeout: Double = 120
+
 /// Sends one request to vmd; a failure reply becomes a one-line error and exit status 1.
 func request(_ r: ControlRequest) throws -> (ControlReply, [Int32]) {
     let path = socketPath()
     let ch: ControlChannel
-    do { ch = try ControlChannel.connect(path: path) } catch {
+    do { ch = try ControlChannel.connect(path: path, timeout: connectTimeout) } catch {
+        if case .system(_, let e, _) = error, e == EAGAIN {
+            throw fail("cannot reach vmd at \(path): it did not accept the connection within \(Int(connectTimeout)) s")
+        }
         throw fail("cannot reach vmd at \(path): \(error)")
     }
+    let waits: Bool
+    switch r {
+    case .wait, .reset: waits = true
+    case .stop(_, _, let wait): waits = wait
+    default: waits = false
+    }
+    UnixSocket.setTimeouts(ch.fd, receive: waits ? nil : replyTimeout, send: connectTimeout)
     let (reply, fds): (ControlReply, [Int32])
     do { (reply, fds) = try ch.call(r) } catch {
+        if case .system(_, let e, _) = error, e == EAGAIN {
+            throw fail("vmd did not answer within \(Int(replyTimeout)) s")
+        }
         throw fail("\(error)")
     }
     if case .failure(let f) = reply {

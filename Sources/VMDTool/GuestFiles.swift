@@ -5,6 +5,7 @@ import Control
 import Storage
 import VMConfig
 import VMM
+import VMDCore
 
 // Privilege separation of file access (docs/vmd.md, "Privilege separation"): vmd opens a
 // VM's kernel, initrd, cdrom and disks (every file of a qcow2 backing chain) and passes the
@@ -19,78 +20,83 @@ struct OpenedGuestFiles {
     func closeAll() { for fd in fds { close(fd) } }
 }
 
-/// Who asked for files named in a start request (vmctl start -b/-d/-r/-I of a non-root
-/// user, through an instance): each such file must be accessible to them, as OpenBSD's
-/// vmd checks, so that vmd's root does not open for them what they could not.
-struct FileRequester {
-    var uid: UInt32
-    var gids: Set<UInt32>
-}
-
 enum GuestFiles {
     /// Opens every file the VM needs. The error is one line naming the VM and the file.
-    /// `requester` applies to the files in `fromRequest` (the paths a start request set).
-    static func open(_ d: VMDefinition, requester: FileRequester?, fromRequest: Set<String>) -> Result<OpenedGuestFiles, GuestError> {
+    /// `identity` (the VM's non-root owner): every file, whether from vm.conf or from a
+    /// start request, with the whole backing chain, is opened with that user's rights on a
+    /// thread of its own (UserFileAccess), refusing symbolic links the user could have made.
+    /// Only regular files (and block devices for disks and the cdrom) are accepted; a FIFO
+    /// or device never blocks the open. Disks are locked exclusively, backing files and the
+    /// cdrom shared (OFD locks, ImageFile.lockImage).
+    static func open(_ d: VMDefinition, as identity: FileIdentity?) -> Result<OpenedGuestFiles, GuestError> {
+        do {
+            return try UserFileAccess.run(as: identity) { openAll(d, as: identity) }
+        } catch {
+            return .failure(GuestError(description: "vm \(d.name): \(error)"))
+        }
+    }
+
+    private static func openAll(_ d: VMDefinition, as identity: FileIdentity?) -> Result<OpenedGuestFiles, GuestError> {
         var out = OpenedGuestFiles()
         func fail(_ m: String) -> Result<OpenedGuestFiles, GuestError> {
             out.closeAll()
             return .failure(GuestError(description: "vm \(d.name): \(m)"))
         }
-        func checked(_ fd: Int32, _ what: String, _ path: String, write: Bool) -> String? {
-            guard fromRequest.contains(path) else { return nil }
-            return accessProblem(fd, what, path, write: write)
-        }
-        func accessProblem(_ fd: Int32, _ what: String, _ path: String, write: Bool) -> String? {
-            guard let r = requester else { return nil }
-            var st = stat()
-            guard fstat(fd, &st) == 0 else { return "\(what) \(path): \(String(cString: strerror(errno)))" }
-            if !mayAccess(st, r, write: write) { return "\(what) \(path): \(String(cString: strerror(EACCES)))" }
-            return nil
-        }
+        let opener: ImageOpener? = identity.map { id in { path, flags in try UserFileAccess.open(path, flags: flags, as: id) } }
+        // The kernel and initrd: regular files only, read once by the VM process.
         func plain(_ what: String, _ path: String?) -> Result<ChildFiles.File?, GuestError> {
             guard let path else { return .success(nil) }
-            let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
-            guard fd >= 0 else { return .failure(GuestError(description: "\(what) \(path): \(String(cString: strerror(errno)))")) }
+            let flags = O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY
+            let fd: Int32
+            do {
+                if let opener { fd = try opener(path, flags) } else {
+                    fd = Glibc.open(path, flags)
+                    if fd < 0 { throw StorageError.system(path: path, operation: "open", errno: errno) }
+                }
+            } catch {
+                return .failure(GuestError(description: describe(error, role: { _ in what })))
+            }
             var st = stat()
-            if fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR {
+            let isRegular = fstat(fd, &st) == 0 && st.st_mode & S_IFMT == S_IFREG
+            guard isRegular else {
+                let dir = st.st_mode & S_IFMT == S_IFDIR
                 close(fd)
-                return .failure(GuestError(description: "\(what) \(path): it is a directory"))
+                return .failure(GuestError(description: "\(what) \(path): \(dir ? "it is a directory" : "not a regular file")"))
             }
-            if let problem = checked(fd, what, path, write: false) {
-                close(fd)
-                return .failure(GuestError(description: problem))
-            }
+            let fl = fcntl(fd, F_GETFL)
+            if fl >= 0 { _ = fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) }
             out.fds.append(fd)
             return .success(ChildFiles.File(index: out.fds.count - 1, path: path))
         }
-        for (what, path, slot) in [("kernel", d.boot, \ChildFiles.kernel), ("initrd", d.initrd, \ChildFiles.initrd),
-                                   ("cdrom", d.cdrom, \ChildFiles.cdrom)] as [(String, String?, WritableKeyPath<ChildFiles, ChildFiles.File?>)] {
+        for (what, path, slot) in [("kernel", d.boot, \ChildFiles.kernel), ("initrd", d.initrd, \ChildFiles.initrd)]
+            as [(String, String?, WritableKeyPath<ChildFiles, ChildFiles.File?>)] {
             switch plain(what, path) {
             case .failure(let m): return fail(m.description)
             case .success(let f): out.table[keyPath: slot] = f
             }
         }
+        // The cdrom: read-only, a regular file or block device, shared-locked.
+        if let cdrom = d.cdrom {
+            do {
+                let f = try DiskImage.openChain(path: cdrom, format: .raw, readOnly: true, opener: opener)
+                out.fds.append(f[0].fd)
+                out.table.cdrom = ChildFiles.File(index: out.fds.count - 1, path: cdrom)
+            } catch {
+                return fail(describe(error, role: { _ in "cdrom" }))
+            }
+        }
         for disk in d.disks {
             let chain: [OpenedImageFile]
             do {
-                chain = try DiskImage.openChain(path: disk.path, format: disk.format.flatMap { DiskImageFormat(rawValue: $0.rawValue) })
-            } catch let StorageError.system(path, _, err) {
-                return fail("disk \(path): \(String(cString: strerror(err)))")
+                chain = try DiskImage.openChain(path: disk.path, format: disk.format.flatMap { DiskImageFormat(rawValue: $0.rawValue) },
+                                                opener: opener)
             } catch {
-                let text = "\(error)"
-                return fail(text.hasPrefix(disk.path + ": ") ? "disk \(text)" : "disk \(disk.path): \(text)")
+                return fail(describe(error, role: { $0 == disk.path ? "disk" : "backing file" }, top: disk.path))
             }
             var images: [ChildFiles.Image] = []
-            for (i, f) in chain.enumerated() {
+            for f in chain {
                 out.fds.append(f.fd)
                 images.append(ChildFiles.Image(index: out.fds.count - 1, path: f.path, format: f.format.rawValue, readOnly: f.readOnly))
-                // A backing file of a disk the request named was named by the request too.
-                if fromRequest.contains(disk.path),
-                   let problem = accessProblem(f.fd, i == 0 ? "disk" : "backing file", f.path, write: i == 0) {
-                    // Close the rest of this chain too.
-                    for g in chain[(i + 1)...] { close(g.fd) }
-                    return fail(problem)
-                }
             }
             out.table.disks.append(images)
         }
@@ -98,18 +104,19 @@ enum GuestFiles {
         return .success(out)
     }
 
-    /// Whether the file's owner/group/other bits let `r` read (and write).
-    static func mayAccess(_ st: stat, _ r: FileRequester, write: Bool) -> Bool {
-        let mode = st.st_mode
-        let (rb, wb): (mode_t, mode_t)
-        if st.st_uid == r.uid {
-            (rb, wb) = (S_IRUSR, S_IWUSR)
-        } else if r.gids.contains(st.st_gid) {
-            (rb, wb) = (S_IRGRP, S_IWGRP)
-        } else {
-            (rb, wb) = (S_IROTH, S_IWOTH)
+    /// One line for an error opening a file: "ROLE PATH: what", the role from the path the
+    /// error names (`top`: the disk named in the VM's settings, for errors naming no file).
+    static func describe(_ error: any Error, role: (String) -> String, top: String? = nil) -> String {
+        if case let StorageError.system(path, _, err)? = error as? StorageError {
+            return "\(role(path)) \(path): \(String(cString: strerror(err)))"
         }
-        return mode & rb != 0 && (!write || mode & wb != 0)
+        let text = "\(error)"
+        if let range = text.range(of: ": ") {
+            let path = String(text[..<range.lowerBound])
+            if path.contains("/") || path == top { return "\(role(path)) \(text)" }
+        }
+        if let top { return "\(role(top)) \(top): \(text)" }
+        return text
     }
 
     /// Sends the descriptors after the spec, `ControlChannel.maxFDsPerFrame` per frame.
@@ -181,20 +188,15 @@ enum GuestFiles {
         }
     }
 
-    /// The user VM processes run as when vmd runs as root: `name` if given, else the first
-    /// of _vmd, vmd, nobody that exists; nil when there is none (or it is root).
-    static func dropIdentity(user name: String?) -> DropIdentity? {
+    /// The `--vm-user` every VM process becomes when vmd runs as root; nil when there is no
+    /// such user (or it is root).
+    static func dropIdentity(user name: String) -> DropIdentity? {
         guard geteuid() == 0 else { return nil }
-        for candidate in name.map({ [$0] }) ?? ["_vmd", "vmd", "nobody"] {
-            var pw = passwd()
-            var result: UnsafeMutablePointer<passwd>?
-            var buf = [CChar](repeating: 0, count: 16384)
-            // SAFETY: buf outlives the call; the fields used are copied at once.
-            if getpwnam_r(candidate, &pw, &buf, buf.count, &result) == 0, result != nil {
-                if pw.pw_uid == 0 { return nil }
-                return DropIdentity(user: candidate, uid: pw.pw_uid, gid: pw.pw_gid)
-            }
-        }
-        return nil
+        var pw = passwd()
+        var result: UnsafeMutablePointer<passwd>?
+        var buf = [CChar](repeating: 0, count: 16384)
+        // SAFETY: buf outlives the call; the fields used are copied at once.
+        guard getpwnam_r(name, &pw, &buf, buf.count, &result) == 0, result != nil, pw.pw_uid != 0 else { return nil }
+        return DropIdentity(user: name, uid: pw.pw_uid, gid: pw.pw_gid)
     }
 }

@@ -32,8 +32,11 @@ struct VMDCommand: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Control socket (default $VMD_SOCKET or /var/run/vmd.sock).", valueName: "path"))
     var socket: String?
 
-    @Option(name: .customLong("vm-user"), help: ArgumentHelp("When vmd runs as root, the user VM processes become once they hold their files (default: _vmd, vmd or nobody, the first that exists).", valueName: "user"))
+    @Option(name: .customLong("vm-user"), help: ArgumentHelp("When vmd runs as root, one user every VM process becomes once it holds its files (default: each VM process its own uid and gid, --vm-uid-base + the VM's id).", valueName: "user"))
     var vmUser: String?
+
+    @Option(name: .customLong("vm-uid-base"), help: ArgumentHelp("Without --vm-user, the VM process of VM id N runs as uid and gid BASE + N (default 1073741824, 2^30).", valueName: "base"))
+    var vmUIDBase: UInt32 = 1 << 30
 
     @Flag(name: .customLong("fake-vms"), help: ArgumentHelp("Run stand-in guests instead of machines (tests).", visibility: .hidden))
     var fakeVMs = false
@@ -55,7 +58,7 @@ struct VMDCommand: ParsableCommand {
         let options = DaemonOptions(
             configPath: file, macros: macros,
             socketPath: socket ?? ProcessInfo.processInfo.environment["VMD_SOCKET"] ?? ControlProtocol.defaultSocketPath,
-            fakeVMs: fakeVMs, verbose: verbose, vmUser: vmUser)
+            fakeVMs: fakeVMs, verbose: verbose, vmUser: vmUser, vmUIDBase: vmUIDBase)
 
         if checkOnly {
             do {

@@ -65,10 +65,12 @@ public struct AcceleratorChoice: Sendable, Equatable {
                 guard host.emulatorAvailable else { throw VMMError.kvmUnavailable(problem) }
                 return AcceleratorChoice(backend: .emulator, reason: "KVM is not usable (\(problem))")
             }
-            if host.isPVM && kind.isLinux {
+            if host.isPVM && kind.needsFullVirtualization {
                 if host.emulatorAvailable {
                     return AcceleratorChoice(backend: .emulator,
-                        reason: "the host's KVM is PVM-backed (/sys/module/kvm_pvm), which cannot run a full Linux kernel")
+                        reason: kind == .firmware
+                            ? "the host's KVM is PVM-backed (/sys/module/kvm_pvm), which cannot run a BIOS and the system it boots"
+                            : "the host's KVM is PVM-backed (/sys/module/kvm_pvm), which cannot run a full Linux kernel")
                 }
                 return AcceleratorChoice(backend: .kvm,
                     reason: "the host's KVM is PVM-backed and may not run a full Linux kernel, but the software CPU is not available yet")
@@ -84,11 +86,16 @@ public enum KernelKind: String, Sendable, Equatable, CustomStringConvertible {
     case linuxELF = "Linux ELF"
     case elf = "ELF"
     case multiboot = "multiboot"
+    /// No kernel: the BIOS boots whatever is on the disk or CD-ROM.
+    case firmware = "BIOS firmware"
 
     public var description: String { rawValue }
 
     /// A full Linux kernel (which a PVM-backed KVM cannot run).
     public var isLinux: Bool { self == .linuxBzImage || self == .linuxELF }
+    /// What a PVM-backed KVM cannot run: a full Linux kernel, or a BIOS (real mode, and
+    /// whatever operating system it boots).
+    public var needsFullVirtualization: Bool { isLinux || self == .firmware }
 
     public init(_ format: KernelFormat, isLinux: Bool = false) {
         switch format {
@@ -101,12 +108,17 @@ public enum KernelKind: String, Sendable, Equatable, CustomStringConvertible {
 
 /// Reads up to `count` bytes from the start of a file; throws a sentence naming the file.
 func readHead(path: String, count: Int, unreadable: (String, String) -> VMMError) throws -> [UInt8] {
-    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    // O_NONBLOCK: a FIFO must not hang the open; only regular files and block devices pass.
+    let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY)
     guard fd >= 0 else { throw unreadable(path, errnoString(errno)) }
     defer { close(fd) }
     var st = stat()
-    if fstat(fd, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR {
-        throw unreadable(path, "it is a directory")
+    if fstat(fd, &st) == 0 {
+        switch st.st_mode & S_IFMT {
+        case S_IFREG, S_IFBLK: break
+        case S_IFDIR: throw unreadable(path, "it is a directory")
+        default: throw unreadable(path, "not a regular file or block device")
+        }
     }
     var buffer = [UInt8](repeating: 0, count: count)
     var filled = 0

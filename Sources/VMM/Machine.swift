@@ -37,8 +37,8 @@ public final class Machine: @unchecked Sendable {
     public let networkPump: VirtioNetPump?
     public let handler: ExitHandler
     public let runner: MachineRunner
-    /// Where the loader put the kernel, initrd and firmware tables.
-    public let bootResult: BootResult
+    /// Where the loader put the kernel, initrd and firmware tables (nil for a firmware boot).
+    public let bootResult: BootResult?
     private let log: Logger
     private var rtcTimer: DeviceTimer?
     /// The software CPU's interrupt glue (nil on KVM): MachineEmulator.swift.
@@ -53,10 +53,14 @@ public final class Machine: @unchecked Sendable {
         self.log = log
         try config.validateSettings()
 
-        let image: KernelImage
-        do {
+        var image: KernelImage?
+        var firmwareImage: FirmwareImage?
+        if config.bootsFirmware {
+            firmwareImage = try FirmwareImage(path: config.firmwarePath ?? FirmwareImage.defaultPath)
+        } else { do {
             if let passed = config.passedFiles {
                 image = try KernelImage(bytes: readAllAndClose(fd: passed.kernel, path: config.kernelPath,
+                                                               check: { [path = config.kernelPath] in try KernelImage.checkHead($0, path: path) },
                                                                unreadable: VMMError.kernelUnreadable),
                                         path: config.kernelPath)
             } else {
@@ -66,8 +70,8 @@ public final class Machine: @unchecked Sendable {
             throw VMMError.kernelUnreadable(path: path, reason: reason == "not a regular file" ? "it is not a regular file" : reason)
         } catch BootError.notAKernel {
             throw VMMError.notAKernel(path: config.kernelPath)
-        }
-        let kind = KernelKind(image.format, isLinux: image.isLinux)
+        } }
+        let kind = image.map { KernelKind($0.format, isLinux: $0.isLinux) } ?? .firmware
         kernelKind = kind
         if let passed = config.passedFiles {
             guard passed.disks.count == config.diskPaths.count, (passed.initrd == nil) == (config.initrdPath == nil) else {
@@ -81,18 +85,28 @@ public final class Machine: @unchecked Sendable {
                 _ = try readHead(path: disk, count: 1, unreadable: VMMError.diskUnreadable)
             }
         }
+        if let cdrom = config.cdromPath {
+            guard config.bootsFirmware else {
+                throw VMMError.unsupported("a CD-ROM (-r) is booted by the firmware; it cannot be combined with a kernel (-k)")
+            }
+            try Machine.checkISO(path: cdrom)
+        }
 
         let hostCaps = host ?? HostCapabilities.probe(emulatorAvailable: Machine.emulatorAvailable)
         accelerator = try AcceleratorChoice.choose(requested: config.accelerator, kernel: kind, host: hostCaps)
         log.info("accelerator \(accelerator.backend.rawValue): \(accelerator.reason)")
 
-        memory = try GuestMemory(layout: PhysicalMap.ramLayout(ramSize: config.memorySize))
+        memory = try GuestMemory(layout: firmwareImage?.memoryLayout(ramSize: config.memorySize)
+                                 ?? PhysicalMap.ramLayout(ramSize: config.memorySize))
         backend = try (backendFactory ?? Machine.defaultBackend)(memory, config, accelerator)
         console = try Console(sink: config.console)
         let emulatorVM = backend as? EmulatorVirtualMachine
+        let guestMemory = memory
         devices = try MachineMap.build(bus: bus, interrupts: backend.interrupts, events: events,
                                        console: console, memorySize: config.memorySize, vcpus: config.vcpus,
-                                       userspaceIRQChip: emulatorVM.map { _ in UserspaceIRQChip() })
+                                       userspaceIRQChip: emulatorVM.map { _ in UserspaceIRQChip() },
+                                       firmware: firmwareImage.map { _ in FirmwareConfig(memory: guestMemory) },
+                                       firmwareLog: log.logLevel <= .debug ? { [log] in log.debug("firmware: \($0)") } : nil)
         let fast = Machine.virtioFastPaths(backend: backend, log: log)
         msiRouter = fast.router
         virtioEventLoop = fast.loop
@@ -101,8 +115,18 @@ public final class Machine: @unchecked Sendable {
         fast.loop?.attach(virtio.all)
         networkPump = virtio.networks.isEmpty ? nil
             : try VirtioNetPump(models: virtio.networkModels, devices: virtio.networks, log: log)
-        let boot: BootResult
-        do {
+        if let firmwareImage, let fwcfg = devices.firmwareConfig {
+            let diskSlots = virtio.blocks.indices.map { VirtioMachineSet.firstDiskSlot + $0 }
+            try FirmwareSetup.populate(fwcfg, ramSize: config.memorySize, vcpus: config.vcpus,
+                                       pciRoutes: devices.pciRoutes,
+                                       bootOrder: FirmwareSetup.bootOrder(diskSlots: diskSlots,
+                                                                          cdromSlot: virtio.scsi.map { _ in VirtioMachineSet.cdromSlot },
+                                                                          first: config.bootDevice))
+            try firmwareImage.install(into: memory)
+            bootResult = nil
+            log.debug("firmware \(firmwareImage.path) (\(firmwareImage.bytes.count) bytes) at 0x\(String(firmwareImage.base, radix: 16))")
+        } else if let image {
+            let boot: BootResult
             let initrd = try config.initrdPath.map { path in
                 if let fd = config.passedFiles?.initrd {
                     return try readAllAndClose(fd: fd, path: path, unreadable: VMMError.initrdUnreadable)
@@ -115,10 +139,13 @@ public final class Machine: @unchecked Sendable {
                                        cmdline: Machine.effectiveCmdline(config.cmdline, kind: kind),
                                        memory: memory, vcpus: config.vcpus,
                                        pciRoutes: devices.pciRoutes)
+            bootResult = boot
+            log.debug("loaded \(image.format) kernel \(config.kernelPath), entry rip 0x\(String(boot.cpuState.regs.rip, radix: 16))")
+        } else {
+            throw VMMError.machine("no kernel and no firmware to boot")
         }
-        bootResult = boot
-        log.debug("loaded \(image.format) kernel \(config.kernelPath), entry rip 0x\(String(boot.cpuState.regs.rip, radix: 16))")
-        let entry: X86CPUState? = boot.cpuState
+        // A firmware boot starts vCPU 0 at the reset vector (the backend's power-on state).
+        let entry: X86CPUState? = bootResult?.cpuState
 
         var vcpus: [any VirtualCPU] = []
         for i in 0..<config.vcpus {

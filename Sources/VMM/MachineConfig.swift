@@ -27,8 +27,14 @@ public enum ConsoleSink: Sendable {
     case none
 }
 
+/// Which device the firmware tries first (`vmm -B`, vm.conf `boot device`).
+public enum BootDevice: String, CaseIterable, Sendable, Codable {
+    case disk, cdrom, net
+}
+
 /// Everything that describes one VM: what `vmm`'s flags and vm.conf's `vm {}` block set.
 public struct MachineConfig: Sendable {
+    /// The kernel for a direct boot; empty: boot through the firmware (`firmwarePath`).
     public var kernelPath: String
     public var initrdPath: String?
     public var cmdline: String
@@ -43,6 +49,15 @@ public struct MachineConfig: Sendable {
     /// Set by vmd's VM process: the guest files as descriptors, so the machine opens none
     /// by name (PassedFiles.swift). nil: the paths above are opened (`vmm`).
     public var passedFiles: PassedFiles? = nil
+    /// The BIOS image for a firmware boot (nil: Debian's SeaBIOS, bios-256k.bin).
+    public var firmwarePath: String? = nil
+    /// A read-only ISO 9660 image on a virtio-scsi CD-ROM (`-r`).
+    public var cdromPath: String? = nil
+    /// The device the firmware boots first (nil: the disks, then the CD-ROM).
+    public var bootDevice: BootDevice? = nil
+
+    /// True when there is no kernel: the firmware boots a disk or the CD-ROM.
+    public var bootsFirmware: Bool { kernelPath.isEmpty }
 
     public static let defaultMemorySize: UInt64 = 512 << 20
     public static let minimumMemorySize: UInt64 = 4 << 20
@@ -85,6 +100,12 @@ public struct MachineConfig: Sendable {
         }
         if diskPaths.count > Self.maximumDisks {
             throw VMMError.tooManyDisks(diskPaths.count, maximum: Self.maximumDisks)
+        }
+        if bootDevice == .net {
+            throw VMMError.unsupported("boot device net is not supported yet (the firmware has no network boot ROM); use disk or cdrom")
+        }
+        if bootDevice != nil && !bootsFirmware {
+            throw VMMError.unsupported("a boot device (-B) chooses what the firmware boots; it cannot be combined with a kernel (-k)")
         }
     }
 }

@@ -16,6 +16,9 @@ public final class MachineDevices: @unchecked Sendable {
     /// (KVM has them in-kernel). See MachineEmulator.swift.
     public let irqChip: UserspaceIRQChip?
     public let pit: I8254?
+    /// Firmware boots only: fw_cfg (0x510/0x511, DMA 0x514) and the PIIX3 ISA bridge (0:1.0).
+    public let firmwareConfig: FirmwareConfig?
+    public let isaBridge: PIIX3ISABridge?
     /// Runs after every guest write to the RTC or the PIT (the machine re-arms its device timer).
     let rtcWritten: Notifier
 
@@ -25,7 +28,9 @@ public final class MachineDevices: @unchecked Sendable {
 
     init(com1: NS8250, keyboardController: I8042, rtc: MC146818, pciHost: PCIHost,
          debugExit: DebugExit, acpiPM: ACPIPMBlock, post: POSTCodeSink, rtcWritten: Notifier,
-         irqChip: UserspaceIRQChip? = nil, pit: I8254? = nil) {
+         irqChip: UserspaceIRQChip? = nil, pit: I8254? = nil,
+         firmwareConfig: FirmwareConfig? = nil, isaBridge: PIIX3ISABridge? = nil) {
+        self.firmwareConfig = firmwareConfig; self.isaBridge = isaBridge
         self.rtcWritten = rtcWritten
         self.irqChip = irqChip; self.pit = pit
         self.com1 = com1; self.keyboardController = keyboardController; self.rtc = rtc
@@ -66,7 +71,10 @@ public final class MachineDevices: @unchecked Sendable {
 ///     port 0x03f8-0x03ff                  NS8250 COM1, IRQ 4
 ///     port 0x0600-0x0603                  ACPI PM1a event block (PM1_STS, PM1_EN), SCI IRQ 9
 ///     port 0x0604-0x0605                  ACPI PM1a control block (S5 write = power off)
+///     port 0x0402                         firmware debug console (firmware boot, debug log level)
+///     port 0x0510-0x0511, 0x0514-0x051b   fw_cfg selector/data, DMA (firmware boot)
 ///     port 0x0cf8-0x0cff                  PCIHost: config mechanism #1, 0xcf9 reset control
+///     PCI 00:01.0                         PIIX3 ISA bridge (firmware boot)
 ///     port 0xc000-0xffff                  PCI I/O BARs (assigned by PCIHost)
 ///     MMIO 0xc0000000-0xfdffffff          PCI memory BARs (assigned by PCIHost)
 ///     MMIO 0xfec00000                     IOAPIC                in-kernel (KVM irqchip)
@@ -85,7 +93,9 @@ public enum MachineMap {
     public static func build(bus: IOBus, interrupts: any InterruptController, events: MachineEvents,
                              console: Console, memorySize: UInt64, vcpus: Int,
                              clock: DeviceClock = .host,
-                             userspaceIRQChip: UserspaceIRQChip? = nil) throws -> MachineDevices {
+                             userspaceIRQChip: UserspaceIRQChip? = nil,
+                             firmware: FirmwareConfig? = nil,
+                             firmwareLog: ((String) -> Void)? = nil) throws -> MachineDevices {
         func irq(_ gsi: UInt32) -> IRQLine { IRQLine(controller: interrupts, gsi: gsi) }
         let timerWritten = Notifier()
 
@@ -129,9 +139,21 @@ public enum MachineMap {
         pci.onReset = { events.request(.reset(reason: "the guest reset the machine through port 0xcf9")) }
         try bus.mapPorts(pci, name: "pci", base: PCIHost.basePort, count: PCIHost.portCount)
 
+        var isa: PIIX3ISABridge?
+        if let firmware {
+            try firmware.map(on: bus)
+            let bridge = PIIX3ISABridge()
+            try pci.register(bridge, slot: 1)
+            isa = bridge
+            if let firmwareLog {
+                try bus.mapPorts(FirmwareDebugConsole(emit: firmwareLog), name: "firmware debug console",
+                                 base: FirmwareDebugConsole.port, count: 1)
+            }
+        }
+
         return MachineDevices(com1: com1, keyboardController: kbc, rtc: rtc, pciHost: pci,
                               debugExit: debugExit, acpiPM: pm, post: post, rtcWritten: rtcWritten,
-                              irqChip: userspaceIRQChip, pit: pit)
+                              irqChip: userspaceIRQChip, pit: pit, firmwareConfig: firmware, isaBridge: isa)
     }
 }
 

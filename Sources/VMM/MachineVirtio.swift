@@ -33,7 +33,7 @@ extension Machine {
         let networks = try Machine.networkSpecs(config: config, log: log)
         return try VirtioMachineSet(host: host, memory: memory, interrupts: interrupts, disks: disks,
                                     entropy: true, consoleOutput: { console.write($0) },
-                                    networks: networks, logger: log)
+                                    networks: networks, cdrom: try Machine.cdrom(config: config), logger: log)
     }
 
     /// On KVM: the irqfd MSI router and the ioeventfd event loop (VirtioEventLoop.swift).

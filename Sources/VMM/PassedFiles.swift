@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Storage
+import Boot
 
 /// Guest files opened by someone else (vmd, the privileged parent) and handed over as
 /// descriptors. When a `MachineConfig` carries them, `Machine` opens no guest file by name:
@@ -32,26 +33,11 @@ public struct PassedFiles: Sendable {
 }
 
 /// Reads a whole regular file from an open descriptor (from offset 0) and closes it.
-/// Errors are sentences naming `path`.
-func readAllAndClose(fd: Int32, path: String, limit: Int = 1 << 31,
+/// Errors are sentences naming `path`. `check` sees the head first (Boot.readWholeFile).
+func readAllAndClose(fd: Int32, path: String, limit: Int = 1 << 31, check: (([UInt8]) throws -> Void)? = nil,
                      unreadable: (String, String) -> VMMError) throws -> [UInt8] {
     defer { close(fd) }
-    var st = stat()
-    guard fstat(fd, &st) == 0 else { throw unreadable(path, errnoString(errno)) }
-    guard (st.st_mode & S_IFMT) == S_IFREG else { throw unreadable(path, "it is not a regular file") }
-    guard st.st_size <= limit else { throw unreadable(path, "it is larger than \(limit) bytes") }
-    var out = [UInt8](repeating: 0, count: Int(st.st_size))
-    var done = 0
-    while done < out.count {
-        // SAFETY: reads into the array's own storage, never past its count.
-        let n = out.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + done, $0.count - done, off_t(done)) }
-        if n < 0 {
-            if errno == EINTR { continue }
-            throw unreadable(path, errnoString(errno))
-        }
-        if n == 0 { break }
-        done += n
+    return try readWholeFile(fd: fd, path: path, limit: limit, check: check) { reason in
+        unreadable(path, reason == "not a regular file" ? "it is not a regular file" : reason)
     }
-    if done < out.count { out.removeLast(out.count - done) }
-    return out
 }

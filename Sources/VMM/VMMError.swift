@@ -20,6 +20,10 @@ public enum VMMError: Error, Equatable, CustomStringConvertible {
     case threadCreationFailed(String, errno: Int32)
     case console(String)
     case machine(String)
+    case firmwareUnreadable(path: String, reason: String)
+    case notFirmware(path: String, reason: String)
+    case cdromUnreadable(path: String, reason: String)
+    case unsupported(String)
 
     public var description: String {
         switch self {
@@ -50,6 +54,14 @@ public enum VMMError: Error, Equatable, CustomStringConvertible {
         case let .console(why):
             return "console: \(why)"
         case let .machine(why):
+            return why
+        case let .firmwareUnreadable(path, reason):
+            return "cannot read firmware \(path): \(reason)"
+        case let .notFirmware(path, reason):
+            return "\(path) is not a BIOS image: \(reason)"
+        case let .cdromUnreadable(path, reason):
+            return "cannot use CD-ROM image \(path): \(reason)"
+        case let .unsupported(why):
             return why
         }
     }

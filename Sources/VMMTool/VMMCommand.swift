@@ -6,6 +6,7 @@ import Logging
 import VMM
 
 extension Accelerator: ExpressibleByArgument {}
+extension BootDevice: ExpressibleByArgument {}
 
 /// `vmm`: runs exactly one VM in the foreground with its serial console on this terminal.
 /// It is also what vmd starts for each VM.
@@ -16,15 +17,17 @@ struct VMMCommand: ParsableCommand {
         abstract: "Run one virtual machine in the foreground, its serial console on this terminal.",
         discussion: """
             The kernel is recognised by its content: a Linux bzImage, an ELF kernel (PVH note) \
-            or a multiboot kernel. Type Ctrl-] on the console to stop the VM.
+            or a multiboot kernel. Without -k the machine boots through its BIOS (SeaBIOS) \
+            from the disks or the CD-ROM (-r), in the order -B gives. Type Ctrl-] on the \
+            console to stop the VM.
 
             Exit status: 0 when the guest powers off or resets (the VM is not rebooted) or \
             is stopped with Ctrl-] or a signal; (value << 1) | 1 when the guest writes value \
             to the debug-exit port 0xf4 (always odd); 2 with a one-line message on any error.
             """)
 
-    @Option(name: [.customShort("k"), .long], help: ArgumentHelp("The kernel to boot.", valueName: "file"))
-    var kernel: String
+    @Option(name: [.customShort("k"), .long], help: ArgumentHelp("The kernel to boot directly (without it: boot through the firmware).", valueName: "file"))
+    var kernel: String?
 
     @Option(name: [.customShort("i"), .long], help: ArgumentHelp("An initial ramdisk (Linux) or module (multiboot).", valueName: "file"))
     var initrd: String?
@@ -41,6 +44,15 @@ struct VMMCommand: ParsableCommand {
     @Option(name: [.customShort("d"), .long], help: ArgumentHelp("A disk image (repeatable, up to 4).", valueName: "file"))
     var disk: [String] = []
 
+    @Option(name: [.customShort("r"), .long], help: ArgumentHelp("An ISO 9660 image on a read-only CD-ROM (firmware boot).", valueName: "file"))
+    var cdrom: String?
+
+    @Option(name: [.customShort("B"), .customLong("boot-device")], help: ArgumentHelp("What the firmware boots first: disk or cdrom (net is not supported yet).", valueName: "disk|cdrom|net"))
+    var bootDevice: BootDevice?
+
+    @Option(name: .long, help: ArgumentHelp("The BIOS image for a firmware boot (default /usr/share/seabios/bios-256k.bin).", valueName: "file"))
+    var firmware: String?
+
     @Option(name: .long, help: ArgumentHelp("CPU backend: kvm, emulator or auto.", valueName: "kvm|emulator|auto"))
     var accel: Accelerator = .auto
 
@@ -51,9 +63,19 @@ struct VMMCommand: ParsableCommand {
 
     /// The machine description these flags give (no file is touched).
     func machineConfig(console: ConsoleSink = .standardIO) throws -> MachineConfig {
-        var config = MachineConfig(kernelPath: kernel, initrdPath: initrd, cmdline: cmdline ?? "",
+        var config = MachineConfig(kernelPath: kernel ?? "", initrdPath: initrd, cmdline: cmdline ?? "",
                                    memorySize: try parseMemorySize(memory), vcpus: cpus,
                                    diskPaths: disk, accelerator: accel, console: console)
+        config.cdromPath = cdrom
+        config.bootDevice = bootDevice
+        config.firmwarePath = firmware
+        if kernel == nil {
+            if initrd != nil || cmdline != nil {
+                throw VMMError.unsupported("an initrd (-i) or command line (-p) needs a kernel (-k)")
+            }
+        } else if firmware != nil {
+            throw VMMError.unsupported("--firmware boots through the BIOS; it cannot be combined with a kernel (-k) yet")
+        }
         config.networkInterfaces = try net.map { try NetworkInterfaceConfig(parsing: $0) }
         guard config.networkInterfaces.count <= 4 else {
             throw NetworkConfigError.tooManyInterfaces(config.networkInterfaces.count, maximum: 4)

@@ -39,4 +39,65 @@ import Testing
         let kernel = try Harness.testGuest("longmode")
         try expectOneLineError(["-k", kernel, "-i", "/no/initrd.img"], mentions: ["/no/initrd.img"])
     }
+
+    /// A scratch directory with a FIFO in it, and a qcow2 image whose backing file is
+    /// that FIFO (made while it was still a file).
+    func fifoFiles() throws -> (dir: String, fifo: String, overlay: String) {
+        let dir = NSTemporaryDirectory() + "vmm-fifo-" + UUID().uuidString
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let fifo = dir + "/fifo", overlay = dir + "/over.qcow2"
+        FileManager.default.createFile(atPath: fifo, contents: Data(count: 1 << 20))
+        let r = try Harness.run([Harness.vmmBinary.replacingOccurrences(of: "/vmm", with: "/vmctl"), "create", "-b", fifo, overlay])
+        #expect(r.status == 0, "\(r.stderr)")
+        unlink(fifo)
+        #expect(mkfifo(fifo, 0o644) == 0)
+        return (dir, fifo, overlay)
+    }
+
+    /// A FIFO never hangs vmm (nobody writes to it): one line, at once (issue 11, hole 4).
+    @Test func aFIFOAsKernelInitrdDiskOrBackingFileIsRefusedAtOnce() throws {
+        let (dir, fifo, overlay) = try fifoFiles()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let kernel = try Harness.testGuest("longmode")
+        for args in [["-k", fifo], ["-k", kernel, "-i", fifo], ["-k", kernel, "-d", fifo], ["-k", kernel, "-d", overlay]] {
+            let r = try Harness.vmm(args, timeout: 15)
+            #expect(r.status == 2, "vmm \(args) exited with \(r.status): \(r.stderr)")
+            let errors = r.stderr.split(separator: "\n").filter { $0.hasPrefix("vmm: error") }
+            #expect(errors.count == 1, "\(args): \(r.stderr)")
+            #expect(r.stderr.contains(fifo) && r.stderr.contains("not a regular file"), "\(args): \(r.stderr)")
+        }
+    }
+
+    /// One writable image twice in a machine: two allocators on one file would lose writes.
+    @Test func theSameWritableImageTwiceIsRefused() throws {
+        let dir = NSTemporaryDirectory() + "vmm-twice-" + UUID().uuidString
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let image = dir + "/x.qcow2"
+        let made = try Harness.run([Harness.vmmBinary.replacingOccurrences(of: "/vmm", with: "/vmctl"), "create", "-s", "1M", image])
+        #expect(made.status == 0, "\(made.stderr)")
+        let kernel = try Harness.testGuest("longmode")
+        let r = try Harness.vmm(["-k", kernel, "--accel", "emulator", "-d", image, "-d", dir + "/./x.qcow2"], timeout: 15)
+        #expect(r.status == 2, "\(r.stderr)")
+        let errors = r.stderr.split(separator: "\n").filter { $0.hasPrefix("vmm: error") }
+        #expect(errors.count == 1 && errors[0].contains(dir + "/./x.qcow2") && errors[0].contains("in use"), "\(r.stderr)")
+    }
+}
+
+/// A large file that is no kernel is refused from its head, never read whole (issue 11).
+@Suite struct LargeNonKernelTests {
+    /// Under a 200 MB data limit (prlimit), reading the 300 MB file whole would abort vmm;
+    /// refusing it from its first 64 KiB is the one clear line.
+    @Test(.enabled(if: access("/usr/bin/prlimit", X_OK) == 0, "needs prlimit (util-linux)"))
+    func a300MBFileThatIsNoKernelIsRefusedWithoutBeingRead() throws {
+        let path = NSTemporaryDirectory() + "vmm-big-" + UUID().uuidString
+        let fd = open(path, O_CREAT | O_RDWR | O_CLOEXEC, 0o644)
+        #expect(fd >= 0)
+        #expect(ftruncate(fd, 300 << 20) == 0)
+        close(fd)
+        defer { unlink(path) }
+        let r = try Harness.run(["/usr/bin/prlimit", "--data=\(200 << 20)", Harness.vmmBinary, "-k", path])
+        #expect(r.status == 2, "exit status \(r.status): \(r.stderr)")
+        #expect(r.stderr.contains("\(path) is not a kernel"), "\(r.stderr)")
+    }
 }

@@ -50,7 +50,7 @@ let qemuImgAvailable: Bool = {
 
 /// `qemu-img check`: exit status 0 = clean, 3 = leaked clusters only, 2 = corruption.
 func qemuCheck(_ path: String) throws -> CommandResult {
-    try run("qemu-img", ["check", path])
+    try run("qemu-img", ["check", "-U", path])
 }
 
 /// Expects `qemu-img check` to find no corruption (leaks allowed unless `clean`).
@@ -105,7 +105,7 @@ func fileBytes(_ path: String) -> [UInt8] {
 /// The image's content as qemu sees it (qemu-img convert -O raw).
 func qemuContent(_ path: String, in dir: TempDir) throws -> [UInt8] {
     let out = dir.file("qemu-content-\(UUID().uuidString).raw")
-    try qemu("qemu-img", "convert", "-O", "raw", path, out)
+    try qemu("qemu-img", "convert", "-U", "-O", "raw", path, out)
     defer { unlink(out) }
     return fileBytes(out)
 }

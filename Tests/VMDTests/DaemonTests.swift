@@ -245,6 +245,22 @@ let twoVMs = """
         #expect(try d.vmctl("log", "verbose").status == 0)
         #expect(try d.vmctl("reset", "vms").status == 0)
         #expect(row(try d.vmctl("status").stdout, "web")?[7] == "stopped")
+        // Not done yet, and said so rather than answered OK.
+        let switches = try d.vmctl("reset", "switches")
+        #expect(switches.status == 1)
+        #expect(switches.stderr == "vmctl: reset switches: not supported yet (vmd does not reset or remove bridges)\n", "\(switches.stderr)")
+    }
+
+    /// `boot device` / -B are not done by vmd yet: a warning, not silence.
+    @Test func aBootDeviceIsWarnedAbout() throws {
+        let d = try TestDaemon(config: "vm \"b\" {\n disable\n boot device cdrom\n}\nvm \"c\" {\n disable\n}\n")
+        defer { d.stop() }
+        #expect(try d.vmctl("start", "b").status == 0)
+        #expect(d.log.snapshot().contains("vm b: boot device cdrom is not supported by vmd yet: ignored"), "\(d.log.snapshot())")
+        let r = try d.vmctl("start", "-B", "disk", "c")
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stderr == "vmctl: warning: -B disk is not supported by vmd yet and is ignored\n", "\(r.stderr)")
+        #expect(d.log.snapshot().contains("vm c: boot device disk is not supported by vmd yet"), "\(d.log.snapshot())")
     }
 
     @Test func staggeredStartSpacesVMsOut() throws {

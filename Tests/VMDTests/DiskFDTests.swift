@@ -159,8 +159,9 @@ import Testing
         // Descriptors vmd passed are not left open in vmd.
         #expect(vmdHolds.isEmpty, "\(vmdHolds)")
         // Run as root, vmd has the VM process give up root once it holds its files.
-        if geteuid() == 0, let nobody = getpwnam("nobody")?.pointee.pw_uid {
-            let expectUID = getpwnam("_vmd")?.pointee.pw_uid ?? getpwnam("vmd")?.pointee.pw_uid ?? nobody
+        if geteuid() == 0 {
+            // Each VM process its own uid: 2^30 + the VM's id.
+            let expectUID = (1 << 30) + (Int(row(try d.vmctl("status").stdout, "held")?[0] ?? "") ?? -1)
             #expect(Self.uids(pid) == Array(repeating: String(expectUID), count: 4), "\(Self.uids(pid))")
             // Its console still works, and vmd still controls it.
             #expect(try d.vmctl("pause", "held").status == 0)
@@ -175,20 +176,14 @@ import Testing
 
     /// A real guest (guests/virtio-test.c) started by vmd reads sector 0 of a qcow2 overlay
     /// (from its raw base) and writes sectors 1-2, all through the descriptors vmd passed.
-    @Test func aRealGuestReadsAndWritesItsDiskThroughThePassedDescriptors() throws {
-        guard RealGuestTests.kvmUsable() else {
-            print("DiskFDTests real guest skipped: /dev/kvm is not usable here")
-            return
-        }
+    @Test(.enabled(if: RealGuestTests.kvm, "/dev/kvm is not usable here"))
+    func aRealGuestReadsAndWritesItsDiskThroughThePassedDescriptors() throws {
         try #require(Binaries.available)
         let dir = try Self.scratch("guest")
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let kernel = dir + "/virtio-test.elf"
         let build = try run("/bin/sh", [RealGuestTests.repoRoot + "/guests/build-virtio-test.sh", kernel], timeout: 60)
-        guard build.status == 0 else {
-            print("DiskFDTests real guest skipped: cannot build the test guest: \(build.stderr.prefix(200))")
-            return
-        }
+        try #require(build.status == 0, "cannot build the test guest: \(build.stderr.prefix(200))")
         var base = [UInt8](repeating: 0, count: 1 << 20)
         let marker = Array("HOST-MARKER-SECTOR-ZERO".utf8)
         base.replaceSubrange(0..<marker.count, with: marker)
@@ -217,11 +212,8 @@ import Testing
     /// vmd opens files as root, so a file a user names in a start request (an instance's
     /// `-d`, `-b`, `-r`) must be one that user could open: read and write for a disk, read
     /// for its backing files, the kernel, the cdrom (as OpenBSD's vmd checks).
-    @Test func aUserCannotHaveVmdOpenFilesTheyCouldNotOpen() throws {
-        guard PermissionTests.usable else {
-            print("DiskFDTests permission test skipped: needs root, useradd and setpriv")
-            return
-        }
+    @Test(.enabled(if: PermissionTests.usable, "needs root, useradd and setpriv"))
+    func aUserCannotHaveVmdOpenFilesTheyCouldNotOpen() throws {
         try #require(Binaries.available)
         try PermissionTests.ensureUsers()
         let dir = try Self.scratch("perm")
@@ -285,11 +277,8 @@ import Testing
     /// A real machine in a VM process: it holds its disks' descriptors (the qcow2 chain),
     /// has closed the kernel's and initrd's after reading them, and runs as the
     /// unprivileged user while the guest runs.
-    @Test func aRealMachineHoldsOnlyThePassedDisksAndRunsUnprivileged() throws {
-        guard RealGuestTests.kvmUsable() else {
-            print("DiskFDTests real machine skipped: /dev/kvm is not usable here")
-            return
-        }
+    @Test(.enabled(if: RealGuestTests.kvm, "/dev/kvm is not usable here"))
+    func aRealMachineHoldsOnlyThePassedDisksAndRunsUnprivileged() throws {
         try #require(Binaries.available)
         let dir = try Self.scratch("machine")
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -308,8 +297,9 @@ import Testing
         let mine = Self.openFiles(pid).filter { $0.hasPrefix(dir + "/") }.sorted()
         #expect(mine == [dir + "/base.raw", dir + "/top.qcow2"], "\(Self.openFiles(pid))")
         #expect(Self.openFiles(pid).contains("/dev/kvm") || Self.openFiles(pid).contains { $0.hasPrefix("anon_inode:kvm") })
-        if geteuid() == 0, let nobody = getpwnam("nobody")?.pointee.pw_uid {
-            let expectUID = getpwnam("_vmd")?.pointee.pw_uid ?? getpwnam("vmd")?.pointee.pw_uid ?? nobody
+        if geteuid() == 0 {
+            // Each VM process its own uid: 2^30 + the VM's id.
+            let expectUID = (1 << 30) + (Int(row(try d.vmctl("status").stdout, "idle")?[0] ?? "") ?? -1)
             #expect(Self.uids(pid) == Array(repeating: String(expectUID), count: 4), "\(Self.uids(pid))")
         }
         // Its console still works (vmctl stays attached: stopped by the timeout).

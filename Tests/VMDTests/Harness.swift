@@ -7,6 +7,8 @@ import Testing
 /// Where `swift build` put vmd and vmctl: next to the test bundle.
 enum Binaries {
     static let directory: String = {
+        // Another build's binaries (e.g. main's, to see a regression test fail before a fix).
+        if let d = ProcessInfo.processInfo.environment["SWIFTVMM_TEST_BINARIES"], !d.isEmpty { return d }
         var buf = [CChar](repeating: 0, count: 4096)
         let n = readlink("/proc/self/exe", &buf, buf.count - 1)
         let exe = n > 0 ? String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) : CommandLine.arguments[0]
@@ -118,6 +120,11 @@ final class TestDaemon {
 
     @discardableResult
     func vmctl(_ args: String..., stdin: String? = nil, as user: String? = nil) throws -> RunResult {
+        try vmctl(args: args, stdin: stdin, as: user)
+    }
+
+    @discardableResult
+    func vmctl(args: [String], stdin: String? = nil, as user: String? = nil) throws -> RunResult {
         // setpriv execs vmctl directly (no helper process left behind on a timeout).
         let prefix = user.map { ["/usr/bin/setpriv", "--reuid=\($0)", "--regid=\($0)", "--init-groups", "--"] } ?? []
         return try run(Binaries.vmctl, ["--socket", socket] + args, stdin: stdin, prefix: prefix)

@@ -10,7 +10,12 @@ import Testing
     static let usable: Bool = getuid() == 0 && access("/usr/sbin/useradd", X_OK) == 0
         && access("/usr/bin/setpriv", X_OK) == 0
 
-    static func ensureUsers() throws {
+    /// Makes the test users once per run (suites run in parallel: two useradd at once race).
+    static func ensureUsers() throws { try madeUsers.get() }
+
+    private static let madeUsers: Result<Void, any Error> = Result { try makeUsers() }
+
+    private static func makeUsers() throws {
         for g in ["vmdtestctl", "vmdtestops"] {
             try run("/usr/sbin/groupadd", ["-f", g])
         }
@@ -42,11 +47,8 @@ import Testing
 
         """
 
-    @Test func ownersControlTheirVMsAndNothingElse() throws {
-        guard Self.usable else {
-            print("PermissionTests skipped: needs root, useradd and setpriv")
-            return
-        }
+    @Test(.enabled(if: PermissionTests.usable, "needs root, useradd and setpriv"))
+    func ownersControlTheirVMsAndNothingElse() throws {
         try #require(Binaries.available)
         try Self.ensureUsers()
         let d = try TestDaemon(config: Self.config)

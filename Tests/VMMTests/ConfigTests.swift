@@ -140,7 +140,7 @@ import Testing
     }
 
     @Test func rejectsBadFlags() {
-        #expect(throws: (any Error).self) { try VMMCommand.parse([]) }                       // no kernel
+        #expect(throws: (any Error).self) { try VMMCommand.parse(["-B", "floppy"]) }
         #expect(throws: (any Error).self) { try VMMCommand.parse(["-k", "k", "--accel", "xen"]) }
         #expect(throws: (any Error).self) { try VMMCommand.parse(["-k", "k", "-c", "two"]) }
         #expect(throws: VMMError.invalidMemorySize("lots")) {

@@ -51,7 +51,7 @@ import Storage
         ])
         let machine = try build(config)
         #expect(machine.kernelKind == .multiboot)
-        let range = try #require(machine.bootResult.initrdRange)
+        let range = try #require(machine.bootResult?.initrdRange)
         #expect(range.count == 3000)
         #expect(try machine.memory.readBytes(at: range.lowerBound, count: 4) == [0x42, 0x42, 0x42, 0x42])
         #expect(machine.virtio.blockModels.map(\.disk.size) == [1 << 20, 8192])

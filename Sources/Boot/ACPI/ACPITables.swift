@@ -25,6 +25,9 @@ public struct FirmwareOptions: Equatable, Sendable {
     public var ioapicPins: UInt8 = 24
     /// Describe the i8042 (PNP0303) and the RTC (PNP0B00) in the DSDT.
     public var legacyDevices = true
+    /// The 32-bit PCI memory window the DSDT's `_CRS` declares: where BARs are assigned
+    /// (our PCIHost for direct boot; SeaBIOS assigns from the end of low RAM up to the IOAPIC).
+    public var pciWindow: Range<UInt64> = PhysicalMap.pciMMIOWindow
     public init() {}
 }
 
@@ -170,7 +173,7 @@ public enum ACPITables {
     /// the RTC and i8042, and \_S5.
     public static func dsdt(pciRoutes: [PCIRoutingEntry], options: FirmwareOptions) -> [UInt8] {
         typealias R = AML.Resource
-        let window = PhysicalMap.pciMMIOWindow
+        let window = options.pciWindow
         let crs = R.template([
             R.wordBusNumber(min: 0, max: 0xFF),
             R.io(min: 0xCF8, max: 0xCF8, alignment: 1, length: 8),

@@ -10,7 +10,9 @@
  *  - inline accessors for the kvm_run union (Swift would copy the whole union on each
  *    access in debug builds) and for flexible-array structs (kvm_cpuid2, kvm_msrs,
  *    kvm_irq_routing);
- *  - eventfd, a u64-argument ioctl and a signal helper.
+ *  - eventfd, a u64-argument ioctl and a signal helper;
+ *  - per-thread credentials and path resolution for vmd's file opener (raw system calls:
+ *    glibc's setgroups changes every thread, and syscall(2) is variadic).
  *
  * Debian 12's linux-libc-dev is 6.1 while the kernel can be much newer: constants that
  * appeared later are defined under #ifndef.
@@ -296,5 +298,24 @@ int ckvm_install_kick_handler(int sig);
 int ckvm_unblock_signal(int sig);
 /* Names the calling thread (first 15 bytes), for ps/top/gdb. */
 int ckvm_set_thread_name(const char *name);
+
+/* ---- per-thread file-system credentials (vmd opens a user's files as that user) ---- */
+/* setfsuid/setfsgid: per thread on Linux; return the previous id. */
+int ckvm_thread_setfsuid(uint32_t uid);
+int ckvm_thread_setfsgid(uint32_t gid);
+/* The raw setgroups system call: changes the calling thread only (glibc's wrapper makes
+ * every thread of the process change). 0 or -1 (errno set). */
+int ckvm_thread_setgroups(size_t n, const uint32_t *gids);
+/* setresuid/setresgid of the calling thread only (raw system calls; -1 keeps an id).
+ * Tests use them to connect to vmd as another user from one thread. 0 or -1. */
+int ckvm_thread_setresuid(int64_t r, int64_t e, int64_t s);
+int ckvm_thread_setresgid(int64_t r, int64_t e, int64_t s);
+/* faccessat2(dirfd, path, mode, AT_EACCESS): checks with the thread's file-system ids.
+ * 0 or -1 (errno set). */
+int ckvm_access_as_fsuid(const char *path, int mode);
+/* openat2(AT_FDCWD, path, flags, RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS): opens `path`
+ * only if no component of it is a symbolic link. -1 with errno ENOSYS on kernels before
+ * 5.6, ELOOP when a component is a link. */
+int ckvm_open_no_symlinks(const char *path, int flags);
 
 #endif

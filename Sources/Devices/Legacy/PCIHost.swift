@@ -313,13 +313,16 @@ final class PCIBarPortAdaptor: PortIODevice {
 }
 
 /// The host bridge's own function at 0:0.0: an Intel 82441FX (i440FX) PMC, 8086:1237
-/// revision 2, class 06/00 (host bridge). No BARs, no interrupt. The PAM registers
-/// (0x59-0x5F) and SMRAM control (0x72) read back what firmware writes (SeaBIOS programs
-/// them to shadow itself); they change nothing, as the BIOS area is plain RAM here.
+/// revision 2, class 06/00 (host bridge), subsystem 1AF4:1100 (what SeaBIOS's `qemu_detect`
+/// requires before it uses fw_cfg). No BARs, no interrupt. The PAM registers (0x59-0x5F)
+/// and SMRAM control (0x72) read back what firmware writes (SeaBIOS programs them to shadow
+/// itself); they change nothing: 0xC0000-0xFFFFF is plain RAM here, which the VMM fills
+/// with the firmware's last 128 KiB before the first instruction (docs/firmware.md).
 public final class PCIHostBridgeFunction: PCIDevice {
     public private(set) var header: PCIConfigHeader
     public init() {
-        header = PCIConfigHeader(vendorID: 0x8086, deviceID: 0x1237, classCode: 0x06, subclass: 0x00, revision: 0x02)
+        header = PCIConfigHeader(vendorID: 0x8086, deviceID: 0x1237, classCode: 0x06, subclass: 0x00, revision: 0x02,
+                                 subsystemVendorID: 0x1AF4, subsystemID: 0x1100)
         header.setMask(0x58, size: 4, mask: 0xFFFF_FF00) // PAM0-PAM2 (0x59-0x5B)
         header.setMask(0x5C, size: 4, mask: 0xFFFF_FFFF) // PAM3-PAM6
         header.setMask(0x72, size: 1, mask: 0x78)        // SMRAM: D_OPEN, D_CLS, D_LCK, G_SMRAME

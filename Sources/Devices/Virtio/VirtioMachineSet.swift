@@ -34,6 +34,7 @@ public struct VirtioNetSpec {
 ///     slots 3-6    virtio-blk, one per disk (at most 4, like vmd)
 ///     slot 7       virtio-console (when a console backend is given)
 ///     slots 8-11   virtio-net, one per interface (at most 4, like vmd)
+///     slot 12      virtio-scsi with the CD-ROM (firmware boots with -r)
 ///
 /// INTx lines come from the host bridge's routing (shared, level triggered); MSI-X goes to
 /// `interrupts.signalMSI`.
@@ -44,6 +45,7 @@ public final class VirtioMachineSet: @unchecked Sendable {
     public static let consoleSlot = 7
     public static let firstNetworkSlot = 8
     public static let maximumNetworkInterfaces = 4
+    public static let cdromSlot = 12
 
     public let blocks: [VirtioPCIDevice]
     public let blockModels: [VirtioBlock]
@@ -53,9 +55,12 @@ public final class VirtioMachineSet: @unchecked Sendable {
     /// The virtio-net functions and their models, in interface order.
     public let networks: [VirtioPCIDevice]
     public let networkModels: [VirtioNet]
+    /// The virtio-scsi function holding the CD-ROM (nil without one).
+    public let scsi: VirtioPCIDevice?
+    public let scsiModel: VirtioSCSI?
 
     /// Every function, for iteration (ioeventfd set-up, snapshots, metrics).
-    public var all: [VirtioPCIDevice] { (entropy.map { [$0] } ?? []) + blocks + (console.map { [$0] } ?? []) + networks }
+    public var all: [VirtioPCIDevice] { (entropy.map { [$0] } ?? []) + blocks + (console.map { [$0] } ?? []) + networks + (scsi.map { [$0] } ?? []) }
 
     public enum SetupError: Error, CustomStringConvertible {
         case tooManyDisks(Int)
@@ -76,6 +81,7 @@ public final class VirtioMachineSet: @unchecked Sendable {
                 disks: [VirtioDiskSpec], entropy: Bool = true,
                 consoleOutput: (@Sendable ([UInt8]) -> Void)? = nil,
                 networks: [VirtioNetSpec] = [],
+                cdrom: SCSICDROM? = nil,
                 logger: Logger = Logger(label: "virtio")) throws {
         guard disks.count <= Self.maximumDisks else { throw SetupError.tooManyDisks(disks.count) }
         guard networks.count <= Self.maximumNetworkInterfaces else {
@@ -114,5 +120,13 @@ public final class VirtioMachineSet: @unchecked Sendable {
         }
         self.networks = nets
         self.networkModels = netModels
+        if let cdrom {
+            let model = VirtioSCSI(cdrom: cdrom)
+            self.scsiModel = model
+            self.scsi = try make(model, slot: Self.cdromSlot, name: "virtio-scsi")
+        } else {
+            self.scsiModel = nil
+            self.scsi = nil
+        }
     }
 }

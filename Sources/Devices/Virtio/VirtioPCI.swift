@@ -97,6 +97,7 @@ public final class VirtioPCIDevice: PCIDevice, @unchecked Sendable {
         case .console: typeName = "virtio-console"
         case .entropy: typeName = "virtio-rng"
         case .network: typeName = "virtio-net"
+        case .scsi: typeName = "virtio-scsi"
         }
         self.pciName = name ?? typeName
         self.queues = model.queueMaxSizes.enumerated().map { SplitVirtqueue(index: $0.offset, maxSize: $0.element) }

@@ -6,6 +6,7 @@ public enum VirtioDeviceType: UInt16, Sendable {
     case block = 2
     case console = 3
     case entropy = 4
+    case scsi = 8
 }
 
 /// Feature bits shared by every device type (virtio 1.x §6).

@@ -1,0 +1,121 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import Testing
+import Control
+import VMConfig
+
+/// Instances (`vmctl start -t`) and VM process identities (issue 11, hole 6).
+@Suite(.serialized) struct InstanceTests {
+    static func conf(_ kernel: String) -> String {
+        """
+        socket owner root:vmdtestctl
+        vm "tmpl" {
+            disable
+            boot "\(kernel)"
+            allow instance { boot, disk, memory, owner vmdtest2 }
+        }
+
+        """
+    }
+
+    @Test(.enabled(if: PermissionTests.usable, "needs root, useradd and setpriv"))
+    func settingsWithoutAnAllowKeywordAreRootsOnly() throws {
+        try #require(Binaries.available)
+        try PermissionTests.ensureUsers()
+        let dir = try DiskFDTests.scratch("inst-allow")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try Data(count: 4096).write(to: URL(fileURLWithPath: dir + "/kernel"))
+        chmod(dir + "/kernel", 0o644)
+        let d = try TestDaemon(config: Self.conf(dir + "/kernel"))
+        defer { d.stop() }
+        for (i, args) in [["--initrd", dir + "/kernel"], ["--cmdline", "init=/bin/sh"], ["--vcpus", "2"], ["--accel", "emulator"]].enumerated() {
+            let r = try d.vmctl(args: ["start", "-t", "tmpl"] + args + ["i\(i)"], as: "vmdtest2")
+            #expect(r.status == 1, "\(args)")
+            #expect(r.stderr == "vmctl: vm tmpl: instances may not change that setting\n", "\(args): \(r.stderr)")
+        }
+        // What `allow instance` lists is fine; root may change anything.
+        #expect(try d.vmctl("start", "-t", "tmpl", "-m", "64M", "mine", as: "vmdtest2").status == 0)
+        #expect(try d.vmctl("start", "-t", "tmpl", "--vcpus", "2", "--cmdline", "x", "rootinst").status == 0)
+        let status = try d.vmctl("status").stdout
+        #expect(row(status, "rootinst")?[2] == "2", "\(status)")
+        #expect(row(status, "i0") == nil && row(status, "i3") == nil, "\(status)")
+    }
+
+    /// 1,000 instance starts that fail (a missing disk) leave no entries behind.
+    @Test func failedInstanceStartsLeaveNothingBehind() throws {
+        try #require(Binaries.available)
+        let dir = try DiskFDTests.scratch("inst-fail")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try Data(count: 4096).write(to: URL(fileURLWithPath: dir + "/kernel"))
+        let d = try TestDaemon(config: "vm \"tmpl\" {\n disable\n boot \"\(dir)/kernel\"\n}\n")
+        defer { d.stop() }
+        let ch = try ControlChannel.connect(path: d.socket)
+        for i in 0..<1000 {
+            var r = StartRequest(target: .name("gone\(i)"))
+            r.template = "tmpl"
+            r.disks = [DiskSpec(path: dir + "/missing.raw")]
+            r.attachConsole = false
+            let (reply, _) = try ch.call(.start(r))
+            guard case .failure(let f) = reply, f.message.contains("No such file") else {
+                Issue.record("start \(i): \(reply)")
+                break
+            }
+        }
+        let (reply, _) = try ch.call(.status(target: nil))
+        guard case .status(let rows) = reply else { Issue.record("\(reply)"); return }
+        #expect(rows.map(\.name) == ["tmpl"], "\(rows.count) entries")
+    }
+
+    /// An instance's -d and -b are its own: they hold after a stop and a plain start.
+    @Test func anInstanceKeepsItsSettingsAcrossAStop() throws {
+        try #require(Binaries.available)
+        let dir = try DiskFDTests.scratch("inst-keep")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try Data(count: 4096).write(to: URL(fileURLWithPath: dir + "/kernel"))
+        try Data(count: 4096).write(to: URL(fileURLWithPath: dir + "/other-kernel"))
+        try DiskFDTests.create("-s", "1M", dir + "/inst.raw")
+        let d = try TestDaemon(config: "vm \"tmpl\" {\n disable\n boot \"\(dir)/kernel\"\n}\n")
+        defer { d.stop() }
+        #expect(try d.vmctl("start", "-t", "tmpl", "-b", dir + "/other-kernel", "-d", dir + "/inst.raw", "inst").status == 0)
+        func disksHeld() throws -> [String] {
+            let status = try d.waitForStatus { (row($0, "inst")?[1] ?? "-") != "-" }
+            let pid = try #require(Int32(row(status, "inst")?[1] ?? ""), "\(status)")
+            var held: [String] = []
+            for _ in 0..<100 {
+                held = DiskFDTests.openFiles(pid).filter { $0.hasPrefix(dir + "/") }
+                if held == [dir + "/inst.raw"] { break }
+                usleep(50_000)
+            }
+            return held
+        }
+        #expect(try disksHeld() == [dir + "/inst.raw"])
+        #expect(try d.vmctl("stop", "-w", "inst").status == 0)
+        let again = try d.vmctl("start", "inst")
+        #expect(again.status == 0, "\(again.stderr)")
+        #expect(try disksHeld() == [dir + "/inst.raw"])
+    }
+
+    /// Run as root, vmd gives each VM process a uid of its own (2^30 + the VM's id).
+    @Test(.enabled(if: getuid() == 0, "needs root")) func eachVMProcessHasAUIDOfItsOwn() throws {
+        try #require(Binaries.available)
+        let d = try TestDaemon(config: "vm \"a\" {\n}\nvm \"b\" {\n}\n")
+        defer { d.stop() }
+        let status = try d.waitForStatus { row($0, "a")?[7] == "running" && row($0, "b")?[7] == "running" }
+        var uids: [String] = []
+        for name in ["a", "b"] {
+            let cols = try #require(row(status, name), "\(status)")
+            let pid = try #require(Int32(cols[1]))
+            var seen: [String] = []
+            for _ in 0..<100 {
+                seen = DiskFDTests.uids(pid)
+                if seen.first == String((1 << 30) + (Int(cols[0]) ?? 0)) { break }
+                usleep(50_000)
+            }
+            #expect(seen == Array(repeating: String((1 << 30) + (Int(cols[0]) ?? 0)), count: 4), "\(name): \(seen)")
+            uids.append(seen.first ?? "")
+        }
+        #expect(uids[0] != uids[1])
+    }
+}
