@@ -6,7 +6,7 @@ export PATH := /opt/swift/usr/bin:$(PATH)
 APT_PACKAGES = gcc make busybox-static cpio qemu-system-x86 qemu-utils seabios acpica-tools zlib1g-dev \
 	syslinux syslinux-common mtools dosfstools fdisk grub-pc-bin xorriso isc-dhcp-client
 
-.PHONY: all build test demo deps bench clean guest-kernels
+.PHONY: all build test demo deps bench clean guest-kernels fuzz-smoke
 
 all: build
 
@@ -34,6 +34,12 @@ build:
 test: deps guest-kernels
 	$(SWIFT) build --build-tests
 	$(SWIFT) test
+	$(MAKE) fuzz-smoke
+
+# Each libFuzzer harness (fuzz/harnesses) over its seed corpus plus 500 mutations; the long
+# runs are bench/fuzz.sh. See docs/fuzzing.md.
+fuzz-smoke:
+	./fuzz/smoke.sh
 
 demo: deps
 	$(SWIFT) build

@@ -7,8 +7,7 @@
 # setup cancel out.
 #
 # BENCH_LOOPS (default "alu mix") picks the loops; BENCH_N (default 200000) the iterations;
-# BENCH_SKIP_BUILD=1 uses the existing build; SWIFTVMM_EMU_TIER is passed through (see
-# docs/emulator.md). There is no QEMU counterpart for this number (QEMU's TCG would count
+# BENCH_SKIP_BUILD=1 uses the existing build. There is no QEMU counterpart for this number (QEMU's TCG would count
 # its translation once and then run host code); the goal is <= 20.
 # BENCH_ANNOTATE=1 also prints the top functions of the 3N run (callgrind_annotate).
 set -eu

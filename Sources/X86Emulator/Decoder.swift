@@ -313,8 +313,8 @@ extension X86CPU {
         guard let h = fetchHost else { try decode(); return d.len }
         let p = h + off
         // SAFETY: fetchHost is a whole 4 KiB RAM page from the TLB and off + 16 <= 4096.
-        let w0 = p.loadUnaligned(as: UInt64.self)
-        let w1 = p.loadUnaligned(fromByteOffset: 8, as: UInt64.self)
+        let w0 = hostLoad64(p)
+        let w1 = hostLoad64(p, 8)
         let mode: UInt = mode64 ? 8 : UInt(truncatingIfNeeded: defaultSize)
         let key = UInt(bitPattern: p) | (mode << 56)
         let idx = Int(truncatingIfNeeded: (key ^ (key >> X86CPU.icacheBits)) & UInt((1 << X86CPU.icacheBits) - 1))
@@ -332,8 +332,8 @@ extension X86CPU {
         // Fill only if the bytes did not change under the decoder (another vCPU's store).
         let len = d.len
         let m0 = DecodedInsn.mask0(len), m1 = DecodedInsn.mask1(len)
-        guard (p.loadUnaligned(as: UInt64.self) ^ w0) & m0 == 0,
-              (p.loadUnaligned(fromByteOffset: 8, as: UInt64.self) ^ w1) & m1 == 0 else { return len }
+        guard (hostLoad64(p) ^ w0) & m0 == 0,
+              (hostLoad64(p, 8) ^ w1) & m1 == 0 else { return len }
         e.pointee = DecodedInsn(key: key, bytes0: w0, bytes1: w1, insn: d)
         return len
     }

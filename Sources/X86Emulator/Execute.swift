@@ -11,9 +11,9 @@ import Synchronization
     // SAFETY: callers pass a pointer into a RAM page with `size` bytes available.
     switch size {
     case 1: return UInt64(p.load(as: UInt8.self))
-    case 2: return UInt64(UInt16(littleEndian: p.loadUnaligned(as: UInt16.self)))
-    case 4: return UInt64(UInt32(littleEndian: p.loadUnaligned(as: UInt32.self)))
-    default: return UInt64(littleEndian: p.loadUnaligned(as: UInt64.self))
+    case 2: return UInt64(hostLoad16(p))
+    case 4: return UInt64(hostLoad32(p))
+    default: return hostLoad64(p)
     }
 }
 
@@ -287,8 +287,7 @@ extension X86CPU {
             setReg(2, s, reg(0, s) & signBit(s) != 0 ? sizeMask(s) : 0)
         case 0x9A:
             try farCall(selector: UInt16(d.imm2), offset: d.imm, size: d.opSize)
-        case 0x9B:
-            if cr0 & (X86Bits.cr0MP | X86Bits.cr0TS) == (X86Bits.cr0MP | X86Bits.cr0TS) { throw fault(Vec.nm) }
+        case 0x9B: try fwait()
         case 0x9C:
             if rflagsRest & Flag.vm != 0 && (rflagsRest & Flag.iopl) != Flag.iopl { throw gpFault() }
             let s = stackOpSize

@@ -140,7 +140,7 @@ extension X86CPU {
         case 0xBE: setReg(d.reg, d.opSize, signExtend(try readRM(1), 1) & sizeMask(d.opSize))
         case 0xBF: setReg(d.reg, d.opSize, signExtend(try readRM(2), 2) & sizeMask(d.opSize))
         case 0xB8:
-            if d.rep != 0xF3 { throw udFault() }
+            if d.rep != 0xF3 || !cpuLevelHas(.popcnt) { throw udFault() }
             let v = try readRM(d.opSize)
             setReg(d.reg, d.opSize, UInt64(v.nonzeroBitCount))
             setEager(v == 0 ? Flag.zf : 0)
@@ -182,7 +182,7 @@ extension X86CPU {
             if d.opSize == 8 { r[i] = r[i].byteSwapped }
             else if d.opSize == 4 { r[i] = UInt64(UInt32(truncatingIfNeeded: r[i]).byteSwapped) }
             else { setReg(i, 2, 0) }
-        case 0x77: break // emms
+        case 0x77: try emms()
         default:
             try sse(b)
         }
@@ -336,6 +336,7 @@ extension X86CPU {
         if k == 1 && d.mod != 3 {
             let la = try linear(d.seg, effectiveAddress())
             if d.rexW {
+                if !cpuLevelHas(.cx16) { throw udFault() }
                 if la & 0xF != 0 { throw gpFault() }
                 _ = try rmwPointer(la, 8); _ = try rmwPointer(la &+ 8, 8)
                 let lo = try readLinear(la, 8, user: cpl == 3), hi = try readLinear(la &+ 8, 8, user: cpl == 3)
@@ -398,7 +399,7 @@ extension X86CPU {
 
     func cpuid() {
         let leaf = UInt32(truncatingIfNeeded: r[0]), sub = UInt32(truncatingIfNeeded: r[1])
-        let (a, b, c, dd) = CPUIDTable.query(leaf: leaf, subleaf: sub, apicID: apic.id, cr4: cr4)
+        let (a, b, c, dd) = CPUIDTable.query(leaf: leaf, subleaf: sub, apicID: apic.id, cr4: cr4, level: cpuLevel)
         r[0] = UInt64(a); r[3] = UInt64(b); r[1] = UInt64(c); r[2] = UInt64(dd)
     }
 
@@ -478,7 +479,7 @@ public enum CPUIDTable {
         return (w(0), w(4), w(8))
     }
 
-    public static func query(leaf: UInt32, subleaf: UInt32, apicID: UInt32, cr4: UInt64) -> (UInt32, UInt32, UInt32, UInt32) {
+    public static func query(leaf: UInt32, subleaf: UInt32, apicID: UInt32, cr4: UInt64, level: X86CPULevel = .default) -> (UInt32, UInt32, UInt32, UInt32) {
         switch leaf {
         case 0:
             let v = str("GenuineIntel")
@@ -487,8 +488,8 @@ public enum CPUIDTable {
             // Family 6, model 0x3A (Ivy Bridge-like), stepping 9.
             let eax: UInt32 = 0x0003_06A9
             let ebx: UInt32 = (apicID << 24) | (1 << 16) | (8 << 8)
-            // ECX: CX16(13), TSC-deadline(24), hypervisor(31). No SSE3 and newer.
-            let ecx: UInt32 = (1 << 13) | (1 << 24) | (1 << 31)
+            // ECX: the level's features (CPUIDLevel.swift), TSC-deadline(24), hypervisor(31).
+            let ecx: UInt32 = level.leaf1ECX | (1 << 24) | (1 << 31)
             // EDX: FPU PSE TSC MSR PAE CX8 APIC SEP PGE CMOV PAT CLFSH MMX FXSR SSE SSE2
             let edx: UInt32 = (1 << 0) | (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 8) | (1 << 9)
                 | (1 << 11) | (1 << 13) | (1 << 15) | (1 << 16) | (1 << 19) | (1 << 23) | (1 << 24) | (1 << 25) | (1 << 26)

@@ -77,7 +77,7 @@ extension X86CPU {
             let pdpteAddr = (cr3 & 0xFFFF_FFE0) + ((la >> 30) & 3) * 8
             guard let p = physPointer(pdpteAddr, 8) else { throw pageFault(la, access, user: user, present: false) }
             // SAFETY: physPointer bounds-checked 8 bytes.
-            let e = UInt64(littleEndian: p.loadUnaligned(as: UInt64.self))
+            let e = hostLoad64(p)
             if e & 1 == 0 { throw pageFault(la, access, user: user, present: false) }
             table = e & addrMask
             level = 2
@@ -87,7 +87,7 @@ extension X86CPU {
             let entryAddr = table + ((la >> shift) & 0x1FF) * 8
             guard let p = physPointer(entryAddr, 8) else { throw pageFault(la, access, user: user, present: false) }
             // SAFETY: physPointer bounds-checked 8 bytes.
-            let e = UInt64(littleEndian: p.loadUnaligned(as: UInt64.self))
+            let e = hostLoad64(p)
             if e & 1 == 0 { throw pageFault(la, access, user: user, present: false) }
             if e & 2 == 0 { allowWrite = false }
             if e & 4 == 0 { allowUser = false }
@@ -105,7 +105,7 @@ extension X86CPU {
                     switch i { case 0: a = entryAddrs.0; case 1: a = entryAddrs.1; case 2: a = entryAddrs.2; default: a = entryAddrs.3 }
                     if let q = physPointer(a, 8) {
                         // SAFETY: bounds checked by physPointer.
-                        var v = UInt64(littleEndian: q.loadUnaligned(as: UInt64.self))
+                        var v = hostLoad64(q)
                         var nv = v | 0x20
                         if i == n - 1 && access == .write { nv |= 0x40 }
                         if nv != v { v = nv; q.storeBytes(of: v.littleEndian, as: UInt64.self) }
@@ -125,7 +125,7 @@ extension X86CPU {
         let pdeAddr = (cr3 & 0xFFFF_F000) + ((la32 >> 22) & 0x3FF) * 4
         guard let p = physPointer(pdeAddr, 4) else { throw pageFault(la, access, user: user, present: false) }
         // SAFETY: bounds checked by physPointer.
-        let pde = UInt32(littleEndian: p.loadUnaligned(as: UInt32.self))
+        let pde = hostLoad32(p)
         if pde & 1 == 0 { throw pageFault(la, access, user: user, present: false) }
         if pde & 0x80 != 0 && cr4 & X86Bits.cr4PSE != 0 {
             try checkRights(la, access, user: user, allowWrite: pde & 2 != 0, allowUser: pde & 4 != 0, noExec: false)
@@ -136,7 +136,7 @@ extension X86CPU {
         let pteAddr = UInt64(pde & 0xFFFF_F000) + ((la32 >> 12) & 0x3FF) * 4
         guard let q = physPointer(pteAddr, 4) else { throw pageFault(la, access, user: user, present: false) }
         // SAFETY: bounds checked by physPointer.
-        let pte = UInt32(littleEndian: q.loadUnaligned(as: UInt32.self))
+        let pte = hostLoad32(q)
         if pte & 1 == 0 { throw pageFault(la, access, user: user, present: false) }
         let w = pde & pte & 2 != 0, u = pde & pte & 4 != 0
         try checkRights(la, access, user: user, allowWrite: w, allowUser: u, noExec: false)
@@ -196,9 +196,9 @@ extension X86CPU {
                 // SAFETY: the TLB holds only pointers to whole 4 KiB RAM pages; off+size <= 4096.
                 switch size {
                 case 1: return UInt64(p.load(as: UInt8.self))
-                case 2: return UInt64(UInt16(littleEndian: p.loadUnaligned(as: UInt16.self)))
-                case 4: return UInt64(UInt32(littleEndian: p.loadUnaligned(as: UInt32.self)))
-                default: return UInt64(littleEndian: p.loadUnaligned(as: UInt64.self))
+                case 2: return UInt64(hostLoad16(p))
+                case 4: return UInt64(hostLoad32(p))
+                default: return hostLoad64(p)
                 }
             }
             return try mmioRead(mmioPhysical, size)

@@ -25,7 +25,7 @@ extension X86CPU {
     /// Executes one instruction (or delivers one interrupt/exception).
     @inline(__always)
     func step() {
-        let exitsBefore = pendingExits.count
+        let exitsBefore = exitCount
         do {
             let len = try decodeCached()
             nextRIP = (rip &+ UInt64(len)) & ipMask
@@ -163,7 +163,7 @@ extension X86CPU {
             if halted { return .halted }
             interruptShadow = false
             step()
-            if !pendingExits.isEmpty { return .exit }
+            if exitCount != 0 { return .exit }
             // PAUSE with several vCPUs ends the slice right after it retires. Honouring it
             // at the next 2048-instruction check instead phase-locked with short spin loops:
             // SeaBIOS's BSP releases and retakes its SMP lock in an 8-instruction loop, so

@@ -15,16 +15,6 @@ typealias D4 = SIMD4<UInt32>
 @inline(__always) func satS8(_ x: Int) -> UInt8 { UInt8(bitPattern: Int8(clamping: x)) }
 @inline(__always) func satS16(_ x: Int) -> UInt16 { UInt16(bitPattern: Int16(clamping: x)) }
 
-/// FXSAVE-visible x87 state. Only the control/status words are modelled in full; the
-/// register stack holds Float80 values for the few x87 instructions we execute.
-struct X87State {
-    var fcw: UInt16 = 0x037F
-    var fsw: UInt16 = 0
-    var ftw: UInt8 = 0       // abridged tag word (FXSAVE format): 1 bit per register, 1 = valid
-    var st = [Float80](repeating: 0, count: 8)
-    var top: Int { Int((fsw >> 11) & 7) }
-}
-
 extension X86CPU {
     @inline(__always) func xr(_ i: Int) -> V2 { V2(xmm[i &* 2], xmm[i &* 2 &+ 1]) }
     @inline(__always) func xw(_ i: Int, _ v: V2) { xmm[i &* 2] = v[0]; xmm[i &* 2 &+ 1] = v[1] }
@@ -566,15 +556,19 @@ extension X86CPU {
         try w(2, 2, UInt64(fpu.fsw))
         try w(4, 1, UInt64(fpu.ftw))
         try w(5, 1, 0)
-        try w(6, 2, 0)
-        try w(8, 8, 0)
-        try w(16, 8, 0)
+        try w(6, 2, UInt64(fpu.fop & 0x7FF))
+        if d.rexW {
+            try w(8, 8, fpu.fip); try w(16, 8, fpu.fdp)
+        } else {
+            try w(8, 4, fpu.fip & 0xFFFF_FFFF); try w(12, 4, UInt64(fpu.fcs))
+            try w(16, 4, fpu.fdp & 0xFFFF_FFFF); try w(20, 4, UInt64(fpu.fds))
+        }
         try w(24, 4, UInt64(mxcsr))
-        try w(28, 4, 0xFFFF)   // MXCSR_MASK
+        try w(28, 4, 0xFFFF)   // MXCSR_MASK: DAZ supported
         for i in 0..<8 {
-            let bits = fpu.st[i].bitPatternParts
-            try w(32 + UInt64(i) * 16, 8, bits.0)
-            try w(40 + UInt64(i) * 16, 8, bits.1)
+            let r = (fpu.top + i) & 7
+            try w(32 + UInt64(i) * 16, 8, fpu.mant[r])
+            try w(40 + UInt64(i) * 16, 8, UInt64(fpu.sexp[r]))
         }
         if cr4 & X86Bits.cr4OSFXSR != 0 {
             for i in 0..<(mode64 ? 16 : 8) {
@@ -588,12 +582,21 @@ extension X86CPU {
         let la = try linear(d.seg, ea)
         if la & 15 != 0 { throw gpFault() }
         func rd(_ off: UInt64, _ size: Int) throws(X86Fault) -> UInt64 { try readLinear((la &+ off) & linearMask, size, user: cpl == 3) }
+        _ = try rd(511, 1)    // both pages readable before anything changes
         let newMXCSR = UInt32(try rd(24, 4))
         if newMXCSR & 0xFFFF_0000 != 0 { throw gpFault() }
-        var f = X87State()
-        f.fcw = UInt16(try rd(0, 2)); f.fsw = UInt16(try rd(2, 2)); f.ftw = UInt8(try rd(4, 1))
+        var f = fpu
+        f.fcw = X87State.loadedFCW(try rd(0, 2)); f.fsw = UInt16(try rd(2, 2)); f.ftw = UInt8(try rd(4, 1))
+        f.fop = UInt16(try rd(6, 2) & 0x7FF)
+        if d.rexW {
+            f.fip = try rd(8, 8); f.fdp = try rd(16, 8); f.fcs = 0; f.fds = 0
+        } else {
+            f.fip = try rd(8, 4); f.fcs = UInt16(try rd(12, 2)); f.fdp = try rd(16, 4); f.fds = UInt16(try rd(20, 2))
+        }
         for i in 0..<8 {
-            f.st[i] = Float80(bitPatternParts: (try rd(32 + UInt64(i) * 16, 8), UInt16(truncatingIfNeeded: try rd(40 + UInt64(i) * 16, 2))))
+            let r = (f.top + i) & 7
+            f.mant[r] = try rd(32 + UInt64(i) * 16, 8)
+            f.sexp[r] = UInt16(try rd(40 + UInt64(i) * 16, 2))
         }
         if cr4 & X86Bits.cr4OSFXSR != 0 {
             for i in 0..<(mode64 ? 16 : 8) {
@@ -601,20 +604,8 @@ extension X86CPU {
                 xmm[i * 2 + 1] = try rd(168 + UInt64(i) * 16, 8)
             }
         }
+        f.updateSummary()
         fpu = f
         mxcsr = newMXCSR
-    }
-}
-
-extension Float80 {
-    /// (significand bits, sign+exponent) as stored in memory.
-    var bitPatternParts: (UInt64, UInt64) {
-        let e = UInt64(exponentBitPattern) | (sign == .minus ? 0x8000 : 0)
-        return (significandBitPattern | (isNormal || isInfinite ? (1 << 63) : 0), e)
-    }
-
-    init(bitPatternParts p: (UInt64, UInt16)) {
-        let sign: FloatingPointSign = p.1 & 0x8000 != 0 ? .minus : .plus
-        self.init(sign: sign, exponentBitPattern: UInt(p.1 & 0x7FFF), significandBitPattern: p.0 & ~(1 << 63))
     }
 }

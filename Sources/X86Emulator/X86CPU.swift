@@ -64,6 +64,28 @@ enum LazyOp: UInt8 {
 }
 @inline(__always) func parityEven(_ v: UInt64) -> Bool { (UInt8(truncatingIfNeeded: v).nonzeroBitCount & 1) == 0 }
 
+/// Unaligned little-endian host loads. `loadUnaligned(as: UInt64.self)` is not inlined in
+/// this target (callgrind showed a call per use, ~15 host instructions per guest
+/// instruction); a fixed-size memcpy into a local is lowered by LLVM to one unaligned move.
+@inline(__always) func hostLoad64(_ p: UnsafeRawPointer, _ offset: Int = 0) -> UInt64 {
+    var v: UInt64 = 0
+    // SAFETY: callers guarantee 8 readable bytes at p + offset.
+    memcpy(&v, p + offset, 8)
+    return UInt64(littleEndian: v)
+}
+@inline(__always) func hostLoad32(_ p: UnsafeRawPointer, _ offset: Int = 0) -> UInt32 {
+    var v: UInt32 = 0
+    // SAFETY: callers guarantee 4 readable bytes at p + offset.
+    memcpy(&v, p + offset, 4)
+    return UInt32(littleEndian: v)
+}
+@inline(__always) func hostLoad16(_ p: UnsafeRawPointer, _ offset: Int = 0) -> UInt16 {
+    var v: UInt16 = 0
+    // SAFETY: callers guarantee 2 readable bytes at p + offset.
+    memcpy(&v, p + offset, 2)
+    return UInt16(littleEndian: v)
+}
+
 enum Flag {
     static let cf: UInt64 = 1 << 0, pf: UInt64 = 1 << 2, af: UInt64 = 1 << 4, zf: UInt64 = 1 << 6
     static let sf: UInt64 = 1 << 7, tf: UInt64 = 1 << 8, `if`: UInt64 = 1 << 9, df: UInt64 = 1 << 10
@@ -140,6 +162,8 @@ public final class X86CPU {
     let xmm: UnsafeMutablePointer<UInt64>   // 16 registers x 2 quadwords
     var mxcsr: UInt32 = 0x1F80
     var fpu = X87State()
+    /// The instruction-set level CPUID offers; instructions above it raise #UD.
+    public var cpuLevel: X86CPULevel = .default
 
     // Interrupts
     var interruptShadow = false
@@ -151,7 +175,11 @@ public final class X86CPU {
     public var extInt: (any ExternalInterruptSource)? { didSet { extINTPending = true } }
 
     // Exits
-    var pendingExits: [PendingExit] = []
+    var pendingExits: [PendingExit] = [] { didSet { exitCount = pendingExits.count } }
+    /// `pendingExits.count`, kept in a stored field: the per-instruction checks in `step()`
+    /// and `run(budget:)` read it (Array's `count` getter was not inlined: ~7 host
+    /// instructions per guest instruction).
+    var exitCount = 0
     /// Physical address of the last TLB miss that hit a non-RAM page.
     var mmioPhysical: UInt64 = 0
     /// Set when something outside the instruction stream wants the run loop's attention

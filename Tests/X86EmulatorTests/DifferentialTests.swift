@@ -10,8 +10,9 @@ import Hypervisor
 /// and memory must agree.
 ///
 /// Record layout (512 bytes each): inputs rax rbx rcx rdx r8 r9 rflags at 0..55; outputs at
-/// 64..135 (same order, then rsi/rdi as offsets from the record); xmm0/xmm1 at 256..287;
-/// memory areas at 288..383 (rsi) and 384..511 (rdi).
+/// 64..135 (same order, then rsi/rdi as offsets from the record); MXCSR at 136 and an
+/// FSAVE image at 144..251 for cases that load/store them (through r15, the record);
+/// xmm0/xmm1 at 256..287; memory areas at 288..383 (rsi) and 384..511 (rdi).
 enum Differential {
     static let recordSize = 512
 
@@ -126,6 +127,8 @@ struct DiffCase: CustomStringConvertible {
     let flags: UInt64
     /// Adjusts generated inputs (register array rax rbx rcx rdx r8 r9 flags) and memory.
     var fix: ((inout [UInt64], inout SplitMix) -> Void)? = nil
+    /// Adjusts the whole record (bytes, record base) after the random fill.
+    var record: ((inout [UInt8], Int, inout SplitMix) -> Void)? = nil
     var description: String { asm.replacingOccurrences(of: "\n", with: "; ") }
 }
 
@@ -366,6 +369,7 @@ enum DiffCases {
                     for k in 0..<96 { records[base + 384 + k] = records[base + 288 + k] }
                     if g.next() % 2 == 0 { records[base + 384 + Int(g.next() % 40)] ^= 0x5A }
                 }
+                dc.record?(&records, base, &g)
             }
             let emulated: [UInt8]
             do { emulated = try Differential.runEmulated(code, records, perCase) } catch {
@@ -391,6 +395,11 @@ enum DiffCases {
                 }
                 if q(native, 120) != q(emulated, 120) { diffs.append("rsi") }
                 if q(native, 128) != q(emulated, 128) { diffs.append("rdi") }
+                // MXCSR and the FSAVE image, except its last instruction/data pointer fields
+                // (record 156..171), which hold host addresses natively.
+                for off in 136..<256 where !(156..<172).contains(off) && native[base + off] != emulated[base + off] {
+                    diffs.append("byte +\(off) native=\(hex(UInt64(native[base + off]))) emu=\(hex(UInt64(emulated[base + off])))")
+                }
                 for off in stride(from: 256, to: 512, by: 8) where q(native, off) != q(emulated, off) {
                     diffs.append("mem/xmm+\(off) native=\(hex(q(native, off))) emu=\(hex(q(emulated, off)))")
                 }

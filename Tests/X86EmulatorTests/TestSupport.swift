@@ -62,6 +62,7 @@ final class TestMachine {
         memory = try GuestMemory(size: memorySize)
         vm = EmulatorVirtualMachine(memory: memory)
         vcpu = try vm.createEmulatorVCPU(index: 0, startState: .runnable)
+        vcpu.cpu.cpuLevel = .v2
     }
 
     /// Long mode with flat segments, SSE enabled, paging identity map.
