@@ -41,11 +41,14 @@ let package = Package(
         .target(name: "Devices", dependencies: [
             "GuestMemory", "Hypervisor", "Storage", .product(name: "Logging", package: "swift-log"),
         ]),
+        // Services inside a VM's network path (local interfaces' DHCP): pure packet code plus
+        // the backend that puts them between the virtio-net device and the tap.
+        .target(name: "LocalNet", dependencies: ["Devices"]),
         .target(name: "Boot", dependencies: ["GuestMemory", "Hypervisor"]),
         .target(name: "VMConfig"),
         .target(name: "Control", dependencies: ["VMConfig"]),
         .target(name: "VMM", dependencies: [
-            "KVM", "X86Emulator", "Hypervisor", "GuestMemory", "Devices", "Storage", "Boot",
+            "KVM", "X86Emulator", "Hypervisor", "GuestMemory", "Devices", "Storage", "Boot", "LocalNet",
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "VMMTool", dependencies: [
@@ -65,6 +68,7 @@ let package = Package(
 
         .testTarget(name: "GuestMemoryTests", dependencies: ["GuestMemory"]),
         .testTarget(name: "DevicesTests", dependencies: ["Devices", "GuestMemory", "Hypervisor", "Storage"]),
+        .testTarget(name: "LocalNetTests", dependencies: ["LocalNet", "Devices"]),
         .testTarget(name: "BootTests", dependencies: ["Boot", "GuestMemory", "Hypervisor"]),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "Hypervisor", "GuestMemory"]),
         .testTarget(name: "StorageTests", dependencies: ["Storage", "StorageCrashWriter"]),

@@ -181,9 +181,10 @@ public final class VirtioNetPump: @unchecked Sendable {
             var fds = [pollfd(fd: wake.fd, events: Int16(POLLIN), revents: 0)]
             var which: [Int] = []
             for (i, model) in models.enumerated() where !idle[i] {
-                guard let fd = model.backend.pollDescriptor else { continue }
-                fds.append(pollfd(fd: fd, events: Int16(POLLIN), revents: 0))
-                which.append(i)
+                for fd in [model.backend.pollDescriptor, model.backend.wakeDescriptor].compactMap({ $0 }) {
+                    fds.append(pollfd(fd: fd, events: Int16(POLLIN), revents: 0))
+                    which.append(i)
+                }
             }
             let timeout: Int32 = idle.contains(true) ? 100 : -1
             // SAFETY: poll writes only the revents fields of the fds.count entries.
@@ -197,7 +198,9 @@ public final class VirtioNetPump: @unchecked Sendable {
                 _ = wake.consume()
                 idle = idle.map { _ in false }   // recheck every device
             }
-            for (k, i) in which.enumerated() where fds[k + 1].revents != 0 {
+            var ready = Set<Int>()
+            for (k, i) in which.enumerated() where fds[k + 1].revents != 0 { ready.insert(i) }
+            for i in ready.sorted() {
                 wakeups.add(1, ordering: .relaxed)
                 let model = models[i], device = devices[i]
                 let before = device.withLock(processing: nil) { model.framesTaken }

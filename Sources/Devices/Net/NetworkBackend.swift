@@ -19,6 +19,13 @@ public protocol NetworkBackend: AnyObject, Sendable {
     var pollDescriptor: Int32? { get }
     /// A short description for logs ("tap tap3", "fd 7").
     var name: String { get }
+    /// A second descriptor to poll: readable when the backend has frames of its own for the
+    /// guest (a local interface's DHCP replies); nil for most backends.
+    var wakeDescriptor: Int32? { get }
+}
+
+extension NetworkBackend {
+    public var wakeDescriptor: Int32? { nil }
 }
 
 /// A backend over a datagram-style descriptor where one read or write is one frame: a tap

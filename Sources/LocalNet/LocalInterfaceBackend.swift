@@ -1,0 +1,104 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Devices
+import Synchronization
+
+/// A local interface's network path: the VM's virtio-net device talks to this backend, which
+/// hands the guest's frames to the tap except those its services take (DHCP today), and
+/// gives the guest the services' replies before the tap's frames. Nothing listens on the
+/// host: the answers never cross the tap.
+///
+/// Replies wait in a bounded queue (at most `maximumQueuedReplies`, more are dropped). The
+/// VMM's network thread polls `pollDescriptor` (the tap) and `wakeDescriptor`, the read end
+/// of a pipe that holds one byte exactly while replies wait (written and drained under the
+/// queue's lock, so the two never disagree).
+public final class LocalInterfaceBackend: NetworkBackend, @unchecked Sendable {
+    private struct State {
+        var dhcp: LocalDHCPServer
+        var replies: [[UInt8]] = []
+    }
+    public let inner: any NetworkBackend
+    private let state: Mutex<State>
+    private let pipeRead: Int32
+    private let pipeWrite: Int32
+    public static let maximumQueuedReplies = 32
+    private let clock = ContinuousClock()
+    private let start: ContinuousClock.Instant
+
+    public init(inner: any NetworkBackend, lease: LocalLease) throws {
+        self.inner = inner
+        state = Mutex(State(dhcp: LocalDHCPServer(lease: lease)))
+        start = clock.now
+        var fds: [Int32] = [-1, -1]
+        guard fds.withUnsafeMutableBufferPointer({ pipe($0.baseAddress) }) == 0 else {
+            throw NetworkError.systemCall("pipe", errno: errno)
+        }
+        for fd in fds {
+            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+        }
+        pipeRead = fds[0]; pipeWrite = fds[1]
+    }
+
+    deinit { close(pipeRead); close(pipeWrite) }
+
+    public var name: String { "local \(inner.name)" }
+    public var pollDescriptor: Int32? { inner.pollDescriptor }
+    public var wakeDescriptor: Int32? { pipeRead }
+
+    /// DHCP counters (answered, ignored, over the rate limit).
+    public var dhcpCounters: (answered: UInt64, ignored: UInt64, rateLimited: UInt64) {
+        state.withLock { ($0.dhcp.answered, $0.dhcp.ignored, $0.dhcp.rateLimited) }
+    }
+
+    public func send(_ frame: UnsafeRawBufferPointer) -> Bool {
+        let elapsed = (clock.now - start).components
+        let now = UInt64(elapsed.seconds) &* 1_000_000_000 &+ UInt64(elapsed.attoseconds / 1_000_000_000)
+        let verdict = state.withLock { s -> LocalDHCPServer.Verdict in
+            let v = s.dhcp.handle(frame: frame, now: now)
+            if case let .consumed(reply?) = v {
+                guard s.replies.count < Self.maximumQueuedReplies else { return .consumed(reply: nil) }
+                s.replies.append(reply)
+                if s.replies.count == 1 { signal() }
+            }
+            return v
+        }
+        switch verdict {
+        case .pass:
+            return inner.send(frame)
+        case .consumed:
+            return true
+        }
+    }
+
+    public func receive(into buffer: UnsafeMutableRawBufferPointer) -> Int? {
+        let reply = state.withLock { s -> [UInt8]? in
+            guard !s.replies.isEmpty else { return nil }
+            let r = s.replies.removeFirst()
+            if s.replies.isEmpty { drain() }
+            return r
+        }
+        if let reply {
+            let n = min(reply.count, buffer.count)
+            reply.withUnsafeBytes { src in
+                // SAFETY: n <= both buffer sizes.
+                if n > 0 { buffer.baseAddress!.copyMemory(from: src.baseAddress!, byteCount: n) }
+            }
+            return n
+        }
+        return inner.receive(into: buffer)
+    }
+
+    private func signal() {
+        var one: UInt8 = 1
+        // SAFETY: writes the one byte of `one`.
+        _ = write(pipeWrite, &one, 1)
+    }
+
+    private func drain() {
+        var byte: UInt8 = 0
+        // SAFETY: reads at most one byte into `byte`; the pipe is non-blocking.
+        while read(pipeRead, &byte, 1) > 0 {}
+    }
+}
