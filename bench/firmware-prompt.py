@@ -3,19 +3,10 @@
 kill it. Usage: firmware-prompt.py RUNS TIMEOUT_S PATTERN -- COMMAND...
 Prints one line per run: "ms_to_pattern cpu_s" (nan when the pattern never came)."""
 import os, sys, time, select, signal
+from spawn_console import spawn
 
 def once(argv, pattern, limit):
-    r, w = os.pipe()
-    t0 = time.monotonic()
-    pid = os.fork()
-    if pid == 0:
-        os.dup2(w, 1)
-        devnull = os.open("/dev/null", os.O_RDWR)
-        os.dup2(devnull, 0)
-        os.dup2(devnull, 2)
-        os.close(r); os.close(w)
-        os.execvp(argv[0], argv)
-    os.close(w)
+    pid, r, t0 = spawn(argv)
     seen, found = b"", None
     while found is None:
         left = limit - (time.monotonic() - t0)

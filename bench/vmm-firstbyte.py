@@ -3,19 +3,10 @@
 byte), then let it run to the end. Usage: vmm-firstbyte.py RUNS -- COMMAND...
 Prints one line per run: "first_byte_ms total_ms exit_status max_rss_kib"."""
 import os, sys, time, select
+from spawn_console import spawn
 
 def once(argv):
-    r, w = os.pipe()
-    t0 = time.monotonic()
-    pid = os.fork()
-    if pid == 0:
-        os.dup2(w, 1)
-        devnull = os.open("/dev/null", os.O_RDWR)
-        os.dup2(devnull, 0)
-        os.dup2(devnull, 2)
-        os.close(r); os.close(w)
-        os.execvp(argv[0], argv)
-    os.close(w)
+    pid, r, t0 = spawn(argv)
     first = None
     while True:
         ready, _, _ = select.select([r], [], [], 30)
