@@ -186,9 +186,14 @@ extension Daemon {
         case .success(let f): files = f
         }
         // Taps for the interfaces, their descriptors after the files (Network.swift).
-        let currentConfig = state.withLock { $0.config }
+        let (currentConfig, macsInUse) = state.withLock { s in
+            (s.config, Dictionary(s.vms.filter { $0 !== e && $0.state != .stopped }
+                .flatMap { o in VMNetwork.macs(o.running ?? o.definition).map { ($0, o.definition.name) } },
+                uniquingKeysWith: { a, _ in a }))
+        }
         let interfaces: [ChildInterface]
-        switch VMNetwork.open(d, config: currentConfig, into: &files, log: log) {
+        switch VMNetwork.open(d, id: e.id, config: currentConfig, macsInUse: macsInUse,
+                                  socket: options.socketPath, into: &files, log: log) {
         case .failure(let m): files.closeAll(); return failStart(m.description)
         case .success(let i): interfaces = i
         }
@@ -226,6 +231,7 @@ extension Daemon {
             e.ttyPath = pty.path
             e.channel = ch
             e.running = d
+            e.interfaces = interfaces
         }
         monitor(e, pid)
 

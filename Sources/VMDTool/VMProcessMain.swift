@@ -125,7 +125,7 @@ final class MachineGuest: GuestRunner, @unchecked Sendable {
         for (k, i) in spec.interfaces.enumerated() {
             guard let at = spec.files.firstIndex(where: { $0.role == .tap(k) }), at < fds.count else { continue }
             config.networkInterfaces.append(NetworkInterfaceConfig(attachment: .fileDescriptor(fds[at]), mac: i.mac,
-                                                                   lockedMAC: i.locked))
+                                                                   lockedMAC: i.locked, local: i.local))
         }
         var log = Logger(label: "vm \(vm.name)")
         log.logLevel = spec.verbose > 0 ? .debug : .warning
