@@ -16,7 +16,7 @@ import Testing
     static let kernel = "\(arch)/vmlinuz", initrd = "\(arch)/initramfs.cpio.gz"
     static let tools = ["/usr/bin/syslinux", "/usr/bin/mcopy", "/usr/sbin/mkfs.vfat", "/usr/sbin/sfdisk",
                         "/usr/lib/syslinux/mbr/mbr.bin", "/usr/bin/grub-mkrescue", "/usr/bin/xorriso",
-                        "/usr/lib/grub/i386-pc/eltorito.img"]
+                        "/usr/lib/grub/i386-pc/cdboot.img"]
     /// The Linux boot needs the guest kernel, the image tools, and is skipped with
     /// SWIFTVMM_SKIP_LINUX_BOOT (each boot costs ~130-200 CPU-seconds in a debug build, most
     /// of it the kernel's own XZ decompression on the software CPU).
