@@ -283,6 +283,7 @@ public final class ConfigParser {
             }
         case .keyword(.socket):
             try expect(.owner)
+            config.socketOwnerLocation = t.location
             config.socketOwner = try ownerID().0
         case .keyword(.staggered):
             try expect(.start)
