@@ -187,6 +187,14 @@ if udhcpc -i eth0 -s /bin/dhcp-event -n -q -t 20 -T 1 -A 1; then
 else
   echo "SWIFTVMM-NET-DHCP-FAILED"
 fi
+# With swiftvmm.inet6 on the command line: wait (at most 15 s) for SLAAC to finish DAD.
+if grep -q swiftvmm.inet6 /proc/cmdline; then
+  for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15; do
+    a=$(ip -6 addr show dev eth0 scope global 2>/dev/null)
+    case "$a" in *inet6*) case "$a" in *tentative*) ;; *) break ;; esac ;; esac
+    sleep 1
+  done
+fi
 ip -6 addr show dev eth0 scope global 2>/dev/null | sed -n 's/.*inet6 \([^ ]*\).*/SWIFTVMM-NET-INET6 \1/p'
 ip -6 route show default 2>/dev/null | sed -n 's/^default via \([^ ]*\).*/SWIFTVMM-NET-INET6-ROUTE \1/p'
 INIT
