@@ -222,6 +222,8 @@ public struct VMConfiguration: Codable, Hashable, Sendable {
     public var localInet6Enabled = false
     public var localInet6Prefix: IPPrefix?
     public var socketOwner: OwnerSpec?
+    /// Where `socket owner` was given, for diagnostics (`checkOwners`).
+    public var socketOwnerLocation: SourceLocation?
     public var staggeredStart: StaggeredStart?
     public var switches: [SwitchDefinition] = []
     public var vms: [VMDefinition] = []

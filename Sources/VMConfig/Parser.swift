@@ -34,6 +34,12 @@ public final class ConfigParser {
     private var warnings: [String] = []
     private let loader: ConfigFileLoader
     public static let maxIncludeDepth = 16
+    /// Errors listed before the parse gives up.
+    public static let maxErrors = 100
+    private var gaveUp = false
+    /// The token `advance` returned last: recovery knows whether the error already took the
+    /// end of its line.
+    private var lastToken: Token?
 
     /// - Parameter macros: `-D name=value` definitions; the file cannot redefine them.
     public init(macros: [String: String] = [:], loader: @escaping ConfigFileLoader = ConfigParser.readFile) {
@@ -74,7 +80,7 @@ public final class ConfigParser {
         let bytes: [UInt8]
         do { bytes = try loader(path) } catch {
             throw ConfigError([ConfigDiagnostic(SourceLocation(file: path, line: 0),
-                                                "failed to open: \(error)")])
+                                                "failed to open \(path): \(error)")])
         }
         return try parse(contents: bytes, name: path)
     }
@@ -132,6 +138,7 @@ public final class ConfigParser {
     private func advance() throws(ConfigDiagnostic) -> Token {
         let t = try peek()
         lookahead = nil
+        lastToken = t
         return t
     }
 
@@ -186,10 +193,21 @@ public final class ConfigParser {
 
     private func grammar() throws(ConfigDiagnostic) {
         while true {
+            do throws(ConfigDiagnostic) {
+                if try statement() { return }
+            } catch {
+                try recover(error, stopAtBrace: false)
+            }
+        }
+    }
+
+    /// One top-level statement; true at the end of the input.
+    private func statement() throws(ConfigDiagnostic) -> Bool {
+        do {
             let t = try peek()
             switch t.kind {
             case .eof:
-                return
+                return true
             case .newline:
                 try advance()
             case .keyword(.include):
@@ -222,6 +240,7 @@ public final class ConfigParser {
                 throw syntaxError(t)
             }
         }
+        return false
     }
 
     private func include(_ path: String, at t: Token) throws(ConfigDiagnostic) {
@@ -283,6 +302,7 @@ public final class ConfigParser {
             }
         case .keyword(.socket):
             try expect(.owner)
+            config.socketOwnerLocation = t.location
             config.socketOwner = try ownerID().0
         case .keyword(.staggered):
             try expect(.start)
@@ -315,17 +335,66 @@ public final class ConfigParser {
     private func block(_ item: () throws(ConfigDiagnostic) -> Void) throws(ConfigDiagnostic) {
         try expectPunct("{")
         try skipNewlines()
+        var items = 0
+        let errorsBefore = diagnostics.count
         while true {
             let t = try peek()
             if isPunct(t, "}") {
+                // parse.y's option lists need one option: `vm x { }` is a syntax error
+                // (unless the statement already has one, as upstream reports one per line).
+                if items == 0 && diagnostics.count == errorsBefore { throw syntaxError(t) }
                 try advance()
                 return
             }
-            try item()
-            let after = try peek()
-            if isPunct(after, "}") { continue }
-            guard after.kind == .newline else { throw syntaxError(after) }
+            items += 1
+            do throws(ConfigDiagnostic) {
+                try item()
+                let after = try peek()
+                if isPunct(after, "}") { continue }
+                guard after.kind == .newline else { throw syntaxError(after) }
+            } catch {
+                try recover(error, stopAtBrace: true)
+                try skipNewlines()
+                if try peek().kind == .eof { return }   // the error said so; no cascade
+            }
             try skipNewlines()
+        }
+    }
+
+    /// Records a diagnostic, or stops the parse (once) when there are too many.
+    private func record(_ error: ConfigDiagnostic) throws(ConfigDiagnostic) {
+        if gaveUp { throw error }
+        diagnostics.append(error)
+        if diagnostics.count >= Self.maxErrors {
+            gaveUp = true
+            throw ConfigDiagnostic(error.location, "too many errors, giving up")
+        }
+    }
+
+    /// Error recovery as parse.y's `grammar error '\n'`: the error is recorded, the rest of its
+    /// line skipped, and parsing goes on, so every error of a file is listed. Inside a block
+    /// the skip stops before a `}` that closes it (`vm x { bad }` ends the block). After
+    /// `maxErrors` the parse stops.
+    private func recover(_ error: ConfigDiagnostic, stopAtBrace: Bool) throws(ConfigDiagnostic) {
+        try record(error)
+        if lookahead == nil, let last = lastToken, last.kind == .newline || last.kind == .eof {
+            lastToken = nil
+            return
+        }
+        var depth = 0
+        while true {
+            let t: Token
+            do throws(ConfigDiagnostic) { t = try peek() } catch {
+                try record(error)
+                continue
+            }
+            if t.kind == .newline || t.kind == .eof { return }
+            if isPunct(t, "{") { depth += 1 }
+            if isPunct(t, "}") {
+                if depth == 0 && stopAtBrace { return }
+                depth -= 1
+            }
+            try advance()
         }
     }
 
@@ -465,7 +534,7 @@ public final class ConfigParser {
             }
             let rounded = b & ~UInt64((1 << 20) - 1)
             if rounded != b {
-                warnings.append("\(st.location): size rounded to \(rounded >> 20) megabytes")
+                warnings.append("\(st.location): memory size rounded to \(ScaledSize.format(rounded))")
             }
             vm.memory = rounded
         case .keyword(.owner):

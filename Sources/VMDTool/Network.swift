@@ -82,6 +82,38 @@ enum VMNetwork {
         return .success(prefix)
     }
 
+    /// `local inet6` without a prefix: a random unique local fdXX:XXXX:XXXX::/48 for this
+    /// vmd's lifetime (as OpenBSD's vmd picks one at start).
+    static let randomInet6Prefix: IPPrefix = {
+        var g = SystemRandomNumberGenerator()
+        let b = [0xFD] + (0..<5).map { _ in UInt8.random(in: 0...255, using: &g) }
+        let text = stride(from: 0, to: 6, by: 2).map { String(UInt16(b[$0]) << 8 | UInt16(b[$0 + 1]), radix: 16) }.joined(separator: ":")
+        return IPPrefix(address: text + "::", length: 48)
+    }()
+
+    /// The /64 of VM id `vmID`'s interface `i` out of the `local inet6` prefix: the subnet
+    /// bits right after the prefix hold vmID * 256 + i (so a /48 has room for 255 VMs).
+    static func inet6(_ config: VMConfiguration, vmID: Int, interface i: Int) -> Result<LocalInet6?, GuestError> {
+        guard config.localInet6Enabled else { return .success(nil) }
+        let p = config.localInet6Prefix ?? randomInet6Prefix
+        guard var a = LocalInet6.address(p.address), p.length <= 64 else {
+            return .failure(GuestError(description: "local inet6 prefix \(p): not an IPv6 prefix of /64 or shorter"))
+        }
+        let high = a[0..<8].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+        let free = 64 - p.length
+        let mask: UInt64 = free == 64 ? 0 : ~UInt64(0) << UInt64(free)
+        guard high & ~mask == 0, a[8...].allSatisfy({ $0 == 0 }) else {
+            return .failure(GuestError(description: "local inet6 prefix \(p): bad mask: the address has bits set past /\(p.length)"))
+        }
+        let n = UInt64(vmID) << 8 | UInt64(i)
+        guard free == 64 || n < UInt64(1) << UInt64(free) else {
+            return .failure(GuestError(description: "local inet6 prefix \(p) is exhausted: no /64 for vm id \(vmID) interface \(i)"))
+        }
+        let v = high | n
+        for k in 0..<8 { a[k] = UInt8(truncatingIfNeeded: v >> UInt64(8 * (7 - k))) }
+        return .success(LocalInet6(prefix: a))
+    }
+
     /// Makes sure a switch's bridge exists (created with vmd's alias when it does not), and
     /// applies its `up`/`down`, `group` and `rdomain`.
     static func prepareSwitch(_ sw: SwitchDefinition, socket: String, log: Logger) throws(HostNetError) -> String {
@@ -133,7 +165,12 @@ enum VMNetwork {
                 return fail(i, "lladdr \(NetworkInterfaceConfig.formatMAC(mac)) is already used by interface \(j)")
             }
             var link: LocalLink?
+            var inet6: LocalInet6?
             if spec.isLocal {
+                switch Self.inet6(config, vmID: id, interface: i) {
+                case .failure(let e): return fail(i, e.description)
+                case .success(let x): inet6 = x
+                }
                 switch localPrefix(config) {
                 case .failure(let e): return fail(i, e.description)
                 case .success(let p):
@@ -168,13 +205,16 @@ enum VMNetwork {
                     }
                     lease = LocalLease(link: link, guestMAC: mac, serverMAC: hostMAC,
                                        hostName: d.name, leaseSeconds: LocalLease.defaultLeaseSeconds)
+                    lease?.inet6 = inet6
+                    if let inet6 { try HostInterfaces.addAddress(tap.name, inet6.hostAddress, prefixLength: 64) }
                 }
                 try HostInterfaces.setUp(tap.name, spec.up || spec.isLocal)
             } catch {
                 return fail(i, "\(error)")
             }
             let via = master.map { spec.switchName != nil ? " on bridge \($0)" : " in VRF \($0)" } ?? ""
-            let local = link.map { ", local \($0.host)/31, guest \($0.guest)" } ?? ""
+            let local = (link.map { ", local \($0.host)/31, guest \($0.guest)" } ?? "")
+                + (inet6.map { ", inet6 \(LocalInet6.text($0.hostAddress))/64" } ?? "")
             log.info("vm \(d.name): interface \(i) is \(tap.name)\(via)\(local), \(spec.locked ? "locked " : "")lladdr \(NetworkInterfaceConfig.formatMAC(mac))")
             out.append(ChildInterface(name: tap.name, mac: mac, locked: spec.locked, local: lease,
                                       switchName: spec.switchName, rdomain: spec.rdomain))

@@ -38,6 +38,20 @@ let twoVMs = """
         let macro = try run(Binaries.vmd, ["-n", "-D", "k=/x", "-f", dir + "/good.conf"])
         #expect(macro.status == 0)
         #expect(macro.stderr.contains("macro 'k' not used"))
+        // Every error is listed, each at its line (parse.y's recovery), not only the first.
+        try "vm \"a\" {\n memroy 1G\n}\nvm \"b\" { }\nvm \"c\" {\n memory 10K\n}\n"
+            .write(toFile: dir + "/many.conf", atomically: true, encoding: .utf8)
+        let many = try run(Binaries.vmd, ["-n", "-f", dir + "/many.conf"])
+        #expect(many.status == 1)
+        #expect(many.stderr == """
+            \(dir)/many.conf:2: syntax error near "memroy"
+            \(dir)/many.conf:4: syntax error near "}"
+            \(dir)/many.conf:6: failed to parse size: 10K: size must be at least one megabyte
+
+            """)
+        let none = try run(Binaries.vmd, ["-n", "-f", "/nonexistent"])
+        #expect(none.status == 1)
+        #expect(none.stderr == "failed to open /nonexistent: No such file or directory\n")
     }
 
     @Test func enabledVMsStartAndTheTableShowsThem() throws {

@@ -8,7 +8,9 @@ import Testing
 /// with a `local interface`, runs the `net` initramfs variant (guests/debian/build.sh
 /// --variant net): busybox udhcpc gets its lease from the DHCP server in the VM's network
 /// path, the guest pings its router (the host side of the tap) and exchanges a line with a
-/// TCP service of this test on the host. Needs root (taps) and the built guest files.
+/// TCP service of this test on the host, and (`local inet6`) SLAAC from the router
+/// advertisement of the VM's network path gives it a global address and a default route.
+/// Needs root (taps) and the built guest files.
 @Suite(.serialized) struct LocalGuestTests {
     static let cache = ProcessInfo.processInfo.environment["SWIFTVMM_GUEST_CACHE"]
         ?? URL(fileURLWithPath: Binaries.directory).appendingPathComponent("../guests/debian").standardized.path
@@ -77,11 +79,12 @@ import Testing
         defer { server.stop() }
         let d = try TestDaemon(config: """
             local prefix "10.215.0.0/16"
+            local inet6 prefix "fd5e:1:2::/48"
             vm "lg" {
               disable
               boot "\(Self.kernel)"
               initrd "\(Self.initrd)"
-              cmdline "console=ttyS0 swiftvmm.tcp=\(server.port)"
+              cmdline "console=ttyS0 swiftvmm.tcp=\(server.port) swiftvmm.inet6"
               memory 256M
               accel emulator
               local interface
@@ -102,6 +105,14 @@ import Testing
         #expect(out.contains("SWIFTVMM-NET-PING-OK \(host)"), "\(out.suffix(2000))")
         #expect(out.contains("SWIFTVMM-NET-TCP \(token)"), "\(out.suffix(2000))")
         #expect(server.received.contains("SWIFTVMM-GUEST-HELLO"))
+        // SLAAC from our router advertisement: a global address in the VM's /64
+        // (fd5e:1:2:ID00::/64) and a default route via the router's link-local address.
+        let subnet = String(id << 8, radix: 16)
+        let v6 = out.split(separator: "\n").first { $0.hasPrefix("SWIFTVMM-NET-INET6 ") }
+        #expect(v6?.hasPrefix("SWIFTVMM-NET-INET6 fd5e:1:2:\(subnet):") == true && v6?.hasSuffix("/64") == true, "\(out.suffix(2000))")
+        #expect(out.contains("SWIFTVMM-NET-INET6-ROUTE fe80::"), "\(out.suffix(2000))")
+        print("LocalGuestTests: \(v6 ?? "no global IPv6 address")")
+        #expect(d.log.snapshot().contains("inet6 fd5e:1:2:\(subnet)::1/64"), "\(d.log.snapshot())")
         if let line = out.split(separator: "\n").first(where: { $0.hasPrefix("SWIFTVMM-NET-DHCP-SECONDS") }) {
             print("LocalGuestTests: \(line) (guest uptime seconds: link up, lease bound)")
         }

@@ -177,6 +177,13 @@ import Testing
         _ = try run("/usr/sbin/ip", ["tuntap", "add", "dev", helper, "mode", "tap"])
         defer { _ = try? run("/usr/sbin/ip", ["link", "del", helper]) }
         _ = try run("/usr/sbin/ip", ["addr", "add", "10.214.0.1/16", "dev", helper])
+        for (prefix, message) in [("fd5e:1:2::/64", "local inet6 prefix fd5e:1:2::/64 is exhausted: no /64 for vm id 1 interface 0"),
+                                  ("fd5e:1:2::1/48", "local inet6 prefix fd5e:1:2::1/48: bad mask: the address has bits set past /48")] {
+            let p = try TestDaemon(config: "local inet6 prefix \"\(prefix)\"\nvm \"p\" {\n disable\n boot \"\(kernel)\"\n local interface\n}\n")
+            defer { p.stop() }
+            let r = try p.vmctl("start", "p")
+            #expect(r.status != 0 && r.stderr.contains("vm p: interface 0: \(message)"), "\(prefix): \(r.stderr)")
+        }
         for (prefix, message) in [("100.64.0.1/10", "local prefix 100.64.0.1/10: bad mask: the address has bits set past /10 (the network is 100.64.0.0/10)"),
                                   ("100.64.0.0/25", "local prefix 100.64.0.0/25 is too small"),
                                   ("100.64.0.0/24", "local prefix 100.64.0.0/24 is exhausted: no /31 for vm id 1 interface 0"),
