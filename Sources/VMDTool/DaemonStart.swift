@@ -171,6 +171,11 @@ extension Daemon {
             return Self.fail(.failed, m)
         }
         if let problem = Self.checkFiles(d) { return failStart(problem) }
+        if let sev = d.sev {
+            // vm.conf accepts sev/seves as upstream does; running without the encryption the
+            // owner asked for would be worse than not running.
+            return failStart("vm \(d.name): \(sev == .seves ? "SEV-ES" : "SEV") is not available on this host (vmd has no AMD SEV support): remove \"\(sev.rawValue)\" to start it")
+        }
         if let device = d.bootDevice {
             // Until firmware boot reaches vmd (SeaBIOS in VMM), the kernel is loaded directly.
             log.warning("vm \(d.name): boot device \(device.rawValue) is not supported by vmd yet: ignored, booting \(d.boot ?? "the kernel") directly")
