@@ -154,10 +154,12 @@ fi
 INIT
 }
 
-# The net checks (a local interface under vmd): udhcpc's lease on eth0, a ping of the
-# router (the host side of the tap), one TCP exchange with the host on the port given as
-# swiftvmm.tcp=PORT on the kernel command line, and the SLAAC address and default route
-# when the router advertises a prefix. Each step prints a SWIFTVMM-NET-* marker line.
+# The net checks (a local interface under vmd): udhcpc's lease on eth0 (or the static
+# swiftvmm.ip=ADDR/LEN,ROUTER), a ping of the router (the host side of the tap), one TCP
+# exchange with the host on the port given as swiftvmm.tcp=PORT on the kernel command line,
+# a bulk send for bench/net-tcp.sh (swiftvmm.bulk=PORT:MIB), and the SLAAC address and
+# default route when the router advertises a prefix (swiftvmm.inet6 waits for it). Each
+# step prints a SWIFTVMM-NET-* marker line.
 init_checks_net() {
   cat <<'INIT'
 mkdir -p /tmp
@@ -172,20 +174,34 @@ case "$1" in
 esac
 SCRIPT
 chmod +x /bin/dhcp-event
-port=$(sed -n 's/.*swiftvmm\.tcp=\([0-9]*\).*/\1/p' /proc/cmdline)
+arg() { sed -n "s/.*swiftvmm\.$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
+port=$(arg tcp)
+bulk=$(arg bulk)
+static=$(arg ip)
 ip link set lo up
 ip link set eth0 up
 t0=$(cut -d' ' -f1 /proc/uptime)
-if udhcpc -i eth0 -s /bin/dhcp-event -n -q -t 20 -T 1 -A 1; then
+if [ -n "$static" ]; then
+  # swiftvmm.ip=ADDR/LEN,ROUTER: no DHCP (a host without our server, e.g. QEMU's tap).
+  ip addr add "${static%,*}" dev eth0 && echo "${static#*,}" > /tmp/router
+  echo "SWIFTVMM-NET-STATIC $static"
+elif udhcpc -i eth0 -s /bin/dhcp-event -n -q -t 20 -T 1 -A 1; then
   echo "SWIFTVMM-NET-DHCP-SECONDS start=$t0 bound=$(cut -d' ' -f1 /proc/uptime)"
+else
+  echo "SWIFTVMM-NET-DHCP-FAILED"
+fi
+if [ -s /tmp/router ]; then
   router=$(cat /tmp/router)
   ping -c 1 -W 10 "$router" >/dev/null && echo "SWIFTVMM-NET-PING-OK $router" || echo "SWIFTVMM-NET-PING-FAILED $router"
   if [ -n "$port" ]; then
     reply=$(echo "SWIFTVMM-GUEST-HELLO" | nc -w 10 "$router" "$port")
     echo "SWIFTVMM-NET-TCP $reply"
   fi
-else
-  echo "SWIFTVMM-NET-DHCP-FAILED"
+  if [ -n "$bulk" ]; then
+    # swiftvmm.bulk=PORT:MIB: MIB MiB of zeros to the host over one TCP connection.
+    dd if=/dev/zero bs=65536 count=$((${bulk#*:} * 16)) 2>/dev/null | nc -w 10 "$router" "${bulk%:*}"
+    echo "SWIFTVMM-NET-BULK-SENT ${bulk#*:} MiB"
+  fi
 fi
 # With swiftvmm.inet6 on the command line: wait (at most 15 s) for SLAAC to finish DAD.
 if grep -q swiftvmm.inet6 /proc/cmdline; then
