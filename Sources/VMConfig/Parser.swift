@@ -215,7 +215,7 @@ public final class ConfigParser {
                 let (path, pt) = try string()
                 try expectEndOfLine()
                 try include(path, at: pt)
-            case .keyword(.local), .keyword(.socket), .keyword(.staggered):
+            case .keyword(.local), .keyword(.socket), .keyword(.staggered), .keyword(.agentx):
                 try globalOption()
                 try expectEndOfLine()
             case .keyword(.switch):
@@ -304,6 +304,29 @@ public final class ConfigParser {
             try expect(.owner)
             config.socketOwnerLocation = t.location
             config.socketOwner = try ownerID().0
+        case .keyword(.agentx):
+            // parse.y 1.72: `agentx [context STRING] [path STRING]`, each at most once.
+            var a = AgentXSettings()
+            while true {
+                let n = try peek()
+                if isKeyword(n, .context) {
+                    try advance()
+                    let (c, ct) = try string()
+                    once(a.context, "agentx context", ct)
+                    if c.utf8.count > 32 { error(ct, "agentx context too long") }
+                    a.context = c
+                } else if isKeyword(n, .path) {
+                    try advance()
+                    let (p, pt) = try string()
+                    once(a.path, "agentx path", pt)
+                    if !p.hasPrefix("/") { error(pt, "agentx path is not absolute") }
+                    if p.utf8.count > 107 { error(pt, "agentx path too long") }
+                    a.path = p
+                } else {
+                    break
+                }
+            }
+            config.agentx = a
         case .keyword(.staggered):
             try expect(.start)
             try expect(.parallel)
@@ -542,6 +565,10 @@ public final class ConfigParser {
         case .keyword(.allow):
             try expect(.instance)
             try allowInstance(&vm.allowInstance)
+        case .keyword(.sev):
+            vm.sev = vm.sev == .seves ? .seves : .sev
+        case .keyword(.seves):
+            vm.sev = .seves
         case .keyword(.vcpus):
             let (n, nt) = try number()
             once(vm.vcpus, "vcpus", t)

@@ -174,6 +174,11 @@ extension Daemon {
             return Self.fail(.failed, m)
         }
         if let problem = Self.checkFiles(d) { return failStart(problem) }
+        if let sev = d.sev {
+            // vm.conf accepts sev/seves as upstream does; running without the encryption the
+            // owner asked for would be worse than not running.
+            return failStart("vm \(d.name): \(sev == .seves ? "SEV-ES" : "SEV") is not available on this host (vmd has no AMD SEV support): remove \"\(sev.rawValue)\" to start it")
+        }
 
         // vmd opens every guest file; the VM process gets descriptors only. A VM with a
         // non-root owner gets only files that owner could open (UserFileAccess).

@@ -65,6 +65,17 @@ let twoVMs = """
         #expect(row(s, "db") == ["2", "-", "1", "256M", "-", "-", "root", "disabled", "db"])
     }
 
+    /// `sev`/`seves` parse as upstream's grammar has them; starting such a VM fails with one
+    /// line saying SEV is not available, and vmd goes on.
+    @Test func aSEVVMFailsToStartWithOneClearLine() throws {
+        let d = try TestDaemon(config: "agentx context \"vmd\"\nvm \"enc\" {\n disable\n seves\n}\nvm \"plain\" {\n disable\n}\n")
+        defer { d.stop() }
+        let r = try d.vmctl("start", "enc")
+        #expect(r.status == 1)
+        #expect(r.stderr == "vmctl: vm enc: SEV-ES is not available on this host (vmd has no AMD SEV support): remove \"seves\" to start it\n")
+        #expect(try d.vmctl("start", "plain").status == 0)
+    }
+
     @Test func startStopPauseUnpauseAndPrefixes() throws {
         let d = try TestDaemon(config: twoVMs)
         defer { d.stop() }
