@@ -452,6 +452,10 @@ public final class ConfigParser {
                 throw syntaxError(t)
             }
         }
+        if !seenInterface, let close = lastToken {
+            // As parse.y: reported at the closing brace, with the file's other errors.
+            error(close, "switch \"\(name)\" is missing interface name")
+        }
         config.switches.append(sw)
     }
 
