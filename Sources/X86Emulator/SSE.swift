@@ -57,8 +57,11 @@ extension X86CPU {
 
     // swiftlint:disable:next cyclomatic_complexity function_body_length
     func sse(_ b: Int) throws(X86Fault) {
+        if d.rep == 0 && !d.has66 && X86CPU.isMMXOpcode(b) { try mmx(b); return }
+        if b == 0xD6 && d.rep != 0 { try movqBetweenMMXAndXMM(toXMM: d.rep == 0xF3); return }
         try sseCheck()
         let p = d.rep == 0xF3 ? 3 : (d.rep == 0xF2 ? 2 : (d.has66 ? 1 : 0))
+        if try sseOnHost(b, p) { return }
         let g = d.reg
         switch b {
         case 0x10, 0x11:
