@@ -13,6 +13,10 @@ extension VMConfiguration {
             }
         }
         if let o = socketOwner { out.append("socket owner \(q(o.description))") }
+        if let a = agentx {
+            out.append("agentx" + (a.context.map { " context \(q($0))" } ?? "")
+                       + (a.path.map { " path \(q($0))" } ?? ""))
+        }
         if let s = staggeredStart {
             out.append("staggered start parallel \(s.parallel) delay \(s.delay)")
         }
@@ -47,6 +51,7 @@ extension VMConfiguration {
             if let i = vm.initrd { out.append("\tinitrd \(q(i))") }
             if let c = vm.cmdline { out.append("\tcmdline \(q(c))") }
             if let a = vm.accel { out.append("\taccel \(a.rawValue)") }
+            if let s = vm.sev { out.append("\t\(s.rawValue)") }
             let a = vm.allowInstance
             if !a.isEmpty {
                 var flags: [String] = []

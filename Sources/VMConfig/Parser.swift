@@ -215,7 +215,7 @@ public final class ConfigParser {
                 let (path, pt) = try string()
                 try expectEndOfLine()
                 try include(path, at: pt)
-            case .keyword(.local), .keyword(.socket), .keyword(.staggered):
+            case .keyword(.local), .keyword(.socket), .keyword(.staggered), .keyword(.agentx):
                 try globalOption()
                 try expectEndOfLine()
             case .keyword(.switch):
@@ -284,18 +284,16 @@ public final class ConfigParser {
                 if isKeyword(try peek(), .prefix) {
                     try advance()
                     let (s, st) = try string()
-                    if let p = parsePrefix(s, v6: true), p.length <= 64 {
-                        config.localInet6Prefix = p
-                    } else {
-                        error(st, "invalid local inet6 prefix: \(s)")
+                    switch parseLocalPrefix(s, v6: true) {
+                    case .success(let p): config.localInet6Prefix = p
+                    case .failure(let why): error(st, "invalid local inet6 prefix: \(s): \(why.message)")
                     }
                 }
             } else if isKeyword(n, .prefix) {
                 let (s, st) = try string()
-                if let p = parsePrefix(s, v6: false) {
-                    config.localPrefix = p
-                } else {
-                    error(st, "invalid local prefix: \(s)")
+                switch parseLocalPrefix(s, v6: false) {
+                case .success(let p): config.localPrefix = p
+                case .failure(let why): error(st, "invalid local prefix: \(s): \(why.message)")
                 }
             } else {
                 throw syntaxError(n)
@@ -304,6 +302,29 @@ public final class ConfigParser {
             try expect(.owner)
             config.socketOwnerLocation = t.location
             config.socketOwner = try ownerID().0
+        case .keyword(.agentx):
+            // parse.y 1.72: `agentx [context STRING] [path STRING]`, each at most once.
+            var a = AgentXSettings()
+            while true {
+                let n = try peek()
+                if isKeyword(n, .context) {
+                    try advance()
+                    let (c, ct) = try string()
+                    once(a.context, "agentx context", ct)
+                    if c.utf8.count > 32 { error(ct, "agentx context too long") }
+                    a.context = c
+                } else if isKeyword(n, .path) {
+                    try advance()
+                    let (p, pt) = try string()
+                    once(a.path, "agentx path", pt)
+                    if !p.hasPrefix("/") { error(pt, "agentx path is not absolute") }
+                    if p.utf8.count > 107 { error(pt, "agentx path too long") }
+                    a.path = p
+                } else {
+                    break
+                }
+            }
+            config.agentx = a
         case .keyword(.staggered):
             try expect(.start)
             try expect(.parallel)
@@ -431,6 +452,10 @@ public final class ConfigParser {
                 throw syntaxError(t)
             }
         }
+        if !seenInterface, let close = lastToken {
+            // As parse.y: reported at the closing brace, with the file's other errors.
+            error(close, "switch \"\(name)\" is missing interface name")
+        }
         config.switches.append(sw)
     }
 
@@ -542,6 +567,10 @@ public final class ConfigParser {
         case .keyword(.allow):
             try expect(.instance)
             try allowInstance(&vm.allowInstance)
+        case .keyword(.sev):
+            vm.sev = vm.sev == .seves ? .seves : .sev
+        case .keyword(.seves):
+            vm.sev = .seves
         case .keyword(.vcpus):
             let (n, nt) = try number()
             once(vm.vcpus, "vcpus", t)
@@ -663,16 +692,37 @@ public final class ConfigParser {
 
     // MARK: value checks
 
-    private func parsePrefix(_ s: String, v6: Bool) -> IPPrefix? {
-        guard let slash = s.lastIndex(of: "/") else { return nil }
-        let addr = String(s[..<slash])
-        guard let len = Int(s[s.index(after: slash)...]), len >= 0, len <= (v6 ? 128 : 32) else {
-            return nil
+    struct PrefixProblem: Error { var message: String }
+
+    /// `local prefix` / `local inet6 prefix` as parse.y 1.72 checks them: the mask is 1 to 16
+    /// for IPv4 (default 16: vmd numbers VMs and interfaces in the last 16 bits), 0 to 64 for
+    /// IPv6 (default 64), and the address has no bits set past it.
+    private func parseLocalPrefix(_ s: String, v6: Bool) -> Result<IPPrefix, PrefixProblem> {
+        let slash = s.lastIndex(of: "/")
+        let addr = slash.map { String(s[..<$0]) } ?? s
+        let range = v6 ? 0...64 : 1...16
+        var len = v6 ? 64 : 16
+        if let slash {
+            guard let l = Int(s[s.index(after: slash)...]), range.contains(l) else {
+                return .failure(PrefixProblem(message: "the mask must be \(range.lowerBound) to \(range.upperBound)"))
+            }
+            len = l
         }
         var buf = [UInt8](repeating: 0, count: 16)
-        let ok = addr.withCString { inet_pton(v6 ? AF_INET6 : AF_INET, $0, &buf) } == 1
-        return ok ? IPPrefix(address: addr, length: len) : nil
+        guard addr.withCString({ inet_pton(v6 ? AF_INET6 : AF_INET, $0, &buf) }) == 1 else {
+            return .failure(PrefixProblem(message: "invalid format"))
+        }
+        let bytes = v6 ? 16 : 4
+        for i in 0..<bytes {
+            let keep = max(0, min(8, len - i * 8))
+            let mask: UInt8 = keep == 0 ? 0 : UInt8(truncatingIfNeeded: 0xFF << (8 - keep))
+            if buf[i] & ~mask != 0 {
+                return .failure(PrefixProblem(message: "bad mask: the address has bits set past /\(len)"))
+            }
+        }
+        return .success(IPPrefix(address: addr, length: len))
     }
+
 }
 
 /// Interface group names as ifconfig(8) takes them: 1 to 15 characters, not ending in a digit.

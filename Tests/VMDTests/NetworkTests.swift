@@ -177,17 +177,24 @@ import Testing
         _ = try run("/usr/sbin/ip", ["tuntap", "add", "dev", helper, "mode", "tap"])
         defer { _ = try? run("/usr/sbin/ip", ["link", "del", helper]) }
         _ = try run("/usr/sbin/ip", ["addr", "add", "10.214.0.1/16", "dev", helper])
-        for (prefix, message) in [("fd5e:1:2::/64", "local inet6 prefix fd5e:1:2::/64 is exhausted: no /64 for vm id 1 interface 0"),
-                                  ("fd5e:1:2::1/48", "local inet6 prefix fd5e:1:2::1/48: bad mask: the address has bits set past /48")] {
+        for (prefix, message) in [("fd5e:1:2::/64", "local inet6 prefix fd5e:1:2::/64 is exhausted: no /64 for vm id 1 interface 0")] {
             let p = try TestDaemon(config: "local inet6 prefix \"\(prefix)\"\nvm \"p\" {\n disable\n boot \"\(kernel)\"\n local interface\n}\n")
             defer { p.stop() }
             let r = try p.vmctl("start", "p")
             #expect(r.status != 0 && r.stderr.contains("vm p: interface 0: \(message)"), "\(prefix): \(r.stderr)")
         }
-        for (prefix, message) in [("100.64.0.1/10", "local prefix 100.64.0.1/10: bad mask: the address has bits set past /10 (the network is 100.64.0.0/10)"),
-                                  ("100.64.0.0/25", "local prefix 100.64.0.0/25 is too small"),
-                                  ("100.64.0.0/24", "local prefix 100.64.0.0/24 is exhausted: no /31 for vm id 1 interface 0"),
-                                  ("10.214.0.0/16", "local address 10.214.1.2/31 overlaps 10.214.0.1/16 on \(helper); choose another local prefix")] {
+        // A bad mask or one longer than /16 (/64 for inet6) is refused when the file is read,
+        // as parse.y 1.72 does (Tests/VMConfigTests/Golden/fail-prefix.conf has the rest).
+        for (line, message) in [("local prefix \"100.64.0.1/10\"", "invalid local prefix: 100.64.0.1/10: bad mask: the address has bits set past /10"),
+                                ("local prefix \"100.64.0.0/24\"", "invalid local prefix: 100.64.0.0/24: the mask must be 1 to 16"),
+                                ("local inet6 prefix \"fd5e:1:2::1/48\"", "invalid local inet6 prefix: fd5e:1:2::1/48: bad mask: the address has bits set past /48")] {
+            let conf = NSTemporaryDirectory() + "prefix-\(getpid()).conf"
+            try (line + "\n").write(toFile: conf, atomically: true, encoding: .utf8)
+            defer { unlink(conf) }
+            let r = try run(Binaries.vmd, ["-n", "-f", conf])
+            #expect(r.status == 1 && r.stderr == "\(conf):1: \(message)\n", "\(line): \(r.stderr)")
+        }
+        for (prefix, message) in [("10.214.0.0/16", "local address 10.214.1.2/31 overlaps 10.214.0.1/16 on \(helper); choose another local prefix")] {
             let p = try TestDaemon(config: """
                 local prefix "\(prefix)"
                 vm "p" {
