@@ -38,11 +38,6 @@ struct Start: ParsableCommand {
         r.template = template
         r.boot = boot.map(absolute)
         r.bootDevice = bootDevice.flatMap(BootDevice.init(rawValue:))
-        if let b = bootDevice {
-            // vmd boots the kernel directly until firmware boot reaches it.
-            var line = Array("vmctl: warning: -B \(b) is not supported by vmd yet and is ignored\n".utf8)
-            _ = write(2, &line, line.count)
-        }
         r.cdrom = cdrom.map(absolute)
         // `qcow2:path` or `raw:path` names the format, as `vmctl create` does.
         r.disks = disks.map { d in

@@ -105,8 +105,11 @@ extension Daemon {
     /// Checks the settings of a VM before its files are opened (GuestFiles.open).
     static func checkFiles(_ d: VMDefinition) -> String? {
         if d.disks.count > VMLimits.maxDisks { return "vm \(d.name): too many disks" }
-        if d.cdrom != nil, d.disks.count >= VMLimits.maxDisks {
-            return "vm \(d.name): too many disks: the cdrom takes a disk slot, so at most \(VMLimits.maxDisks - 1) disks with a cdrom"
+        if let device = d.bootDevice, d.boot != nil {
+            return "vm \(d.name): boot device \(device.rawValue) chooses what the firmware boots; it cannot be combined with a kernel (boot / -b)"
+        }
+        if d.bootDevice == .net {
+            return "vm \(d.name): boot device net needs network boot (a PXE ROM for the firmware), which is not supported yet; use disk or cdrom"
         }
         if let m = d.memory, m < 1 << 20 { return "vm \(d.name): memory must be at least 1M" }
         if let v = d.vcpus, v < 1 || v > VMLimits.maxVCPUs { return "vm \(d.name): invalid vcpus \(v)" }
@@ -175,10 +178,6 @@ extension Daemon {
             // vm.conf accepts sev/seves as upstream does; running without the encryption the
             // owner asked for would be worse than not running.
             return failStart("vm \(d.name): \(sev == .seves ? "SEV-ES" : "SEV") is not available on this host (vmd has no AMD SEV support): remove \"\(sev.rawValue)\" to start it")
-        }
-        if let device = d.bootDevice {
-            // Until firmware boot reaches vmd (SeaBIOS in VMM), the kernel is loaded directly.
-            log.warning("vm \(d.name): boot device \(device.rawValue) is not supported by vmd yet: ignored, booting \(d.boot ?? "the kernel") directly")
         }
 
         // vmd opens every guest file; the VM process gets descriptors only. A VM with a

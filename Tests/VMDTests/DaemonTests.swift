@@ -280,16 +280,16 @@ let twoVMs = """
         }
     }
 
-    /// `boot device` / -B are not done by vmd yet: a warning, not silence.
-    @Test func aBootDeviceIsWarnedAbout() throws {
-        let d = try TestDaemon(config: "vm \"b\" {\n disable\n boot device cdrom\n}\nvm \"c\" {\n disable\n}\n")
+    /// `boot device` / -B choose what the firmware boots (no warning any more); `net` needs
+    /// network boot, which is one clear line; a boot device with a kernel is refused.
+    @Test func aBootDeviceIsHonouredOrRefusedClearly() throws {
+        let d = try TestDaemon(config: "vm \"n\" {\n disable\n boot device net\n}\nvm \"c\" {\n disable\n}\n")
         defer { d.stop() }
-        #expect(try d.vmctl("start", "b").status == 0)
-        #expect(d.log.snapshot().contains("vm b: boot device cdrom is not supported by vmd yet: ignored"), "\(d.log.snapshot())")
-        let r = try d.vmctl("start", "-B", "disk", "c")
-        #expect(r.status == 0, "\(r.stderr)")
-        #expect(r.stderr == "vmctl: warning: -B disk is not supported by vmd yet and is ignored\n", "\(r.stderr)")
-        #expect(d.log.snapshot().contains("vm c: boot device disk is not supported by vmd yet"), "\(d.log.snapshot())")
+        let net = try d.vmctl("start", "n")
+        #expect(net.status != 0 && net.stderr.contains("vm n: boot device net needs network boot"), "\(net.stderr)")
+        let withKernel = try d.vmctl("start", "-B", "disk", "-b", "/no/bsd", "c")
+        #expect(withKernel.status != 0 && withKernel.stderr.contains("it cannot be combined with a kernel"), "\(withKernel.stderr)")
+        #expect(!d.log.snapshot().contains("not supported by vmd yet"), "\(d.log.snapshot())")
     }
 
     @Test func staggeredStartSpacesVMsOut() throws {
