@@ -27,6 +27,7 @@ deps:
 guest-kernels: deps
 	@if [ -f guests/debian/build.sh ]; then sh guests/debian/build.sh || echo "warning: guests/debian/build.sh failed; kernel-dependent tests will be skipped"; fi
 	@if [ -f guests/debian/build.sh ]; then sh guests/debian/build.sh --only-i386 || echo "warning: guests/debian/build.sh --only-i386 failed; the i386 Linux boot test will be skipped"; fi
+	@if [ -f guests/debian/build.sh ]; then sh guests/debian/build.sh --variant net || echo "warning: guests/debian/build.sh --variant net failed; the local-interface guest test will be skipped"; fi
 
 build:
 	$(SWIFT) build

@@ -41,6 +41,9 @@ let package = Package(
         .target(name: "Devices", dependencies: [
             "GuestMemory", "Hypervisor", "Storage", .product(name: "Logging", package: "swift-log"),
         ]),
+        // Host networking (docs/networking.md): taps, and links, bridges, VRFs and addresses
+        // through rtnetlink. Pure system calls, no guest code.
+        .target(name: "HostNet"),
         // Services inside a VM's network path (local interfaces' DHCP): pure packet code plus
         // the backend that puts them between the virtio-net device and the tap.
         .target(name: "LocalNet", dependencies: ["Devices"]),
@@ -48,7 +51,7 @@ let package = Package(
         .target(name: "VMConfig"),
         .target(name: "Control", dependencies: ["VMConfig"]),
         .target(name: "VMM", dependencies: [
-            "KVM", "X86Emulator", "Hypervisor", "GuestMemory", "Devices", "Storage", "Boot", "LocalNet",
+            "KVM", "X86Emulator", "Hypervisor", "GuestMemory", "Devices", "Storage", "Boot", "LocalNet", "HostNet",
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "VMMTool", dependencies: [
@@ -57,7 +60,7 @@ let package = Package(
         // vmd's logic as a library (docs/vmd.md): file access as a VM's owner, ...
         .target(name: "VMDCore", dependencies: ["CKVM", "Storage", "VMConfig", "Control"]),
         .executableTarget(name: "VMDTool", dependencies: [
-            "VMM", "VMConfig", "Control", "Storage", "VMDCore",
+            "VMM", "VMConfig", "Control", "Storage", "VMDCore", "LocalNet", "HostNet",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -68,7 +71,8 @@ let package = Package(
 
         .testTarget(name: "GuestMemoryTests", dependencies: ["GuestMemory"]),
         .testTarget(name: "DevicesTests", dependencies: ["Devices", "GuestMemory", "Hypervisor", "Storage"]),
-        .testTarget(name: "LocalNetTests", dependencies: ["LocalNet", "Devices"]),
+        .testTarget(name: "HostNetTests", dependencies: ["HostNet"]),
+        .testTarget(name: "LocalNetTests", dependencies: ["LocalNet", "Devices", "HostNet"]),
         .testTarget(name: "BootTests", dependencies: ["Boot", "GuestMemory", "Hypervisor"]),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "Hypervisor", "GuestMemory"]),
         .testTarget(name: "StorageTests", dependencies: ["Storage", "StorageCrashWriter"]),
@@ -84,7 +88,7 @@ let package = Package(
             "VMM", "VMMTool", "Devices", "Hypervisor", "GuestMemory", "Boot", "Storage",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
-        .testTarget(name: "IntegrationTests", dependencies: ["VMM", "VMMTool", "Boot", "Hypervisor", "GuestMemory", "Devices"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["VMM", "VMMTool", "Boot", "Hypervisor", "GuestMemory", "Devices", "HostNet"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -9,6 +9,8 @@ public struct LocalLease: Equatable, Sendable, Codable {
     public var hostName: String?
     /// Seconds; 0xFFFF_FFFF is infinite.
     public var leaseSeconds: UInt32
+    /// `local inet6`: the interface's /64, advertised for SLAAC (LocalIPv6Server).
+    public var inet6: LocalInet6?
 
     public static let defaultLeaseSeconds: UInt32 = 86_400
 
@@ -45,8 +47,7 @@ public struct LocalDHCPServer: Sendable {
     public static let answersPerSecond = 8.0
 
     public let lease: LocalLease
-    private var tokens = LocalDHCPServer.burst
-    private var lastRefill: UInt64?
+    private var limiter = RateLimiter(burst: LocalDHCPServer.burst, perSecond: LocalDHCPServer.answersPerSecond)
     /// Counters for tests and logs.
     public private(set) var answered: UInt64 = 0
     public private(set) var ignored: UInt64 = 0
@@ -59,23 +60,13 @@ public struct LocalDHCPServer: Sendable {
     public mutating func handle(frame: UnsafeRawBufferPointer, now: UInt64) -> Verdict {
         guard let ports = UDPDatagram.ports(frame), ports.destination == Self.serverPort else { return .pass }
         guard let reply = answer(frame: frame) else { ignored &+= 1; return .consumed(reply: nil) }
-        guard take(now: now) else { rateLimited &+= 1; return .consumed(reply: nil) }
+        guard limiter.take(now: now) else { rateLimited &+= 1; return .consumed(reply: nil) }
         answered &+= 1
         return .consumed(reply: reply)
     }
 
     public mutating func handle(frame: [UInt8], now: UInt64) -> Verdict {
         frame.withUnsafeBytes { handle(frame: $0, now: now) }
-    }
-
-    private mutating func take(now: UInt64) -> Bool {
-        if let last = lastRefill, now > last {
-            tokens = min(Self.burst, tokens + Double(now - last) / 1e9 * Self.answersPerSecond)
-        }
-        lastRefill = max(lastRefill ?? now, now)
-        guard tokens >= 1 else { return false }
-        tokens -= 1
-        return true
     }
 
     /// The reply frame for a request, or nil when it gets none. Pure.

@@ -5,7 +5,8 @@ import Devices
 import Synchronization
 
 /// A local interface's network path: the VM's virtio-net device talks to this backend, which
-/// hands the guest's frames to the tap except those its services take (DHCP today), and
+/// hands the guest's frames to the tap except those its services take (DHCP; with
+/// `local inet6` router solicitations and DHCPv6), and
 /// gives the guest the services' replies before the tap's frames. Nothing listens on the
 /// host: the answers never cross the tap.
 ///
@@ -16,6 +17,7 @@ import Synchronization
 public final class LocalInterfaceBackend: NetworkBackend, @unchecked Sendable {
     private struct State {
         var dhcp: LocalDHCPServer
+        var ipv6: LocalIPv6Server?
         var replies: [[UInt8]] = []
     }
     public let inner: any NetworkBackend
@@ -28,7 +30,7 @@ public final class LocalInterfaceBackend: NetworkBackend, @unchecked Sendable {
 
     public init(inner: any NetworkBackend, lease: LocalLease) throws {
         self.inner = inner
-        state = Mutex(State(dhcp: LocalDHCPServer(lease: lease)))
+        state = Mutex(State(dhcp: LocalDHCPServer(lease: lease), ipv6: LocalIPv6Server(lease: lease)))
         start = clock.now
         var fds: [Int32] = [-1, -1]
         guard fds.withUnsafeMutableBufferPointer({ pipe($0.baseAddress) }) == 0 else {
@@ -56,7 +58,8 @@ public final class LocalInterfaceBackend: NetworkBackend, @unchecked Sendable {
         let elapsed = (clock.now - start).components
         let now = UInt64(elapsed.seconds) &* 1_000_000_000 &+ UInt64(elapsed.attoseconds / 1_000_000_000)
         let verdict = state.withLock { s -> LocalDHCPServer.Verdict in
-            let v = s.dhcp.handle(frame: frame, now: now)
+            var v = s.dhcp.handle(frame: frame, now: now)
+            if v == .pass, s.ipv6 != nil { v = s.ipv6!.handle(frame: frame, now: now) }
             if case let .consumed(reply?) = v {
                 guard s.replies.count < Self.maximumQueuedReplies else { return .consumed(reply: nil) }
                 s.replies.append(reply)

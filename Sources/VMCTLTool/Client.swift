@@ -61,11 +61,26 @@ func request(_ r: ControlRequest) throws -> (ControlReply, [Int32]) {
     return (reply, fds)
 }
 
-/// Parses a vmctl memory size (`512M`, `1G`, bytes) as OpenBSD's vmctl does.
-func parseMemory(_ s: String) throws -> UInt64 {
-    guard let v = ScaledSize.parse(s) else { throw ValidationError("invalid memory size: \(s)") }
-    guard v >= 1 << 20 else { throw ValidationError("memory size must be at least 1M: \(s)") }
-    return v & ~UInt64((1 << 20) - 1)
+/// A size as OpenBSD's vmctl parse_size reads one (`-m` memory, `create -s` disk): scan_scaled
+/// (fractions allowed, `4.5G`), at least 1MB, rounded down to whole MB with a warning
+/// ("memory size rounded to 4.5G"). Returns bytes.
+func parseSize(_ s: String, type: String) throws -> UInt64 {
+    guard let v = ScaledSize.parse(s), v <= UInt64(Int64.max) else {
+        // Well formed but not representable: say so (scan_scaled's ERANGE), never wrap.
+        let tooLarge = s.range(of: #"^[0-9]+(\.[0-9]+)?[BKMGTPEbkmgtpe]?$"#, options: .regularExpression) != nil
+        throw ValidationError("invalid \(type) size: \(s)" + (tooLarge ? ": too large" : ""))
+    }
+    guard v >= 1 << 20 else { throw ValidationError("\(type) size must be at least 1MB") }
+    let rounded = v & ~UInt64((1 << 20) - 1)
+    if rounded != v { warn("\(type) size rounded to \(StatusTable.scaled(rounded))") }
+    return rounded
+}
+
+/// `vmctl: message` on standard error (a warning; the command goes on).
+func warn(_ message: String) {
+    let bytes = Array("vmctl: \(message)\n".utf8)
+    // SAFETY: write(2) reads bytes.count bytes from the array's storage.
+    _ = bytes.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
 }
 
 /// The real path of a file given on the command line (vmd may have another cwd).

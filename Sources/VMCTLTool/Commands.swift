@@ -38,11 +38,6 @@ struct Start: ParsableCommand {
         r.template = template
         r.boot = boot.map(absolute)
         r.bootDevice = bootDevice.flatMap(BootDevice.init(rawValue:))
-        if let b = bootDevice {
-            // vmd boots the kernel directly until firmware boot reaches it.
-            var line = Array("vmctl: warning: -B \(b) is not supported by vmd yet and is ignored\n".utf8)
-            _ = write(2, &line, line.count)
-        }
         r.cdrom = cdrom.map(absolute)
         // `qcow2:path` or `raw:path` names the format, as `vmctl create` does.
         r.disks = disks.map { d in
@@ -54,7 +49,7 @@ struct Start: ParsableCommand {
         r.interfaceCount = interfaces
         r.localInterface = local
         r.switches = switches
-        r.memory = try memory.map(parseMemory)
+        r.memory = try memory.map { try parseSize($0, type: "memory") }
         r.vcpus = vcpus
         r.initrd = initrd.map(absolute)
         r.cmdline = cmdline
@@ -167,18 +162,27 @@ struct Reload: ParsableCommand {
 
 struct Reset: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Stop VMs and/or reset switches, then reload.")
-    @Argument(help: ArgumentHelp("all, switches or vms.", valueName: "all|switches|vms")) var scope: String = "all"
+    @Argument(help: ArgumentHelp("all, switches or vms (any case).", valueName: "all|switches|vms")) var scope: String = "all"
+    /// OpenBSD compares the word with strcasecmp: `reset ALL` works.
+    var parsedScope: ResetScope? { ResetScope(rawValue: scope.lowercased()) }
     func validate() throws {
-        if ResetScope(rawValue: scope) == nil { throw ValidationError("reset: all, switches or vms") }
+        if parsedScope == nil { throw ValidationError("reset: all, switches or vms") }
     }
-    func run() throws { _ = try request(.reset(ResetScope(rawValue: scope) ?? .all)) }
+    func run() throws { _ = try request(.reset(parsedScope ?? .all)) }
 }
 
 struct Log: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Set vmd's log level.")
-    @Argument(help: ArgumentHelp("brief or verbose.", valueName: "brief|verbose")) var level: String
-    func validate() throws {
-        if level != "brief" && level != "verbose" { throw ValidationError("log: brief or verbose") }
+    @Argument(help: ArgumentHelp("brief or verbose, or a prefix (any case).", valueName: "brief|verbose")) var level: String
+    /// OpenBSD matches with strncasecmp over the word's length: `log v`, `log VERBOSE`.
+    var verbose: Bool? {
+        let l = level.lowercased()
+        if "brief".hasPrefix(l) { return false }
+        if "verbose".hasPrefix(l) { return true }
+        return nil
     }
-    func run() throws { _ = try request(.log(verbose: level == "verbose")) }
+    func validate() throws {
+        if verbose == nil { throw ValidationError("log: brief or verbose") }
+    }
+    func run() throws { _ = try request(.log(verbose: verbose ?? false)) }
 }

@@ -13,7 +13,7 @@ struct Create: ParsableCommand {
             The disk may carry a format prefix (raw:disk or qcow2:disk); otherwise the format \
             comes from the file name's extension (.qcow2) and defaults to raw. With -b the disk \
             is a qcow2 overlay on the base image, which is never modified. With -i the input \
-            image is copied and converted (raw <-> qcow2). The size is rounded up to megabytes; \
+            image is copied and converted (raw <-> qcow2). The size (scan_scaled: 4.5G) must be at least 1MB and is rounded down to megabytes with a warning; \
             it may be omitted with -b or -i (the base's or input's size is used), and a qcow2 \
             disk may be larger than its base.
             """)
@@ -40,10 +40,7 @@ struct Create: ParsableCommand {
         if format == nil { format = base != nil ? .qcow2 : (DiskImage.formatFromExtension(path) ?? .raw) }
         var bytes: UInt64?
         if let size {
-            let parsed = try DiskImage.parseSize(size)
-            let mib: UInt64 = 1 << 20
-            guard parsed > 0 else { throw ValidationError("the size must be larger than 0") }
-            bytes = (parsed + mib - 1) / mib * mib
+            bytes = try parseSize(size, type: "disk")
         }
         let bar = ProgressBar(enabled: input != nil && isatty(STDERR_FILENO) != 0)
         do {

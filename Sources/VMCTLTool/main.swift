@@ -15,9 +15,10 @@ while let a = args.first, a.hasPrefix("-"), a != "-h", a != "--help" {
         break
     }
 }
+if args.isEmpty { usageExit() }
 switch expandCommand(args) {
 case .success(let expanded):
-    VMCTL.main(expanded)
+    runVMCTL(splittingGluedValues(expanded))
 case .failure(let e):
     var b = Array("vmctl: \(e.message)\n".utf8)
     _ = write(2, &b, b.count)

@@ -1,4 +1,5 @@
-/// One problem in a vm.conf, printed as `file:line: message`.
+/// One problem in a vm.conf, printed as `file:line: message` (just the message for a problem
+/// of no line, such as a file that cannot be opened).
 public struct ConfigDiagnostic: Error, Hashable, Sendable, CustomStringConvertible {
     public var location: SourceLocation
     public var message: String
@@ -6,7 +7,7 @@ public struct ConfigDiagnostic: Error, Hashable, Sendable, CustomStringConvertib
         self.location = location
         self.message = message
     }
-    public var description: String { "\(location): \(message)" }
+    public var description: String { location.line == 0 ? message : "\(location): \(message)" }
 }
 
 /// A vm.conf that could not be loaded: every problem found, in order.

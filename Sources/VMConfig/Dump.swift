@@ -13,6 +13,10 @@ extension VMConfiguration {
             }
         }
         if let o = socketOwner { out.append("socket owner \(q(o.description))") }
+        if let a = agentx {
+            out.append("agentx" + (a.context.map { " context \(q($0))" } ?? "")
+                       + (a.path.map { " path \(q($0))" } ?? ""))
+        }
         if let s = staggeredStart {
             out.append("staggered start parallel \(s.parallel) delay \(s.delay)")
         }
@@ -47,6 +51,7 @@ extension VMConfiguration {
             if let i = vm.initrd { out.append("\tinitrd \(q(i))") }
             if let c = vm.cmdline { out.append("\tcmdline \(q(c))") }
             if let a = vm.accel { out.append("\taccel \(a.rawValue)") }
+            if let s = vm.sev { out.append("\t\(s.rawValue)") }
             let a = vm.allowInstance
             if !a.isEmpty {
                 var flags: [String] = []
@@ -84,12 +89,33 @@ extension VMConfiguration {
 }
 
 extension String {
+    /// The text between double quotes that the lexer reads back as `self`. The lexer (as
+    /// OpenBSD's parse.y) treats `\` as an escape only before the quote, a blank or a
+    /// newline, and keeps it literally before anything else, so a backslash needs no
+    /// doubling except where what follows it would be taken as escaped: a quote gets its own
+    /// `\` (so the backslash before it is followed by `\`), a blank after a backslash gets
+    /// one too, and a backslash at the very end is followed by `\` + newline, which the lexer
+    /// drops (a quoted string cannot otherwise end in a backslash). A newline cannot be
+    /// written in a quoted string at all (the lexer drops it); it is written as a blank.
     fileprivate func replacingQuotes() -> String {
         var r = ""
+        var previous: Character?
         for c in self {
-            if c == "\"" { r.append("\\") }
-            r.append(c)
+            switch c {
+            case "\"":
+                r.append("\\\"")
+            case " ", "\t":
+                if previous == "\\" { r.append("\\") }
+                r.append(c)
+            case "\n", "\r\n", "\r":
+                if previous == "\\" { r.append("\\") }
+                r.append(" ")
+            default:
+                r.append(c)
+            }
+            previous = c
         }
+        if previous == "\\" { r.append("\\\n") }
         return r
     }
 }

@@ -140,6 +140,8 @@ public struct VMDefinition: Codable, Hashable, Sendable {
     public var initrd: String?
     public var cmdline: String?
     public var accel: Accelerator?
+    /// `sev` / `seves`: accepted; a start fails with one line, SEV is not available here.
+    public var sev: SEVMode?
 
     public init(name: String, parent: String? = nil, location: SourceLocation) {
         self.name = name
@@ -167,6 +169,7 @@ public struct VMDefinition: Codable, Hashable, Sendable {
         r.initrd = initrd ?? parent.initrd
         r.cmdline = cmdline ?? parent.cmdline
         r.accel = accel ?? parent.accel
+        r.sev = sev ?? parent.sev
         r.interfaceCount = interfaceCount ?? parent.interfaceCount
         if interfaces.isEmpty {
             r.interfaces = parent.interfaces.map { i in
@@ -215,6 +218,21 @@ public struct IPPrefix: Codable, Hashable, Sendable, CustomStringConvertible {
     public var description: String { "\(address)/\(length)" }
 }
 
+/// `agentx [context c] [path p]` (vm.conf(5)): the SNMP context and the master's socket.
+public struct AgentXSettings: Codable, Hashable, Sendable {
+    public var context: String?
+    public var path: String?
+    public init(context: String? = nil, path: String? = nil) {
+        self.context = context
+        self.path = path
+    }
+}
+
+/// `sev` / `seves` (vm.conf(5)): AMD SEV memory encryption, with SEV-ES register state.
+public enum SEVMode: String, Codable, Hashable, Sendable {
+    case sev, seves
+}
+
 /// A whole vm.conf: global settings, switches and VMs in file order.
 public struct VMConfiguration: Codable, Hashable, Sendable {
     public var localPrefix: IPPrefix?
@@ -222,7 +240,12 @@ public struct VMConfiguration: Codable, Hashable, Sendable {
     public var localInet6Enabled = false
     public var localInet6Prefix: IPPrefix?
     public var socketOwner: OwnerSpec?
+    /// Where `socket owner` was given, for diagnostics (`checkOwners`).
+    public var socketOwnerLocation: SourceLocation?
     public var staggeredStart: StaggeredStart?
+    /// `agentx [context c] [path p]`: accepted as upstream's grammar has it; vmd has no
+    /// AgentX (SNMP) subagent, so it is not used.
+    public var agentx: AgentXSettings?
     public var switches: [SwitchDefinition] = []
     public var vms: [VMDefinition] = []
     public init() {}

@@ -34,6 +34,12 @@ public final class ConfigParser {
     private var warnings: [String] = []
     private let loader: ConfigFileLoader
     public static let maxIncludeDepth = 16
+    /// Errors listed before the parse gives up.
+    public static let maxErrors = 100
+    private var gaveUp = false
+    /// The token `advance` returned last: recovery knows whether the error already took the
+    /// end of its line.
+    private var lastToken: Token?
 
     /// - Parameter macros: `-D name=value` definitions; the file cannot redefine them.
     public init(macros: [String: String] = [:], loader: @escaping ConfigFileLoader = ConfigParser.readFile) {
@@ -74,7 +80,7 @@ public final class ConfigParser {
         let bytes: [UInt8]
         do { bytes = try loader(path) } catch {
             throw ConfigError([ConfigDiagnostic(SourceLocation(file: path, line: 0),
-                                                "failed to open: \(error)")])
+                                                "failed to open \(path): \(error)")])
         }
         return try parse(contents: bytes, name: path)
     }
@@ -132,6 +138,7 @@ public final class ConfigParser {
     private func advance() throws(ConfigDiagnostic) -> Token {
         let t = try peek()
         lookahead = nil
+        lastToken = t
         return t
     }
 
@@ -186,10 +193,21 @@ public final class ConfigParser {
 
     private func grammar() throws(ConfigDiagnostic) {
         while true {
+            do throws(ConfigDiagnostic) {
+                if try statement() { return }
+            } catch {
+                try recover(error, stopAtBrace: false)
+            }
+        }
+    }
+
+    /// One top-level statement; true at the end of the input.
+    private func statement() throws(ConfigDiagnostic) -> Bool {
+        do {
             let t = try peek()
             switch t.kind {
             case .eof:
-                return
+                return true
             case .newline:
                 try advance()
             case .keyword(.include):
@@ -197,7 +215,7 @@ public final class ConfigParser {
                 let (path, pt) = try string()
                 try expectEndOfLine()
                 try include(path, at: pt)
-            case .keyword(.local), .keyword(.socket), .keyword(.staggered):
+            case .keyword(.local), .keyword(.socket), .keyword(.staggered), .keyword(.agentx):
                 try globalOption()
                 try expectEndOfLine()
             case .keyword(.switch):
@@ -222,6 +240,7 @@ public final class ConfigParser {
                 throw syntaxError(t)
             }
         }
+        return false
     }
 
     private func include(_ path: String, at t: Token) throws(ConfigDiagnostic) {
@@ -265,25 +284,47 @@ public final class ConfigParser {
                 if isKeyword(try peek(), .prefix) {
                     try advance()
                     let (s, st) = try string()
-                    if let p = parsePrefix(s, v6: true), p.length <= 64 {
-                        config.localInet6Prefix = p
-                    } else {
-                        error(st, "invalid local inet6 prefix: \(s)")
+                    switch parseLocalPrefix(s, v6: true) {
+                    case .success(let p): config.localInet6Prefix = p
+                    case .failure(let why): error(st, "invalid local inet6 prefix: \(s): \(why.message)")
                     }
                 }
             } else if isKeyword(n, .prefix) {
                 let (s, st) = try string()
-                if let p = parsePrefix(s, v6: false) {
-                    config.localPrefix = p
-                } else {
-                    error(st, "invalid local prefix: \(s)")
+                switch parseLocalPrefix(s, v6: false) {
+                case .success(let p): config.localPrefix = p
+                case .failure(let why): error(st, "invalid local prefix: \(s): \(why.message)")
                 }
             } else {
                 throw syntaxError(n)
             }
         case .keyword(.socket):
             try expect(.owner)
+            config.socketOwnerLocation = t.location
             config.socketOwner = try ownerID().0
+        case .keyword(.agentx):
+            // parse.y 1.72: `agentx [context STRING] [path STRING]`, each at most once.
+            var a = AgentXSettings()
+            while true {
+                let n = try peek()
+                if isKeyword(n, .context) {
+                    try advance()
+                    let (c, ct) = try string()
+                    once(a.context, "agentx context", ct)
+                    if c.utf8.count > 32 { error(ct, "agentx context too long") }
+                    a.context = c
+                } else if isKeyword(n, .path) {
+                    try advance()
+                    let (p, pt) = try string()
+                    once(a.path, "agentx path", pt)
+                    if !p.hasPrefix("/") { error(pt, "agentx path is not absolute") }
+                    if p.utf8.count > 107 { error(pt, "agentx path too long") }
+                    a.path = p
+                } else {
+                    break
+                }
+            }
+            config.agentx = a
         case .keyword(.staggered):
             try expect(.start)
             try expect(.parallel)
@@ -315,17 +356,66 @@ public final class ConfigParser {
     private func block(_ item: () throws(ConfigDiagnostic) -> Void) throws(ConfigDiagnostic) {
         try expectPunct("{")
         try skipNewlines()
+        var items = 0
+        let errorsBefore = diagnostics.count
         while true {
             let t = try peek()
             if isPunct(t, "}") {
+                // parse.y's option lists need one option: `vm x { }` is a syntax error
+                // (unless the statement already has one, as upstream reports one per line).
+                if items == 0 && diagnostics.count == errorsBefore { throw syntaxError(t) }
                 try advance()
                 return
             }
-            try item()
-            let after = try peek()
-            if isPunct(after, "}") { continue }
-            guard after.kind == .newline else { throw syntaxError(after) }
+            items += 1
+            do throws(ConfigDiagnostic) {
+                try item()
+                let after = try peek()
+                if isPunct(after, "}") { continue }
+                guard after.kind == .newline else { throw syntaxError(after) }
+            } catch {
+                try recover(error, stopAtBrace: true)
+                try skipNewlines()
+                if try peek().kind == .eof { return }   // the error said so; no cascade
+            }
             try skipNewlines()
+        }
+    }
+
+    /// Records a diagnostic, or stops the parse (once) when there are too many.
+    private func record(_ error: ConfigDiagnostic) throws(ConfigDiagnostic) {
+        if gaveUp { throw error }
+        diagnostics.append(error)
+        if diagnostics.count >= Self.maxErrors {
+            gaveUp = true
+            throw ConfigDiagnostic(error.location, "too many errors, giving up")
+        }
+    }
+
+    /// Error recovery as parse.y's `grammar error '\n'`: the error is recorded, the rest of its
+    /// line skipped, and parsing goes on, so every error of a file is listed. Inside a block
+    /// the skip stops before a `}` that closes it (`vm x { bad }` ends the block). After
+    /// `maxErrors` the parse stops.
+    private func recover(_ error: ConfigDiagnostic, stopAtBrace: Bool) throws(ConfigDiagnostic) {
+        try record(error)
+        if lookahead == nil, let last = lastToken, last.kind == .newline || last.kind == .eof {
+            lastToken = nil
+            return
+        }
+        var depth = 0
+        while true {
+            let t: Token
+            do throws(ConfigDiagnostic) { t = try peek() } catch {
+                try record(error)
+                continue
+            }
+            if t.kind == .newline || t.kind == .eof { return }
+            if isPunct(t, "{") { depth += 1 }
+            if isPunct(t, "}") {
+                if depth == 0 && stopAtBrace { return }
+                depth -= 1
+            }
+            try advance()
         }
     }
 
@@ -361,6 +451,10 @@ public final class ConfigParser {
             default:
                 throw syntaxError(t)
             }
+        }
+        if !seenInterface, let close = lastToken {
+            // As parse.y: reported at the closing brace, with the file's other errors.
+            error(close, "switch \"\(name)\" is missing interface name")
         }
         config.switches.append(sw)
     }
@@ -465,7 +559,7 @@ public final class ConfigParser {
             }
             let rounded = b & ~UInt64((1 << 20) - 1)
             if rounded != b {
-                warnings.append("\(st.location): size rounded to \(rounded >> 20) megabytes")
+                warnings.append("\(st.location): memory size rounded to \(ScaledSize.format(rounded))")
             }
             vm.memory = rounded
         case .keyword(.owner):
@@ -473,6 +567,10 @@ public final class ConfigParser {
         case .keyword(.allow):
             try expect(.instance)
             try allowInstance(&vm.allowInstance)
+        case .keyword(.sev):
+            vm.sev = vm.sev == .seves ? .seves : .sev
+        case .keyword(.seves):
+            vm.sev = .seves
         case .keyword(.vcpus):
             let (n, nt) = try number()
             once(vm.vcpus, "vcpus", t)
@@ -594,16 +692,37 @@ public final class ConfigParser {
 
     // MARK: value checks
 
-    private func parsePrefix(_ s: String, v6: Bool) -> IPPrefix? {
-        guard let slash = s.lastIndex(of: "/") else { return nil }
-        let addr = String(s[..<slash])
-        guard let len = Int(s[s.index(after: slash)...]), len >= 0, len <= (v6 ? 128 : 32) else {
-            return nil
+    struct PrefixProblem: Error { var message: String }
+
+    /// `local prefix` / `local inet6 prefix` as parse.y 1.72 checks them: the mask is 1 to 16
+    /// for IPv4 (default 16: vmd numbers VMs and interfaces in the last 16 bits), 0 to 64 for
+    /// IPv6 (default 64), and the address has no bits set past it.
+    private func parseLocalPrefix(_ s: String, v6: Bool) -> Result<IPPrefix, PrefixProblem> {
+        let slash = s.lastIndex(of: "/")
+        let addr = slash.map { String(s[..<$0]) } ?? s
+        let range = v6 ? 0...64 : 1...16
+        var len = v6 ? 64 : 16
+        if let slash {
+            guard let l = Int(s[s.index(after: slash)...]), range.contains(l) else {
+                return .failure(PrefixProblem(message: "the mask must be \(range.lowerBound) to \(range.upperBound)"))
+            }
+            len = l
         }
         var buf = [UInt8](repeating: 0, count: 16)
-        let ok = addr.withCString { inet_pton(v6 ? AF_INET6 : AF_INET, $0, &buf) } == 1
-        return ok ? IPPrefix(address: addr, length: len) : nil
+        guard addr.withCString({ inet_pton(v6 ? AF_INET6 : AF_INET, $0, &buf) }) == 1 else {
+            return .failure(PrefixProblem(message: "invalid format"))
+        }
+        let bytes = v6 ? 16 : 4
+        for i in 0..<bytes {
+            let keep = max(0, min(8, len - i * 8))
+            let mask: UInt8 = keep == 0 ? 0 : UInt8(truncatingIfNeeded: 0xFF << (8 - keep))
+            if buf[i] & ~mask != 0 {
+                return .failure(PrefixProblem(message: "bad mask: the address has bits set past /\(len)"))
+            }
+        }
+        return .success(IPPrefix(address: addr, length: len))
     }
+
 }
 
 /// Interface group names as ifconfig(8) takes them: 1 to 15 characters, not ending in a digit.

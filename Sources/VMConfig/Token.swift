@@ -1,10 +1,10 @@
 /// Reserved words of vm.conf: OpenBSD's list plus ours (accel, cmdline, initrd, vcpus).
 /// A reserved word can only be used as a name when quoted.
 public enum Keyword: String, CaseIterable, Sendable {
-    case accel, add, allow, boot, cdrom, cmdline, delay, device, disable, disk, down, enable
-    case format, group, id, include, inet6, initrd, instance, interface, interfaces, lladdr
-    case local, locked, memory, net, owner, parallel, prefix, rdomain, size, socket
-    case staggered, start, `switch`, up, vcpus, vm
+    case accel, add, agentx, allow, boot, cdrom, cmdline, context, delay, device, disable, disk
+    case down, enable, format, group, id, include, inet6, initrd, instance, interface
+    case interfaces, lladdr, local, locked, memory, net, owner, parallel, path, prefix, rdomain
+    case sev, seves, size, socket, staggered, start, `switch`, up, vcpus, vm
 }
 
 enum TokenKind: Equatable, Sendable {

@@ -52,7 +52,7 @@ public enum ConfigValidator {
                 out.append(ConfigDiagnostic(loc, error.description))
             }
         }
-        check(config.socketOwner, SourceLocation(file: config.vms.first?.location.file ?? "", line: 0))
+        check(config.socketOwner, config.socketOwnerLocation ?? SourceLocation(file: "", line: 0))
         for vm in config.vms {
             check(vm.owner, vm.location)
             check(vm.allowInstance.owner, vm.location)

@@ -36,6 +36,8 @@ final class VMEntry: @unchecked Sendable {
     var ttyPath: String?
     var channel: ControlChannel?
     var lastExit: String?
+    /// The running VM's taps and where they are attached (Network.swift).
+    var interfaces: [ChildInterface] = []
     /// Serializes messages to the VM process (held while talking, never with `state`'s lock).
     let opLock = NSLock()
 

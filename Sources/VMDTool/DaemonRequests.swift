@@ -133,10 +133,7 @@ extension Daemon {
             state.wait { _ in running.allSatisfy { $0.state == .stopped } ? true : nil }
         }
         if scope == .all { return (reload(), []) }
-        if scope == .switches {
-            // Bridges are made on demand and never reset or deleted yet: say so, not OK.
-            return Self.fail(.failed, "reset switches: not supported yet (vmd does not reset or remove bridges)")
-        }
+        if scope == .switches { return resetSwitches() }
         return (.ok(message: nil), [])
     }
 

@@ -105,8 +105,11 @@ extension Daemon {
     /// Checks the settings of a VM before its files are opened (GuestFiles.open).
     static func checkFiles(_ d: VMDefinition) -> String? {
         if d.disks.count > VMLimits.maxDisks { return "vm \(d.name): too many disks" }
-        if d.cdrom != nil, d.disks.count >= VMLimits.maxDisks {
-            return "vm \(d.name): too many disks: the cdrom takes a disk slot, so at most \(VMLimits.maxDisks - 1) disks with a cdrom"
+        if let device = d.bootDevice, d.boot != nil {
+            return "vm \(d.name): boot device \(device.rawValue) chooses what the firmware boots; it cannot be combined with a kernel (boot / -b)"
+        }
+        if d.bootDevice == .net {
+            return "vm \(d.name): boot device net needs network boot (a PXE ROM for the firmware), which is not supported yet; use disk or cdrom"
         }
         if let m = d.memory, m < 1 << 20 { return "vm \(d.name): memory must be at least 1M" }
         if let v = d.vcpus, v < 1 || v > VMLimits.maxVCPUs { return "vm \(d.name): invalid vcpus \(v)" }
@@ -171,9 +174,10 @@ extension Daemon {
             return Self.fail(.failed, m)
         }
         if let problem = Self.checkFiles(d) { return failStart(problem) }
-        if let device = d.bootDevice {
-            // Until firmware boot reaches vmd (SeaBIOS in VMM), the kernel is loaded directly.
-            log.warning("vm \(d.name): boot device \(device.rawValue) is not supported by vmd yet: ignored, booting \(d.boot ?? "the kernel") directly")
+        if let sev = d.sev {
+            // vm.conf accepts sev/seves as upstream does; running without the encryption the
+            // owner asked for would be worse than not running.
+            return failStart("vm \(d.name): \(sev == .seves ? "SEV-ES" : "SEV") is not available on this host (vmd has no AMD SEV support): remove \"\(sev.rawValue)\" to start it")
         }
 
         // vmd opens every guest file; the VM process gets descriptors only. A VM with a
@@ -186,9 +190,14 @@ extension Daemon {
         case .success(let f): files = f
         }
         // Taps for the interfaces, their descriptors after the files (Network.swift).
-        let currentConfig = state.withLock { $0.config }
+        let (currentConfig, macsInUse) = state.withLock { s in
+            (s.config, Dictionary(s.vms.filter { $0 !== e && $0.state != .stopped }
+                .flatMap { o in VMNetwork.macs(o.running ?? o.definition).map { ($0, o.definition.name) } },
+                uniquingKeysWith: { a, _ in a }))
+        }
         let interfaces: [ChildInterface]
-        switch VMNetwork.open(d, config: currentConfig, into: &files, log: log) {
+        switch VMNetwork.open(d, id: e.id, config: currentConfig, macsInUse: macsInUse,
+                                  socket: options.socketPath, into: &files, log: log) {
         case .failure(let m): files.closeAll(); return failStart(m.description)
         case .success(let i): interfaces = i
         }
@@ -226,6 +235,7 @@ extension Daemon {
             e.ttyPath = pty.path
             e.channel = ch
             e.running = d
+            e.interfaces = interfaces
         }
         monitor(e, pid)
 

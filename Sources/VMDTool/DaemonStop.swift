@@ -67,6 +67,9 @@ extension Daemon {
                        deadline: Date().addingTimeInterval(10))
         let left = state.withLock { _ in running.compactMap { $0.state == .stopped ? nil : $0.pid } }
         for p in left { kill(p, SIGKILL) }
+        _ = state.wait(until: { _ in running.allSatisfy { $0.state == .stopped } ? true : nil },
+                       deadline: Date().addingTimeInterval(2))
+        VMNetwork.removeOwnedLinks(socket: options.socketPath, log: log)
         unlink(options.socketPath)
         log.info("terminating")
         exit(0)

@@ -152,12 +152,11 @@ enum GuestFiles {
     static func passedFiles(_ files: [GuestFile], _ fds: [Int32]) throws -> PassedFiles {
         guard files.count == fds.count else { throw GuestError(description: "vmd's file list does not match the descriptors passed") }
         func fd(_ role: GuestFile.Role) -> Int32? { files.firstIndex { $0.role == role }.map { fds[$0] } }
-        guard let kernel = fd(.kernel) else { throw GuestError(description: "no kernel was passed") }
-        return PassedFiles(kernel: kernel, initrd: fd(.initrd), disks: try diskChains(files, fds))
+        return PassedFiles(kernel: fd(.kernel), initrd: fd(.initrd), disks: try diskChains(files, fds), cdrom: fd(.cdrom))
     }
 
-    /// One chain per disk (the image, then its backing files), in disk order; the cdrom
-    /// becomes a read-only disk after the others.
+    /// One chain per disk (the image, then its backing files), in disk order. The cdrom is
+    /// not among them: it is the machine's virtio-scsi CD-ROM (`PassedFiles.cdrom`).
     static func diskChains(_ files: [GuestFile], _ fds: [Int32]) throws -> [[OpenedImageFile]] {
         guard files.count == fds.count else { throw GuestError(description: "vmd's file list does not match the descriptors passed") }
         var disks: [[OpenedImageFile]] = []
@@ -172,9 +171,6 @@ enum GuestFiles {
                 disks[n].append(OpenedImageFile(fd: fds[i], path: f.path, format: format, readOnly: true))
             default: break
             }
-        }
-        if let i = files.firstIndex(where: { $0.role == .cdrom }) {
-            disks.append([OpenedImageFile(fd: fds[i], path: files[i].path, format: .raw, readOnly: true)])
         }
         return disks
     }

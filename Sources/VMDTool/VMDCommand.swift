@@ -103,6 +103,8 @@ struct VMDCommand: ParsableCommand {
         pthread_sigmask(SIG_BLOCK, &set, nil)
         signal(SIGPIPE, SIG_IGN)
 
+        // Bridges and VRFs a vmd that was killed left behind (taps went with its VMs).
+        VMNetwork.removeOwnedLinks(socket: options.socketPath, log: log)
         let daemon = Daemon(options: options, log: log)
         do {
             try daemon.loadInitialConfig()

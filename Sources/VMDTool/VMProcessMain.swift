@@ -104,10 +104,6 @@ final class MachineGuest: GuestRunner, @unchecked Sendable {
     init(spec: ChildSpec, fds: [Int32]) throws {
         let vm = spec.vm
         name = vm.name
-        guard let kernel = vm.boot else {
-            for f in fds { close(f) }
-            throw GuestError(description: "vm \(vm.name): no kernel to boot: set boot in vm.conf or use vmctl start -b (BIOS boot is not supported yet)")
-        }
         let passed: PassedFiles
         do {
             passed = try GuestFiles.passedFiles(spec.files, fds)
@@ -115,17 +111,21 @@ final class MachineGuest: GuestRunner, @unchecked Sendable {
             for f in fds { close(f) }
             throw GuestError(description: "vm \(vm.name): \(error)")
         }
+        // No kernel: the machine boots through the firmware (SeaBIOS), which boots the disks
+        // or the cdrom (the virtio-scsi CD-ROM) in `boot device` order.
         var config = MachineConfig(
-            kernelPath: kernel, initrdPath: vm.initrd, cmdline: vm.cmdline ?? "",
+            kernelPath: vm.boot ?? "", initrdPath: vm.initrd, cmdline: vm.cmdline ?? "",
             memorySize: vm.effectiveMemory, vcpus: vm.vcpus ?? 1,
-            diskPaths: vm.disks.map(\.path) + (vm.cdrom.map { [$0] } ?? []),
+            diskPaths: vm.disks.map(\.path),
             accelerator: VMM.Accelerator(rawValue: (vm.accel ?? .auto).rawValue) ?? .auto,
             console: .pty)
+        config.cdromPath = vm.cdrom
+        config.bootDevice = vm.bootDevice.map { VMM.BootDevice(rawValue: $0.rawValue) ?? .disk }
         config.passedFiles = passed
         for (k, i) in spec.interfaces.enumerated() {
             guard let at = spec.files.firstIndex(where: { $0.role == .tap(k) }), at < fds.count else { continue }
             config.networkInterfaces.append(NetworkInterfaceConfig(attachment: .fileDescriptor(fds[at]), mac: i.mac,
-                                                                   lockedMAC: i.locked))
+                                                                   lockedMAC: i.locked, local: i.local))
         }
         var log = Logger(label: "vm \(vm.name)")
         log.logLevel = spec.verbose > 0 ? .debug : .warning
@@ -243,6 +243,9 @@ final class FakeGuest: GuestRunner, @unchecked Sendable {
             for (i, f) in spec.files.enumerated() where f.role == .kernel || f.role == .initrd { close(fds[i]) }
             let images = try GuestFiles.diskChains(spec.files, fds)
             for chain in images { disks.append(try DiskImage.open(chain: chain)) }
+            if let i = spec.files.firstIndex(where: { $0.role == .cdrom }) {
+                disks.append(try RawImage(fileDescriptor: fds[i], path: spec.files[i].path, readOnly: true))
+            }
         } catch {
             throw GuestError(description: "vm \(spec.vm.name): \(error)")
         }

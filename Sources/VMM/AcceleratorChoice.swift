@@ -112,6 +112,12 @@ func readHead(path: String, count: Int, unreadable: (String, String) -> VMMError
     let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY)
     guard fd >= 0 else { throw unreadable(path, errnoString(errno)) }
     defer { close(fd) }
+    return try readHead(fd: fd, path: path, count: count, unreadable: unreadable)
+}
+
+/// The same for a file already open (passed by vmd): reads from offset 0 without moving
+/// the descriptor's position; `path` only names it in messages.
+func readHead(fd: Int32, path: String, count: Int, unreadable: (String, String) -> VMMError) throws -> [UInt8] {
     var st = stat()
     if fstat(fd, &st) == 0 {
         switch st.st_mode & S_IFMT {
@@ -124,7 +130,7 @@ func readHead(path: String, count: Int, unreadable: (String, String) -> VMMError
     var filled = 0
     while filled < count {
         // SAFETY: reads into the array's own storage, at most its remaining capacity.
-        let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress! + filled, count - filled) }
+        let n = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + filled, count - filled, off_t(filled)) }
         if n < 0 {
             if errno == EINTR { continue }
             throw unreadable(path, errnoString(errno))

@@ -59,7 +59,10 @@ public final class Machine: @unchecked Sendable {
             firmwareImage = try FirmwareImage(path: config.firmwarePath ?? FirmwareImage.defaultPath)
         } else { do {
             if let passed = config.passedFiles {
-                image = try KernelImage(bytes: readAllAndClose(fd: passed.kernel, path: config.kernelPath,
+                guard let kernelFD = passed.kernel else {
+                    throw VMMError.machine("the files passed to the machine do not match its configuration")
+                }
+                image = try KernelImage(bytes: readAllAndClose(fd: kernelFD, path: config.kernelPath,
                                                                check: { [path = config.kernelPath] in try KernelImage.checkHead($0, path: path) },
                                                                unreadable: VMMError.kernelUnreadable),
                                         path: config.kernelPath)
@@ -74,7 +77,8 @@ public final class Machine: @unchecked Sendable {
         let kind = image.map { KernelKind($0.format, isLinux: $0.isLinux) } ?? .firmware
         kernelKind = kind
         if let passed = config.passedFiles {
-            guard passed.disks.count == config.diskPaths.count, (passed.initrd == nil) == (config.initrdPath == nil) else {
+            guard passed.disks.count == config.diskPaths.count, (passed.initrd == nil) == (config.initrdPath == nil),
+                  (passed.cdrom == nil) == (config.cdromPath == nil) else {
                 throw VMMError.machine("the files passed to the machine do not match its configuration")
             }
         } else {
@@ -89,7 +93,7 @@ public final class Machine: @unchecked Sendable {
             guard config.bootsFirmware else {
                 throw VMMError.unsupported("a CD-ROM (-r) is booted by the firmware; it cannot be combined with a kernel (-k)")
             }
-            try Machine.checkISO(path: cdrom)
+            try Machine.checkISO(path: cdrom, fd: config.passedFiles?.cdrom)
         }
 
         let hostCaps = host ?? HostCapabilities.probe(emulatorAvailable: Machine.emulatorAvailable)

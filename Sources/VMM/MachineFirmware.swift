@@ -69,17 +69,22 @@ extension Machine {
         guard let path = config.cdromPath else {
             return config.bootDevice == .cdrom ? SCSICDROM(medium: nil) : nil
         }
-        try checkISO(path: path)
+        let fd = config.passedFiles?.cdrom
+        try checkISO(path: path, fd: fd)
         do {
-            return SCSICDROM(medium: try RawImage(path: path, readOnly: true))
+            let medium = try fd.map { try RawImage(fileDescriptor: $0, path: path, readOnly: true) }
+                ?? RawImage(path: path, readOnly: true)
+            return SCSICDROM(medium: medium)
         } catch {
             throw VMMError.cdromUnreadable(path: path, reason: "\(error)")
         }
     }
 
-    /// Throws one sentence unless `path` is a readable ISO 9660 image.
-    static func checkISO(path: String) throws {
-        let head = try readHead(path: path, count: 0x8006, unreadable: VMMError.cdromUnreadable)
+    /// Throws one sentence unless `path` (or `fd`, the same file opened by vmd) is a
+    /// readable ISO 9660 image.
+    static func checkISO(path: String, fd: Int32? = nil) throws {
+        let head = try fd.map { try readHead(fd: $0, path: path, count: 0x8006, unreadable: VMMError.cdromUnreadable) }
+            ?? readHead(path: path, count: 0x8006, unreadable: VMMError.cdromUnreadable)
         guard SCSICDROM.looksLikeISO9660(head) else {
             throw VMMError.cdromUnreadable(path: path, reason: "it is not an ISO 9660 image (no CD001 volume descriptor at sector 16)")
         }

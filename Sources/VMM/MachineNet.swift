@@ -2,7 +2,9 @@
 import Glibc
 #endif
 import Devices
+import HostNet
 import KVM
+import LocalNet
 import Logging
 import Synchronization
 
@@ -25,9 +27,12 @@ public struct NetworkInterfaceConfig: Sendable {
     public var mac: [UInt8]?
     /// Drop guest frames whose source MAC is not `mac` (vm.conf `locked lladdr`).
     public var lockedMAC = false
+    /// A local interface (vm.conf `local interface`, `vmctl start -L`): the VM's network
+    /// path answers the guest's DHCP with this lease (LocalInterfaceBackend).
+    public var local: LocalLease?
 
-    public init(attachment: NetworkAttachment, mac: [UInt8]? = nil, lockedMAC: Bool = false) {
-        self.attachment = attachment; self.mac = mac; self.lockedMAC = lockedMAC
+    public init(attachment: NetworkAttachment, mac: [UInt8]? = nil, lockedMAC: Bool = false, local: LocalLease? = nil) {
+        self.attachment = attachment; self.mac = mac; self.lockedMAC = lockedMAC; self.local = local
     }
 
     /// Parses `vmm --net`: `tap`, `tap:NAME`, `fd:N`, each optionally followed by
@@ -100,7 +105,7 @@ extension Machine {
         }
         var specs: [VirtioNetSpec] = []
         for (i, interface) in config.networkInterfaces.enumerated() {
-            let backend: any NetworkBackend
+            var backend: any NetworkBackend
             switch interface.attachment {
             case let .tap(name):
                 do {
@@ -119,6 +124,14 @@ extension Machine {
                 backend = b
             }
             let mac = interface.mac ?? VirtioNet.generatedMAC(seed: "\(config.kernelPath)/\(backend.name)/\(i)")
+            if let lease = interface.local {
+                do {
+                    backend = try LocalInterfaceBackend(inner: backend, lease: lease)
+                } catch {
+                    throw NetworkConfigError.hostInterface(index: i, reason: "\(error)")
+                }
+                log.info("virtio-net\(i): local interface, guest \(lease.link.guest), router \(lease.link.host)")
+            }
             log.info("virtio-net\(i): \(NetworkInterfaceConfig.formatMAC(mac)) on \(backend.name)")
             specs.append(VirtioNetSpec(mac: mac, backend: backend, lockedMAC: interface.lockedMAC))
         }

@@ -6,24 +6,30 @@ import Boot
 
 /// Guest files opened by someone else (vmd, the privileged parent) and handed over as
 /// descriptors. When a `MachineConfig` carries them, `Machine` opens no guest file by name:
-/// the config's paths (`kernelPath`, `initrdPath`, `diskPaths`) then only name the files
-/// in messages. `Machine.init` takes ownership of every descriptor (the kernel's and the
-/// initrd's are closed once read; a disk's stay with its image).
+/// the config's paths (`kernelPath`, `initrdPath`, `diskPaths`, `cdromPath`) then only name
+/// the files in messages. `Machine.init` takes ownership of every descriptor (the kernel's
+/// and the initrd's are closed once read; a disk's and the CD's stay with their images).
+/// The firmware image is not passed: it is a system file (Debian's seabios) the VM process
+/// reads by name before it gives up root.
 public struct PassedFiles: Sendable {
-    public var kernel: Int32
+    /// nil for a firmware boot (no kernel).
+    public var kernel: Int32?
     public var initrd: Int32?
     /// One chain per disk, in `diskPaths` order: the image, then its backing files.
     public var disks: [[OpenedImageFile]]
+    /// The CD-ROM's ISO (`cdromPath`), read-only.
+    public var cdrom: Int32?
 
-    public init(kernel: Int32, initrd: Int32? = nil, disks: [[OpenedImageFile]] = []) {
+    public init(kernel: Int32?, initrd: Int32? = nil, disks: [[OpenedImageFile]] = [], cdrom: Int32? = nil) {
         self.kernel = kernel
         self.initrd = initrd
         self.disks = disks
+        self.cdrom = cdrom
     }
 
     /// Every descriptor held.
     public var allDescriptors: [Int32] {
-        [kernel] + (initrd.map { [$0] } ?? []) + disks.flatMap { $0.map(\.fd) }
+        [kernel, initrd, cdrom].compactMap { $0 } + disks.flatMap { $0.map(\.fd) }
     }
 
     /// Closes every descriptor (when the machine is not built after all).

@@ -1,4 +1,5 @@
 import Devices
+import HostNet
 import Foundation
 import Testing
 import VMM
@@ -147,6 +148,6 @@ import VMM
         close(tap.fd)
         // Compared by index: on a shared host another process may take the free name at once.
         #expect(HostInterfaces.index(of: tap.name) != index, "a non-persistent tap vanishes with its descriptor")
-        #expect(throws: NetworkError.self) { try HostInterfaces.addToBridge("nonexistent0", bridge: bridge) }
+        #expect(throws: HostNetError.self) { try HostInterfaces.addToBridge("nonexistent0", bridge: bridge) }
     }
 }

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Devices
+import HostNet
 import Foundation
 import Synchronization
 import Testing

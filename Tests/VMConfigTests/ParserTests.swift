@@ -69,11 +69,13 @@ import Testing
             func gid(forGroup name: String) -> UInt32? { name == "staff" ? 50 : nil }
             func groups(ofUID uid: UInt32) -> [UInt32] { [] }
         }
-        let c = try parse("vm a {\n owner joe:staff\n}\nvm b {\n owner bob\n}\nvm c {\n owner :nogroup\n}\n")
+        let c = try parse("vm a {\n owner joe:staff\n}\nsocket owner :wheel\nvm b {\n owner bob\n}\nvm c {\n owner :nogroup\n}\n")
         #expect(try Fake().resolve(c.vms[0].owner!) == ResolvedOwner(uid: 1000, gid: 50))
         #expect(try Fake().resolve(OwnerSpec(parsing: "42")) == ResolvedOwner(uid: 42, gid: nil))
         let d = ConfigValidator.checkOwners(c, users: Fake()).map(\.description)
-        #expect(d == ["t.conf:4: failed to get user: bob", "t.conf:7: failed to get group: nogroup"])
+        // `socket owner` is reported at its own line (it was line 0).
+        #expect(d == ["t.conf:4: failed to get group: wheel", "t.conf:5: failed to get user: bob",
+                      "t.conf:8: failed to get group: nogroup"])
     }
 
     @Test func instancesInheritFromTheirParent() throws {
@@ -109,5 +111,26 @@ import Testing
         } catch {
             #expect(error.description.hasSuffix("includes nested too deeply"))
         }
+    }
+
+    /// The lexer keeps `\` literally except before the quote, a blank or a newline (as
+    /// OpenBSD's parse.y); the dump must write every string so that it reads back the same.
+    @Test(arguments: ["/a\\b", "/a\\ b", "/a\\\"b", "/a\\", "/a\\\\", "/a\\\\ ", "/a\\\t\\", "/\"q\" \\x\\"])
+    func backslashesRoundTripThroughTheDump(_ path: String) throws {
+        var c = VMConfiguration()
+        var vm = VMDefinition(name: "x", location: SourceLocation(file: "t.conf", line: 1))
+        vm.disks = [DiskSpec(path: path)]
+        vm.boot = path
+        c.vms = [vm]
+        let again = try parse(c.canonicalText)
+        #expect(again.vms.first?.disks.first?.path == path)
+        #expect(again.vms.first?.boot == path)
+    }
+
+    @Test func quotedBackslashesReadAsUpstream() throws {
+        // `\` before another character stays; before the quote or a blank it escapes.
+        let c = try parse("vm x {\n boot \"/a\\b\\ c\\\"d\"\n disk '/e\\'f'\n}\n")
+        #expect(c.vms[0].boot == "/a\\b c\"d")
+        #expect(c.vms[0].disks.first?.path == "/e'f")
     }
 }

@@ -100,7 +100,7 @@ import VMConfig
     /// Run as root, vmd gives each VM process a uid of its own (2^30 + the VM's id).
     @Test(.enabled(if: getuid() == 0, "needs root")) func eachVMProcessHasAUIDOfItsOwn() throws {
         try #require(Binaries.available)
-        let d = try TestDaemon(config: "vm \"a\" {\n}\nvm \"b\" {\n}\n")
+        let d = try TestDaemon(config: "vm \"a\" {\n memory 64M\n}\nvm \"b\" {\n memory 64M\n}\n")
         defer { d.stop() }
         let status = try d.waitForStatus { row($0, "a")?[7] == "running" && row($0, "b")?[7] == "running" }
         var uids: [String] = []

@@ -81,13 +81,132 @@ import Testing
         #expect(off.status != 0 && off.stderr.contains("vm onoff: interface 0: switch off is disabled"), "\(off.stderr)")
         let unknown = try d.vmctl("start", "-n", "nosuch", "onoff")
         #expect(unknown.status != 0 && unknown.stderr.contains("switch nosuch is not defined"), "\(unknown.stderr)")
-        let local = try d.vmctl("start", "-L", "onoff")
-        #expect(local.status != 0 && local.stderr.contains("local interface is not supported yet"), "\(local.stderr)")
         #expect(!Self.exists("swvdx\(tag)"))
         // -i 2: two taps with kernel-picked names, no bridge.
         let two = try d.vmctl("start", "-i", "2", "onoff")
         #expect(two.status == 0, "\(two.stderr)")
         #expect(d.log.snapshot().contains("vm onoff: interface 1 is tap"), "\(d.log.snapshot())")
         _ = try d.vmctl("stop", "-f", "-w", "onoff")
+        // reset switches: vmd's own bridge is made again, the user's taps back on it.
+        let again = try d.vmctl("start", "net")
+        #expect(again.status == 0, "\(again.stderr)")
+        let reset = try d.vmctl("reset", "switches")
+        #expect(reset.status == 0, "\(reset.stderr)")
+        #expect(Self.exists(bridge) && Self.master(tap1) == bridge, "\(d.log.snapshot())")
+        #expect(d.log.snapshot().contains("reset switches: 1 switch, 2 taps reattached"), "\(d.log.snapshot())")
+        _ = try d.vmctl("stop", "-f", "-w", "net")
+        // vmd's exit removes the bridge it made (a bridge it did not make would stay).
+        d.stop()
+        #expect(!Self.exists(bridge), "vmd removes its own bridges when it exits")
+    }
+
+    /// The /31 on the host side of a local interface: `vmctl start -L` gives the tap the
+    /// first address of the VM's /31 out of the local prefix (netlink), brings it up, and the
+    /// address goes with the tap when the VM stops (or is killed).
+    static func addresses(_ name: String) -> String {
+        (try? run("/usr/sbin/ip", ["-o", "-4", "addr", "show", "dev", name]).stdout) ?? ""
+    }
+
+    static func waitGone(_ names: [String]) -> Bool {
+        let deadline = Date().addingTimeInterval(5)
+        while names.contains(where: exists) && Date() < deadline { usleep(20_000) }
+        return !names.contains(where: exists)
+    }
+
+    @Test(.enabled(if: NetworkTests.tapProblem() == nil, "taps cannot be made here (needs root and /dev/net/tun)"))
+    func localInterfacesGetTheirSlash31AndBadInputIsOneLine() throws {
+        try #require(Binaries.available)
+        let tag = getpid() % 100_000
+        let kernel = NSTemporaryDirectory() + "vmd-local-kernel-\(tag)"
+        try Data("stand-in".utf8).write(to: URL(fileURLWithPath: kernel))
+        defer { unlink(kernel) }
+        let d = try TestDaemon(config: """
+            local prefix "10.213.0.0/16"
+            vm "loc" {
+              disable
+              boot "\(kernel)"
+              local interface swvl\(tag)
+            }
+            vm "dupa" {
+              disable
+              boot "\(kernel)"
+              interface { lladdr fe:e1:ba:d0:ab:01 }
+            }
+            vm "dupb" {
+              disable
+              boot "\(kernel)"
+              interface { lladdr fe:e1:ba:d0:ab:01 }
+            }
+            vm "twice" {
+              disable
+              boot "\(kernel)"
+              interface { lladdr fe:e1:ba:d0:ab:02 }
+              interface { lladdr fe:e1:ba:d0:ab:02 }
+            }
+            """)
+        defer { d.stop() }
+        let start = try d.vmctl("start", "loc")
+        #expect(start.status == 0, "\(start.stderr)")
+        let id = try #require(row(try d.vmctl("status").stdout, "loc")?.first.flatMap { Int($0) })
+        let tap = "swvl\(tag)"
+        #expect(Self.isUp(tap))
+        #expect(Self.addresses(tap).contains("inet 10.213.\(id).2/31"), "\(Self.addresses(tap))")
+        #expect(d.log.snapshot().contains("local 10.213.\(id).2/31, guest 10.213.\(id).3"), "\(d.log.snapshot())")
+        // -L adds one more local interface (the VM's second: the next /31).
+        _ = try d.vmctl("stop", "-f", "-w", "loc")
+        #expect(Self.waitGone([tap]), "the tap and its address go with the VM")
+        let withL = try d.vmctl("start", "-L", "loc")
+        #expect(withL.status == 0, "\(withL.stderr)")
+        #expect(d.log.snapshot().contains("interface 1 is tap"), "\(d.log.snapshot())")
+        #expect(d.log.snapshot().contains("local 10.213.\(id).4/31, guest 10.213.\(id).5"), "\(d.log.snapshot())")
+        // kill -9 of the VM process: its taps vanish with its descriptors.
+        let pid = try #require(row(try d.vmctl("status").stdout, "loc").flatMap { $0.count > 1 ? pid_t($0[1]) : nil })
+        kill(pid, SIGKILL)
+        #expect(Self.waitGone([tap]))
+
+        // A duplicate MAC, with another running VM or within one VM: one line, nothing made.
+        #expect(try d.vmctl("start", "dupa").status == 0)
+        let dup = try d.vmctl("start", "dupb")
+        #expect(dup.status != 0 && dup.stderr.contains("vm dupb: interface 0: lladdr fe:e1:ba:d0:ab:01 is already used by vm dupa"), "\(dup.stderr)")
+        let twice = try d.vmctl("start", "twice")
+        #expect(twice.status != 0 && twice.stderr.contains("vm twice: interface 1: lladdr fe:e1:ba:d0:ab:02 is already used by interface 0"), "\(twice.stderr)")
+        _ = try d.vmctl("stop", "-f", "-w", "dupa")
+
+        // Prefixes: a bad mask, one too small, one exhausted, one overlapping a host network.
+        let helper = "swvh\(tag)"
+        _ = try run("/usr/sbin/ip", ["tuntap", "add", "dev", helper, "mode", "tap"])
+        defer { _ = try? run("/usr/sbin/ip", ["link", "del", helper]) }
+        _ = try run("/usr/sbin/ip", ["addr", "add", "10.214.0.1/16", "dev", helper])
+        for (prefix, message) in [("fd5e:1:2::/64", "local inet6 prefix fd5e:1:2::/64 is exhausted: no /64 for vm id 1 interface 0")] {
+            let p = try TestDaemon(config: "local inet6 prefix \"\(prefix)\"\nvm \"p\" {\n disable\n boot \"\(kernel)\"\n local interface\n}\n")
+            defer { p.stop() }
+            let r = try p.vmctl("start", "p")
+            #expect(r.status != 0 && r.stderr.contains("vm p: interface 0: \(message)"), "\(prefix): \(r.stderr)")
+        }
+        // A bad mask or one longer than /16 (/64 for inet6) is refused when the file is read,
+        // as parse.y 1.72 does (Tests/VMConfigTests/Golden/fail-prefix.conf has the rest).
+        for (line, message) in [("local prefix \"100.64.0.1/10\"", "invalid local prefix: 100.64.0.1/10: bad mask: the address has bits set past /10"),
+                                ("local prefix \"100.64.0.0/24\"", "invalid local prefix: 100.64.0.0/24: the mask must be 1 to 16"),
+                                ("local inet6 prefix \"fd5e:1:2::1/48\"", "invalid local inet6 prefix: fd5e:1:2::1/48: bad mask: the address has bits set past /48")] {
+            let conf = NSTemporaryDirectory() + "prefix-\(getpid()).conf"
+            try (line + "\n").write(toFile: conf, atomically: true, encoding: .utf8)
+            defer { unlink(conf) }
+            let r = try run(Binaries.vmd, ["-n", "-f", conf])
+            #expect(r.status == 1 && r.stderr == "\(conf):1: \(message)\n", "\(line): \(r.stderr)")
+        }
+        for (prefix, message) in [("10.214.0.0/16", "local address 10.214.1.2/31 overlaps 10.214.0.1/16 on \(helper); choose another local prefix")] {
+            let p = try TestDaemon(config: """
+                local prefix "\(prefix)"
+                vm "p" {
+                  disable
+                  boot "\(kernel)"
+                  local interface
+                }
+                """)
+            defer { p.stop() }
+            let r = try p.vmctl("start", "p")
+            #expect(r.status != 0 && r.stderr.contains("vm p: interface 0: \(message)"), "\(prefix): \(r.stderr)")
+            #expect(r.stderr.split(separator: "\n").count == 1, "one line: \(r.stderr)")
+        }
     }
 }

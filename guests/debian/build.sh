@@ -4,6 +4,10 @@
 #   $CACHE/amd64/initramfs.cpio.gz  busybox initramfs that loads the virtio modules,
 #                                   prints SWIFTVMM-INIT-OK and powers off
 #   $CACHE/i386/...             the same for linux-image-686:i386 (with --i386)
+# --variant NAME builds only $CACHE/ARCH/initramfs-NAME.cpio.gz, the same initramfs whose
+# checks are variant NAME's (init_checks_NAME below) instead of the default ones; the
+# default initramfs is left as it is. Variants: net (DHCP with udhcpc, ping the router, a
+# TCP exchange with the host; markers SWIFTVMM-NET-*).
 # CACHE defaults to .build/guests/debian (override with SWIFTVMM_GUEST_CACHE).
 # Needs: apt-get (packages are fetched with `apt-get download`, never installed),
 # dpkg-deb, cpio, gzip and busybox-static. Idempotent: re-running reuses the cache.
@@ -13,13 +17,18 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 CACHE=${SWIFTVMM_GUEST_CACHE:-$ROOT/.build/guests/debian}
 ARCHES="amd64"
-for a in "$@"; do
-  case "$a" in
+VARIANT=""
+while [ $# -gt 0 ]; do
+  case "$1" in
     --i386) ARCHES="$ARCHES i386" ;;
     --only-i386) ARCHES="i386" ;;
-    *) echo "usage: $0 [--i386|--only-i386]" >&2; exit 2 ;;
+    --variant) [ $# -ge 2 ] || { echo "--variant needs a name" >&2; exit 2; }
+               VARIANT=$2; shift ;;
+    *) echo "usage: $0 [--i386|--only-i386] [--variant net]" >&2; exit 2 ;;
   esac
+  shift
 done
+case "$VARIANT" in ""|net) ;; *) echo "unknown variant $VARIANT (known: net)" >&2; exit 2 ;; esac
 
 MARKER="SWIFTVMM-INIT-OK"
 MODULES="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk failover net_failover virtio_net virtio-rng virtio_console"
@@ -91,7 +100,17 @@ build_initramfs() {
       *) cp "$f" "$ird/lib/modules/$m.ko" ;;
     esac
   done
-  cat > "$ird/init" <<INIT
+  { init_head; init_checks_${VARIANT:-default}; init_tail; } > "$ird/init"
+  chmod +x "$ird/init"
+  name=initramfs${VARIANT:+-$VARIANT}.cpio.gz
+  (cd "$ird" && find . | cpio -o -H newc --quiet | gzip -9 > "$out/$name.tmp" && mv "$out/$name.tmp" "$out/$name")
+  echo "built $out/vmlinuz ($kver) and $out/$name"
+}
+
+# The init, in three parts: every variant shares the head (mounts, modules, interfaces)
+# and the tail (marker, power-off); the checks in between are the variant's.
+init_head() {
+  cat <<INIT
 #!/bin/busybox sh
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
@@ -103,6 +122,20 @@ for m in $MODULES; do
 done
 uname -a
 for n in /sys/class/net/*; do echo "net: \${n##*/} \$(cat \$n/address)"; done
+INIT
+}
+
+init_tail() {
+  cat <<INIT
+sync
+echo $MARKER
+poweroff -f
+INIT
+}
+
+# The default checks: what the boot tests look at (eth0 up, the virtio disk, the rng).
+init_checks_default() {
+  cat <<INIT
 if [ -e /sys/class/net/eth0 ]; then
   ip link set eth0 up 2>/dev/null; sleep 1
   echo "eth0: rx \$(cat /sys/class/net/eth0/statistics/rx_packets) tx \$(cat /sys/class/net/eth0/statistics/tx_packets) packets"
@@ -118,13 +151,69 @@ fi
 if [ -c /dev/hwrng ]; then
   echo "hwrng gives: \$(head -c 16 /dev/hwrng | od -An -tx1 | tr -d ' \\n')"
 fi
-sync
-echo $MARKER
-poweroff -f
 INIT
-  chmod +x "$ird/init"
-  (cd "$ird" && find . | cpio -o -H newc --quiet | gzip -9 > "$out/initramfs.cpio.gz")
-  echo "built $out/vmlinuz ($kver) and $out/initramfs.cpio.gz"
+}
+
+# The net checks (a local interface under vmd): udhcpc's lease on eth0 (or the static
+# swiftvmm.ip=ADDR/LEN,ROUTER), a ping of the router (the host side of the tap), one TCP
+# exchange with the host on the port given as swiftvmm.tcp=PORT on the kernel command line,
+# a bulk send for bench/net-tcp.sh (swiftvmm.bulk=PORT:MIB), and the SLAAC address and
+# default route when the router advertises a prefix (swiftvmm.inet6 waits for it). Each
+# step prints a SWIFTVMM-NET-* marker line.
+init_checks_net() {
+  cat <<'INIT'
+mkdir -p /tmp
+cat > /bin/dhcp-event <<'SCRIPT'
+#!/bin/sh
+case "$1" in
+  bound|renew)
+    ip addr add "$ip/$mask" dev "$interface"
+    [ -n "$router" ] && ip route add default via "${router%% *}" dev "$interface"
+    echo "SWIFTVMM-NET-LEASE ip=$ip mask=$mask router=$router dns=$dns hostname=$hostname lease=$lease"
+    echo "${router%% *}" > /tmp/router ;;
+esac
+SCRIPT
+chmod +x /bin/dhcp-event
+arg() { sed -n "s/.*swiftvmm\.$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
+port=$(arg tcp)
+bulk=$(arg bulk)
+static=$(arg ip)
+ip link set lo up
+ip link set eth0 up
+t0=$(cut -d' ' -f1 /proc/uptime)
+if [ -n "$static" ]; then
+  # swiftvmm.ip=ADDR/LEN,ROUTER: no DHCP (a host without our server, e.g. QEMU's tap).
+  ip addr add "${static%,*}" dev eth0 && echo "${static#*,}" > /tmp/router
+  echo "SWIFTVMM-NET-STATIC $static"
+elif udhcpc -i eth0 -s /bin/dhcp-event -n -q -t 20 -T 1 -A 1; then
+  echo "SWIFTVMM-NET-DHCP-SECONDS start=$t0 bound=$(cut -d' ' -f1 /proc/uptime)"
+else
+  echo "SWIFTVMM-NET-DHCP-FAILED"
+fi
+if [ -s /tmp/router ]; then
+  router=$(cat /tmp/router)
+  ping -c 1 -W 10 "$router" >/dev/null && echo "SWIFTVMM-NET-PING-OK $router" || echo "SWIFTVMM-NET-PING-FAILED $router"
+  if [ -n "$port" ]; then
+    reply=$(echo "SWIFTVMM-GUEST-HELLO" | nc -w 10 "$router" "$port")
+    echo "SWIFTVMM-NET-TCP $reply"
+  fi
+  if [ -n "$bulk" ]; then
+    # swiftvmm.bulk=PORT:MIB: MIB MiB of zeros to the host over one TCP connection.
+    dd if=/dev/zero bs=65536 count=$((${bulk#*:} * 16)) 2>/dev/null | nc -w 10 "$router" "${bulk%:*}"
+    echo "SWIFTVMM-NET-BULK-SENT ${bulk#*:} MiB"
+  fi
+fi
+# With swiftvmm.inet6 on the command line: wait (at most 15 s) for SLAAC to finish DAD.
+if grep -q swiftvmm.inet6 /proc/cmdline; then
+  for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15; do
+    a=$(ip -6 addr show dev eth0 scope global 2>/dev/null)
+    case "$a" in *inet6*) case "$a" in *tentative*) ;; *) break ;; esac ;; esac
+    sleep 1
+  done
+fi
+ip -6 addr show dev eth0 scope global 2>/dev/null | sed -n 's/.*inet6 \([^ ]*\).*/SWIFTVMM-NET-INET6 \1/p'
+ip -6 route show default 2>/dev/null | sed -n 's/^default via \([^ ]*\).*/SWIFTVMM-NET-INET6-ROUTE \1/p'
+INIT
 }
 
 for a in $ARCHES; do build_arch "$a"; done

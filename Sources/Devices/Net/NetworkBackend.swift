@@ -132,20 +132,13 @@ public final class MemoryNetworkBackend: NetworkBackend, @unchecked Sendable {
     }
 }
 
-/// Host networking failures (tap and bridge set-up), with the interface named.
+/// Backend failures (host interface set-up is HostNet's `HostNetError`).
 public enum NetworkError: Error, Equatable, CustomStringConvertible {
     case systemCall(String, errno: Int32)
-    case tapUnavailable(reason: String)
-    case interface(String, operation: String, errno: Int32)
-    case invalidInterfaceName(String)
 
     public var description: String {
-        func text(_ e: Int32) -> String { String(cString: strerror(e)) }
         switch self {
-        case let .systemCall(call, e): return "\(call) failed: \(text(e))"
-        case let .tapUnavailable(reason): return "cannot create a tap interface: \(reason)"
-        case let .interface(name, operation, e): return "interface \(name): \(operation) failed: \(text(e))"
-        case let .invalidInterfaceName(name): return "\"\(name)\" is not a valid interface name (1-15 characters, no '/', ':' or spaces)"
+        case let .systemCall(call, e): return "\(call) failed: \(String(cString: strerror(e)))"
         }
     }
 }
