@@ -206,7 +206,13 @@ enum VMNetwork {
                     lease = LocalLease(link: link, guestMAC: mac, serverMAC: hostMAC,
                                        hostName: d.name, leaseSeconds: LocalLease.defaultLeaseSeconds)
                     lease?.inet6 = inet6
-                    if let inet6 { try HostInterfaces.addAddress(tap.name, inet6.hostAddress, prefixLength: 64) }
+                    if let inet6 {
+                        try HostInterfaces.addAddress(tap.name, inet6.hostAddress, prefixLength: 64)
+                        // The RA's source (fe80:: + EUI-64 of the tap's MAC) must be the
+                        // host's even where addr_gen_mode picks another link-local; where
+                        // the kernel makes the same one, this one is already there.
+                        try? HostInterfaces.addAddress(tap.name, linkLocalAddress(hostMAC), prefixLength: 64)
+                    }
                 }
                 try HostInterfaces.setUp(tap.name, spec.up || spec.isLocal)
             } catch {

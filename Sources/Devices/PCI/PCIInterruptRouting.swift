@@ -1,4 +1,5 @@
 import Hypervisor
+import Synchronization
 
 /// The legacy INTx pins of a PCI function: INTA# = 1 ... INTD# = 4, as in the interrupt-pin
 /// config register (0 means the function uses no INTx pin).
@@ -63,12 +64,21 @@ public struct PCIInterruptRouting: Sendable, Equatable, Codable {
 /// Level-triggered PCI interrupt lines are shared: a GSI is asserted while any device on
 /// it asserts. `PCIInterruptSharing` keeps one proxy controller per device pin and
 /// forwards the OR of their levels to the machine's controller (MSIs pass straight through).
-/// Like the device models, it is not locked: devices raise and lower their lines with the
-/// VMM's device lock held.
-public final class PCIInterruptSharing: @unchecked Sendable {
+///
+/// Lock rule: the lines are raised and lowered from several threads at once (vCPU threads
+/// under the device lock, the virtio event thread and the virtio-net thread under their own
+/// device locks), so the asserted sets live in one `Mutex`. The level change is forwarded
+/// while that mutex is held, so two racing transitions reach the controller in the order
+/// they were decided and the controller's final level is always the OR of the sources.
+/// Lock order: this mutex, then whatever the controller takes; the controller never calls
+/// back into a line.
+public final class PCIInterruptSharing: Sendable {
+    private struct State {
+        var asserted: [UInt32: Set<Int>] = [:]
+        var nextSource = 0
+    }
     private let controller: any InterruptController
-    private var asserted: [UInt32: Set<Int>] = [:]
-    private var nextSource = 0
+    private let state = Mutex(State())
 
     public init(controller: any InterruptController) {
         self.controller = controller
@@ -76,25 +86,29 @@ public final class PCIInterruptSharing: @unchecked Sendable {
 
     /// A line for one device pin wired to `gsi`.
     public func line(gsi: UInt32) -> IRQLine {
-        let source = Source(sharing: self, id: nextSource)
-        nextSource += 1
-        return IRQLine(controller: source, gsi: gsi)
+        let id = state.withLock { s -> Int in
+            defer { s.nextSource += 1 }
+            return s.nextSource
+        }
+        return IRQLine(controller: Source(sharing: self, id: id), gsi: gsi)
     }
 
     fileprivate func set(source: Int, gsi: UInt32, level: Bool) {
-        var set = asserted[gsi] ?? []
-        let before = !set.isEmpty
-        if level { set.insert(source) } else { set.remove(source) }
-        asserted[gsi] = set
-        let after = !set.isEmpty
-        if before != after { controller.setIRQ(gsi, level: after) }
+        state.withLock { s in
+            var set = s.asserted[gsi] ?? []
+            let before = !set.isEmpty
+            if level { set.insert(source) } else { set.remove(source) }
+            s.asserted[gsi] = set
+            let after = !set.isEmpty
+            if before != after { controller.setIRQ(gsi, level: after) }
+        }
     }
 
     fileprivate func msi(address: UInt64, data: UInt32) {
         controller.signalMSI(address: address, data: data)
     }
 
-    private final class Source: InterruptController, @unchecked Sendable {
+    private final class Source: InterruptController, Sendable {
         let sharing: PCIInterruptSharing
         let id: Int
         init(sharing: PCIInterruptSharing, id: Int) { self.sharing = sharing; self.id = id }
