@@ -62,6 +62,7 @@ extension X86CPU {
         try sseCheck()
         let p = d.rep == 0xF3 ? 3 : (d.rep == 0xF2 ? 2 : (d.has66 ? 1 : 0))
         if try sseOnHost(b, p) { return }
+        if p >= 2, try sse3Move(b, p) { return }
         let g = d.reg
         switch b {
         case 0x10, 0x11:

@@ -19,13 +19,14 @@ extension X86CPU {
         case 0x2E, 0x2F: return p == 0 ? 4 : (p == 1 ? 8 : nil)
         case 0x2A: return p >= 2 ? 0 : nil
         case 0x2C, 0x2D: return p == 3 ? 4 : (p == 2 ? 8 : nil)
-        default: return nil
+        default: return isSSE3Arithmetic(b, p) ? 16 : nil
         }
     }
 
     /// Runs `b` (with mandatory prefix `p`) on the host; false if it is not a host-run form.
     func sseOnHost(_ b: Int, _ p: Int) throws(X86Fault) -> Bool {
         guard let size = X86CPU.hostSSEOperandSize(b, p) else { return false }
+        if X86CPU.isSSE3Arithmetic(b, p) && !cpuLevelHas(.sse3) { throw udFault() }
         let prefix: [UInt8] = [[], [0x66], [0xF2], [0xF3]][p]
         let gprForm = b == 0x2A || b == 0x2C || b == 0x2D
         var enc = prefix + (gprForm && d.rexW ? [0x48] : []) + [0x0F, UInt8(b), b == 0x2A ? 0xC0 : 0xC1]

@@ -143,8 +143,10 @@ enum X87Cases {
 
     /// Runs `asm` (long mode, with a handler for every vector 0-31 that reports the vector
     /// on port 0xE9 and halts); returns the vector raised, or nil if `asm` reached its hlt.
-    static func vectorRaised(_ asm: String, cr0Set: UInt64 = 0, cr0Clear: UInt64 = 0, cr4Clear: UInt64 = 0) throws -> UInt8? {
+    static func vectorRaised(_ asm: String, cr0Set: UInt64 = 0, cr0Clear: UInt64 = 0, cr4Clear: UInt64 = 0,
+                             level: X86CPULevel = .v2) throws -> UInt8? {
         let m = try TestMachine()
+        m.cpu.cpuLevel = level
         try m.setupLongMode()
         for v in 0..<32 {
             let handler = UInt64(0x10_8000 + v * 16)
