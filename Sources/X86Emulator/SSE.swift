@@ -61,6 +61,7 @@ extension X86CPU {
         if b == 0xD6 && d.rep != 0 { try movqBetweenMMXAndXMM(toXMM: d.rep == 0xF3); return }
         try sseCheck()
         let p = d.rep == 0xF3 ? 3 : (d.rep == 0xF2 ? 2 : (d.has66 ? 1 : 0))
+        if (b == 0x2A || b == 0x2C || b == 0x2D) && p < 2 { try mmxConvert(b, p); return }
         if try sseOnHost(b, p) { return }
         if p >= 2, try sse3Move(b, p) { return }
         let g = d.reg
