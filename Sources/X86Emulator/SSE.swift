@@ -290,6 +290,13 @@ extension X86CPU {
                 let x = asD(a), y = asD(s)
                 xw(g, fromD(D4(x[i & 3], x[(i >> 2) & 3], y[(i >> 4) & 3], y[(i >> 6) & 3])))
             }
+        case 0xF7:
+            // MASKMOVDQU: the bytes of xmm(reg) whose mask byte has its top bit set go to DS:rDI.
+            if p != 1 || d.mod != 3 { throw udFault() }
+            let v = asB(xr(g)), mask = asB(xr(d.rm)), base = reg(7, d.addrSize)
+            for i in 0..<16 where mask[i] & 0x80 != 0 {
+                try writeMem(d.seg, (base &+ UInt64(i)) & sizeMask(d.addrSize), 1, UInt64(v[i]))
+            }
         case 0xD7:
             if p != 1 || d.mod != 3 { throw udFault() }
             let v = asB(xr(d.rm))
