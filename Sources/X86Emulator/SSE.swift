@@ -61,6 +61,7 @@ extension X86CPU {
         if b == 0xD6 && d.rep != 0 { try movqBetweenMMXAndXMM(toXMM: d.rep == 0xF3); return }
         try sseCheck()
         let p = d.rep == 0xF3 ? 3 : (d.rep == 0xF2 ? 2 : (d.has66 ? 1 : 0))
+        if (b == 0x2A || b == 0x2C || b == 0x2D) && p < 2 { try mmxConvert(b, p); return }
         if try sseOnHost(b, p) { return }
         if p >= 2, try sse3Move(b, p) { return }
         let g = d.reg
@@ -288,6 +289,13 @@ extension X86CPU {
             } else {
                 let x = asD(a), y = asD(s)
                 xw(g, fromD(D4(x[i & 3], x[(i >> 2) & 3], y[(i >> 4) & 3], y[(i >> 6) & 3])))
+            }
+        case 0xF7:
+            // MASKMOVDQU: the bytes of xmm(reg) whose mask byte has its top bit set go to DS:rDI.
+            if p != 1 || d.mod != 3 { throw udFault() }
+            let v = asB(xr(g)), mask = asB(xr(d.rm)), base = reg(7, d.addrSize)
+            for i in 0..<16 where mask[i] & 0x80 != 0 {
+                try writeMem(d.seg, (base &+ UInt64(i)) & sizeMask(d.addrSize), 1, UInt64(v[i]))
             }
         case 0xD7:
             if p != 1 || d.mod != 3 { throw udFault() }

@@ -42,6 +42,20 @@ extension X86CPU {
         } else {
             s = V2(try readMem(d.seg, effectiveAddress(), size), 0)
         }
+        guard let (out, outRAX, outFlags, raised) = runHostSSE(enc, a, s, rax: rax) else { return false }
+        try applySIMDExceptions(raised)
+        switch b {
+        case 0x2C, 0x2D: setReg(d.reg, d.rexW ? 8 : 4, outRAX)
+        case 0x2E, 0x2F: setEager(outFlags & (Flag.zf | Flag.pf | Flag.cf))
+        default: xw(d.reg, out)
+        }
+        return true
+    }
+
+    /// Runs one thunk encoding on (xmm0 = a, xmm1 = s, rax) under the guest's MXCSR with
+    /// every exception masked: (xmm0, rax, rflags, the exception flags raised), or nil if
+    /// the encoding is not in the table.
+    func runHostSSE(_ enc: [UInt8], _ a: V2, _ s: V2, rax: UInt64 = 0) -> (V2, UInt64, UInt64, UInt32)? {
         var out = a, outRAX: UInt64 = 0, outFlags: UInt64 = 0, raised: UInt32 = 0
         let guestMXCSR = (mxcsr & ~0x3F) | 0x1F80
         let ran = withUnsafeTemporaryAllocation(byteCount: HostFloat.sseContextSize, alignment: 16) { buf -> Bool in
@@ -65,14 +79,37 @@ extension X86CPU {
             raised = ctx.load(fromByteOffset: HostFloat.sseMXCSR, as: UInt32.self) & 0x3F
             return true
         }
-        guard ran else { return false }
-        try applySIMDExceptions(raised)
-        switch b {
-        case 0x2C, 0x2D: setReg(d.reg, d.rexW ? 8 : 4, outRAX)
-        case 0x2E, 0x2F: setEager(outFlags & (Flag.zf | Flag.pf | Flag.cf))
-        default: xw(d.reg, out)
+        return ran ? (out, outRAX, outFlags, raised) : nil
+    }
+
+    /// CVTPI2PS/CVTPS2PI/CVTTPS2PI (0F 2A/2D/2C) and CVTPI2PD/CVTPD2PI/CVTTPD2PI (66 0F
+    /// 2A/2D/2C): run as the xmm conversion of the same lanes (CVTDQ2PS, CVTPS2DQ, CVTTPS2DQ,
+    /// CVTDQ2PD, CVTPD2DQ, CVTTPD2DQ) with the unused lanes zero, which convert exactly.
+    /// An MMX register operand switches the x87 unit to MMX use.
+    func mmxConvert(_ b: Int, _ p: Int) throws(X86Fault) {
+        let toMMX = b != 0x2A
+        let mmOperand = toMMX || d.mod == 3
+        if mmOperand { try mmxEnter() }
+        let s: V2
+        if b == 0x2A {
+            s = V2(try mmSource(), 0)
+        } else if p == 1 {
+            s = try xsrc(aligned: true)
+        } else {
+            s = d.mod == 3 ? V2(xmm[d.rm * 2], 0) : V2(try readMem(d.seg, effectiveAddress(), 8), 0)
         }
-        return true
+        let enc: [UInt8]
+        switch (b, p) {
+        case (0x2A, 0): enc = [0x0F, 0x5B, 0xC1]
+        case (0x2D, 0): enc = [0x66, 0x0F, 0x5B, 0xC1]
+        case (0x2C, 0): enc = [0xF3, 0x0F, 0x5B, 0xC1]
+        case (0x2A, _): enc = [0xF3, 0x0F, 0xE6, 0xC1]
+        case (0x2D, _): enc = [0xF2, 0x0F, 0xE6, 0xC1]
+        default: enc = [0x66, 0x0F, 0xE6, 0xC1]
+        }
+        guard let (out, _, _, raised) = runHostSSE(enc, V2(0, 0), s) else { throw udFault() }
+        try applySIMDExceptions(raised)
+        if toMMX { mmWrite(d.reg, out[0]) } else if p == 0 { xw(d.reg, V2(out[0], xr(d.reg)[1])) } else { xw(d.reg, out) }
     }
 
     /// Records the exception flags an SSE operation raised (with every exception masked);

@@ -40,6 +40,9 @@ enum MMXCases {
             mmxCase("maskmovq mm0, mm1"),
             mmxCase("movq2dq xmm0, mm1\nmovdq2q mm0, xmm1"),
             mmxCase("paddb mm0, mm1\nemms"),
+            mmxCase("cvtpi2ps xmm0, mm1\ncvtpi2pd xmm1, mm0"), mmxCase("cvtpi2ps xmm1, [rsi]\ncvtpi2pd xmm0, [rsi+8]"),
+            mmxCase("cvtps2pi mm0, xmm1\ncvttps2pi mm1, xmm0"), mmxCase("cvtpd2pi mm2, xmm1\ncvttpd2pi mm3, xmm0"),
+            mmxCase("cvtps2pi mm0, [rsi]\ncvttpd2pi mm1, [rsi+16]"),
         ]
         return c
     }

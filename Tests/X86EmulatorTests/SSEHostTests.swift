@@ -38,6 +38,7 @@ enum SSECases {
             c.append(sse("cmp\(pred)ss xmm0, xmm1", double: false)); c.append(sse("cmp\(pred)pd xmm0, xmm1", double: true))
         }
         c.append(sse("cmpltps xmm0, xmm1", double: false)); c.append(sse("cmplesd xmm0, xmm1", double: true))
+        c.append(sse("maskmovdqu xmm0, xmm1", double: false))   // SSE2 byte store, was #UD
         return c
     }
 
