@@ -65,10 +65,12 @@ func request(_ r: ControlRequest) throws -> (ControlReply, [Int32]) {
 /// (fractions allowed, `4.5G`), at least 1MB, rounded down to whole MB with a warning
 /// ("memory size rounded to 4.5G"). Returns bytes.
 func parseSize(_ s: String, type: String) throws -> UInt64 {
-    guard let v = ScaledSize.parse(s), v <= UInt64(Int64.max) else {
-        // Well formed but not representable: say so (scan_scaled's ERANGE), never wrap.
-        let tooLarge = s.range(of: #"^[0-9]+(\.[0-9]+)?[BKMGTPEbkmgtpe]?$"#, options: .regularExpression) != nil
-        throw ValidationError("invalid \(type) size: \(s)" + (tooLarge ? ": too large" : ""))
+    // Well formed but not representable is said so (scan_scaled's ERANGE), never wrapped.
+    let v: UInt64
+    switch ScaledSize.scan(s) {
+    case .success(let x) where x <= UInt64(Int64.max): v = x
+    case .success, .failure(.outOfRange): throw ValidationError("invalid \(type) size: \(s): too large")
+    case .failure(.invalid): throw ValidationError("invalid \(type) size: \(s)")
     }
     guard v >= 1 << 20 else { throw ValidationError("\(type) size must be at least 1MB") }
     let rounded = v & ~UInt64((1 << 20) - 1)

@@ -22,6 +22,13 @@ import Testing
         #expect(ScaledSize.parse("12X") == nil)
         #expect(ScaledSize.parse("") == nil)
         #expect(ScaledSize.parse("99999999999E") == nil)
+        // scan_scaled's EINVAL vs ERANGE: malformed text vs a number too large for 64 bits.
+        #expect(ScaledSize.scan("99999999999E") == .failure(.outOfRange))
+        #expect(ScaledSize.scan("123456789012345678901") == .failure(.outOfRange))
+        #expect(ScaledSize.scan("1.5") == .failure(.invalid))
+        #expect(ScaledSize.scan("1.G") == .failure(.invalid))
+        #expect(ScaledSize.scan("12X") == .failure(.invalid))
+        #expect(ScaledSize.scan("4.5G") == .success(9 << 29))
         #expect(ScaledSize.format(3 << 29) == "1536M")
         #expect(ScaledSize.format(1 << 30) == "1G")
     }

@@ -63,6 +63,9 @@ import Testing
         let huge = try vmctl("start", "-m", "9999999999999999G", "x")
         #expect(huge.status == 1 && huge.stderr == "vmctl: invalid memory size: 9999999999999999G: too large\n",
                 "\(huge.stderr)")
+        // A fraction without a unit is malformed, not too large.
+        let fraction = try vmctl("start", "-m", "1.5", "x")
+        #expect(fraction.status == 1 && fraction.stderr == "vmctl: invalid memory size: 1.5\n", "\(fraction.stderr)")
         let r = try run(Binaries.vmctl, Self.noVMD + ["start", "-m", "1536K", "x"])
         #expect(r.stderr.hasPrefix("vmctl: memory size rounded to 1.0M\n"), "\(r.stderr)")
     }
