@@ -154,20 +154,10 @@ extension X86CPU {
             let x = asD(a), y = asD(s); var o = W8()
             for i in 0..<8 { o[i] = UInt16(clamping: Int32(bitPattern: i < 4 ? x[i] : y[i - 4])) }
             return fromW(o)
-        case 0x238, 0x23C:  // PMINSB, PMAXSB
-            let x = asB(a), y = asB(s); var o = B16()
-            for i in 0..<16 {
-                let p = Int8(bitPattern: x[i]), q = Int8(bitPattern: y[i])
-                o[i] = UInt8(bitPattern: op == 0x238 ? min(p, q) : max(p, q))
-            }
-            return fromB(o)
-        case 0x239, 0x23D:  // PMINSD, PMAXSD
-            let x = asD(a), y = asD(s); var o = D4()
-            for i in 0..<4 {
-                let p = Int32(bitPattern: x[i]), q = Int32(bitPattern: y[i])
-                o[i] = UInt32(bitPattern: op == 0x239 ? min(p, q) : max(p, q))
-            }
-            return fromD(o)
+        case 0x238: return fromB(signedMinMax(asB(a), asB(s), Int8.self, max: false))  // PMINSB
+        case 0x23C: return fromB(signedMinMax(asB(a), asB(s), Int8.self, max: true))   // PMAXSB
+        case 0x239: return fromD(signedMinMax(asD(a), asD(s), Int32.self, max: false)) // PMINSD
+        case 0x23D: return fromD(signedMinMax(asD(a), asD(s), Int32.self, max: true))  // PMAXSD
         case 0x23A: return fromW(pointwiseMin(asW(a), asW(s)))
         case 0x23E: return fromW(pointwiseMax(asW(a), asW(s)))
         case 0x23B: return fromD(pointwiseMin(asD(a), asD(s)))
@@ -190,5 +180,16 @@ extension X86CPU {
         default:
             return a
         }
+    }
+
+    /// Lane-wise signed minimum or maximum of unsigned-typed lanes.
+    static func signedMinMax<V: SIMD, S: FixedWidthInteger & SignedInteger>(_ x: V, _ y: V, _: S.Type, max: Bool) -> V
+        where V.Scalar: FixedWidthInteger {
+        var o = x
+        for i in x.indices {
+            let p = S(truncatingIfNeeded: x[i]), q = S(truncatingIfNeeded: y[i])
+            o[i] = V.Scalar(truncatingIfNeeded: max ? Swift.max(p, q) : Swift.min(p, q))
+        }
+        return o
     }
 }

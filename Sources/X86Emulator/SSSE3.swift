@@ -68,27 +68,9 @@ extension X86CPU {
                 o[i] = satS16(p0 + p1)
             }
             return fromW(o)
-        case 0x08:  // PSIGNB
-            let x = asB(a), y = asB(s); var o = B16()
-            for i in 0..<width {
-                let c = Int8(bitPattern: y[i])
-                o[i] = c < 0 ? 0 &- x[i] : (c == 0 ? 0 : x[i])
-            }
-            return fromB(o)
-        case 0x09:  // PSIGNW
-            let x = asW(a), y = asW(s); var o = W8()
-            for i in 0..<(width / 2) {
-                let c = Int16(bitPattern: y[i])
-                o[i] = c < 0 ? 0 &- x[i] : (c == 0 ? 0 : x[i])
-            }
-            return fromW(o)
-        case 0x0A:  // PSIGND
-            let x = asD(a), y = asD(s); var o = D4()
-            for i in 0..<(width / 4) {
-                let c = Int32(bitPattern: y[i])
-                o[i] = c < 0 ? 0 &- x[i] : (c == 0 ? 0 : x[i])
-            }
-            return fromD(o)
+        case 0x08: return fromB(signLanes(asB(a), asB(s), count: width))      // PSIGNB
+        case 0x09: return fromW(signLanes(asW(a), asW(s), count: width / 2))  // PSIGNW
+        case 0x0A: return fromD(signLanes(asD(a), asD(s), count: width / 4))  // PSIGND
         case 0x0B:  // PMULHRSW
             let x = asW(a), y = asW(s); var o = W8()
             for i in 0..<(width / 2) {
@@ -116,5 +98,16 @@ extension X86CPU {
             }
             return fromB(o)
         }
+    }
+
+    /// PSIGN: each lane of `x` negated, zeroed or kept as the lane of `y` is negative,
+    /// zero or positive (the first `count` lanes; the rest zero).
+    static func signLanes<V: SIMD>(_ x: V, _ y: V, count: Int) -> V where V.Scalar: FixedWidthInteger & UnsignedInteger {
+        var o = V()
+        for i in 0..<count {
+            let c = y[i]
+            o[i] = c >> (V.Scalar.bitWidth - 1) != 0 ? 0 &- x[i] : (c == 0 ? 0 : x[i])
+        }
+        return o
     }
 }
