@@ -55,6 +55,9 @@ public struct MachineConfig: Sendable {
     public var cdromPath: String? = nil
     /// The device the firmware boots first (nil: the disks, then the CD-ROM).
     public var bootDevice: BootDevice? = nil
+    /// A virtio-vsock device with its hybrid unix-socket backend (`--vsock`, slot 13):
+    /// VsockHost.swift.
+    public var vsock: VsockConfig? = nil
 
     /// True when there is no kernel: the firmware boots a disk or the CD-ROM.
     public var bootsFirmware: Bool { kernelPath.isEmpty }
