@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Control
 import Devices
 import KVM
 import Logging
@@ -116,61 +117,8 @@ final class UnixVsockBackend: VsockHostBackend {
     init(path: String) { self.path = path }
 
     func connect(port: UInt32) -> (any VsockHostStream)? {
-        guard let fd = try? UnixSocketAddress.connect("\(path)_\(port)") else { return nil }
+        guard let fd = try? UnixSocket.connect(path: "\(path)_\(port)") else { return nil }
         return UnixVsockStream(fd: fd)
-    }
-}
-
-/// sockaddr_un helpers.
-enum UnixSocketAddress {
-    static func withAddress<T>(_ path: String, _ body: (UnsafePointer<sockaddr>, socklen_t) -> T) throws -> T {
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
-            throw VsockConfigError.socket(path: path, reason: "the path is too long for a unix socket")
-        }
-        withUnsafeMutableBytes(of: &addr.sun_path) { dst in
-            for (i, b) in bytes.enumerated() { dst[i] = b }
-        }
-        // SAFETY: sockaddr_un is layout-compatible with sockaddr for the socket calls.
-        return withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-    }
-
-    /// A blocking connect to `path` (a local socket answers at once or refuses).
-    static func connect(_ path: String) throws -> Int32 {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw VsockConfigError.socket(path: path, reason: String(cString: strerror(errno))) }
-        let rc = try withAddress(path) { Glibc.connect(fd, $0, $1) }
-        guard rc == 0 else {
-            let e = errno
-            _ = close(fd)
-            throw VsockConfigError.socket(path: path, reason: String(cString: strerror(e)))
-        }
-        return fd
-    }
-
-    /// A listening socket at `path`; a stale socket file there is replaced, any other file
-    /// is an error.
-    static func listen(_ path: String) throws -> Int32 {
-        var st = stat()
-        if lstat(path, &st) == 0 {
-            guard st.st_mode & S_IFMT == S_IFSOCK else {
-                throw VsockConfigError.socket(path: path, reason: "exists and is not a socket")
-            }
-            unlink(path)
-        }
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
-        guard fd >= 0 else { throw VsockConfigError.socket(path: path, reason: String(cString: strerror(errno))) }
-        let rc = try withAddress(path) { bind(fd, $0, $1) }
-        guard rc == 0, Glibc.listen(fd, 64) == 0 else {
-            let e = errno
-            _ = close(fd)
-            throw VsockConfigError.socket(path: path, reason: String(cString: strerror(e)))
-        }
-        return fd
     }
 }
 
@@ -205,7 +153,13 @@ public final class VsockHostPump: @unchecked Sendable {
         } catch {
             throw VMMError.machine("cannot create the vsock thread's eventfd: \(error)")
         }
-        listener = try UnixSocketAddress.listen(path)
+        try VsockConfig(guestCID: model.guestCID, path: path).checkHostPath()
+        do {
+            listener = try UnixSocket.listen(path: path, mode: 0o600)
+        } catch {
+            throw VsockConfigError.socket(path: path, reason: "\(error)")
+        }
+        _ = fcntl(listener, F_SETFL, fcntl(listener, F_GETFL) | O_NONBLOCK)
         model.onHostWork = { [wake] in wake.signal() }
     }
 
@@ -269,9 +223,7 @@ public final class VsockHostPump: @unchecked Sendable {
 
     private func acceptAll() {
         for _ in 0..<Self.maximumHandshakes {
-            let fd = accept(listener, nil, nil)
-            guard fd >= 0 else { return }
-            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+            guard let fd = try? UnixSocket.accept(listener) else { return }   // EAGAIN: none left
             _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
             if handshakes.count >= Self.maximumHandshakes {
                 _ = close(handshakes.removeFirst().fd)

@@ -1,3 +1,4 @@
+import Control
 import Foundation
 import Testing
 
@@ -76,14 +77,7 @@ import Testing
             _ = "HELLO-FROM-HOST\n".withCString { send(g, $0, 16, Int32(MSG_NOSIGNAL)) }
             close(g)
             // 2. We connect to the guest's port 1234 and it echoes what we send.
-            let s = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-            var addr = sockaddr_un()
-            addr.sun_family = sa_family_t(AF_UNIX)
-            withUnsafeMutableBytes(of: &addr.sun_path) { dst in for (i, c) in path.utf8.enumerated() { dst[i] = c } }
-            let rc = withUnsafePointer(to: &addr) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(s, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-            }
-            guard rc == 0 else { note("connect \(path): \(String(cString: strerror(errno)))"); close(s); return }
+            guard let s = try? UnixSocket.connect(path: path) else { note("connect \(path): \(String(cString: strerror(errno)))"); return }
             defer { close(s) }
             _ = "CONNECT 1234\n".withCString { send(s, $0, 13, Int32(MSG_NOSIGNAL)) }
             okLine = readLine(s) ?? ""
@@ -112,25 +106,13 @@ import Testing
         }
     }
 
-    static func listen(_ path: String) -> Int32 {
-        let s = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &addr.sun_path) { dst in for (i, c) in path.utf8.enumerated() { dst[i] = c } }
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(s, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        return rc == 0 && Glibc.listen(s, 4) == 0 ? s : -1
-    }
-
     @Test(.enabled(if: VsockGuestTests.problem == nil, "needs the vsock guest (guests/debian/build.sh --variant vsock)"))
     func linuxGuestRoundTripBothWays() throws {
         let dir = "/tmp/vsk-\(getpid())"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let path = "\(dir)/v.sock"
-        let listener = Self.listen(path + "_5000")
-        #expect(listener >= 0)
+        let listener = try UnixSocket.listen(path: path + "_5000")
         defer { close(listener) }
         var rng = SystemRandomNumberGenerator()
         let payload = (0..<(48 * 1024)).map { _ in UInt8.random(in: 0...255, using: &rng) }

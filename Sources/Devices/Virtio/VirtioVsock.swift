@@ -337,17 +337,9 @@ public final class VirtioVsock: VirtioDeviceModel, VirtioBackendAttachable, @unc
     // MARK: rx: host → guest
 
     private func receive(queue: inout SplitVirtqueue, memory: GuestMemory) throws {
-        // Control packets first, at most a queue's worth per call.
+        // Control packets first, at most a queue's worth of packets per call.
         var budget = Int(queue.size)
-        while !control.isEmpty, budget > 0, try queue.pendingCount(memory: memory) > 0 {
-            budget -= 1
-            guard try queue.pop(into: &chain, memory: memory) else { return }
-            try requireHeaderRoom()
-            try chain.writeBytes(control[0].bytes, offset: 0, memory: memory)
-            control.removeFirst()
-            try queue.push(head: chain.head, written: UInt32(VsockHeader.size), memory: memory)
-        }
-        guard control.isEmpty else { return }
+        guard try sendControlPackets(queue: &queue, memory: memory, budget: &budget) else { return }
         // Then data, one packet per connection per round.
         var progress = true
         while progress, budget > 0 {
@@ -373,16 +365,23 @@ public final class VirtioVsock: VirtioDeviceModel, VirtioBackendAttachable, @unc
                 progress = true
             }
             // Control packets made while reading (a SHUTDOWN at end of stream) go out now.
-            while !control.isEmpty, budget > 0, try queue.pendingCount(memory: memory) > 0 {
-                budget -= 1
-                guard try queue.pop(into: &chain, memory: memory) else { return }
-                try requireHeaderRoom()
-                try chain.writeBytes(control[0].bytes, offset: 0, memory: memory)
-                control.removeFirst()
-                try queue.push(head: chain.head, written: UInt32(VsockHeader.size), memory: memory)
-                progress = true
-            }
+            let before = control.count
+            guard try sendControlPackets(queue: &queue, memory: memory, budget: &budget) else { return }
+            if control.count != before { progress = true }
         }
+    }
+
+    /// Places waiting control packets in receive buffers; true when none is left waiting.
+    private func sendControlPackets(queue: inout SplitVirtqueue, memory: GuestMemory, budget: inout Int) throws -> Bool {
+        while !control.isEmpty, budget > 0, try queue.pendingCount(memory: memory) > 0 {
+            budget -= 1
+            guard try queue.pop(into: &chain, memory: memory) else { break }
+            try requireHeaderRoom()
+            try chain.writeBytes(control[0].bytes, offset: 0, memory: memory)
+            control.removeFirst()
+            try queue.push(head: chain.head, written: UInt32(VsockHeader.size), memory: memory)
+        }
+        return control.isEmpty
     }
 
     /// A receive buffer must hold at least a header (Linux posts 44 + 4096 bytes).
