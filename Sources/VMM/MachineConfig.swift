@@ -56,6 +56,9 @@ public struct MachineConfig: Sendable {
     public var cdromPath: String? = nil
     /// The device the firmware boots first (nil: the disks, then the CD-ROM).
     public var bootDevice: BootDevice? = nil
+    /// A virtio-vsock device with its hybrid unix-socket backend (`--vsock`, slot 13):
+    /// VsockHost.swift.
+    public var vsock: VsockConfig? = nil
     /// The software CPU's instruction-set level (`--cpu-level`; nil: `X86CPULevel.default`).
     /// KVM ignores it (the guest sees KVM's CPUID).
     public var cpuLevel: X86CPULevel? = nil
