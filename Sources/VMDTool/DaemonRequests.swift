@@ -106,6 +106,8 @@ extension Daemon {
         switch found {
         case .failure(let f): return (.failure(f), [])
         case .success(let e):
+            // (-v) Says when a client waits: the tests' event that the wait has begun.
+            state.withLock { _ in log.debug("uid \(c.uid) waits for vm \(e.id) to stop") }
             return state.wait { _ in e.state == .stopped ? (.vm(status(e)), []) : nil }
         }
     }

@@ -217,7 +217,7 @@ let twoVMs = """
     }
 
     @Test func guestShutdownEndsWaitAndCrashesAreNamed() throws {
-        let d = try TestDaemon(config: twoVMs)
+        let d = try TestDaemon(config: twoVMs, extraArgs: ["-v"])
         defer { d.stop() }
         _ = try d.waitForStatus { row($0, "web")?[7] == "running" }
         let waiter = Process()
@@ -227,8 +227,13 @@ let twoVMs = """
         waiter.standardOutput = wout
         try waiter.run()
         let wcollect = OutputCollector(wout.fileHandleForReading)
-        usleep(200_000)
+        // The event: vmd (-v) says the client's wait has begun; the VM still runs, so the
+        // waiter must still be waiting, with nothing printed.
+        let deadline = Date().addingTimeInterval(10)
+        while !d.log.snapshot().contains("waits for vm 1 to stop") && Date() < deadline { usleep(20_000) }
+        #expect(d.log.snapshot().contains("waits for vm 1 to stop"), "\(d.log.snapshot())")
         #expect(waiter.isRunning, "wait blocks while the VM runs")
+        #expect(wcollect.snapshot().isEmpty)
         try d.vmctl("console", "web", stdin: "poweroff\r")
         waiter.waitUntilExit()
         #expect(wcollect.text() == "vmctl: vm web stopped: exited normally\n")
