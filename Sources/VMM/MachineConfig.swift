@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import GuestMemory
+import X86Emulator
 
 /// Which CPU backend runs the guest.
 public enum Accelerator: String, CaseIterable, Sendable, Codable {
@@ -55,6 +56,12 @@ public struct MachineConfig: Sendable {
     public var cdromPath: String? = nil
     /// The device the firmware boots first (nil: the disks, then the CD-ROM).
     public var bootDevice: BootDevice? = nil
+    /// A virtio-vsock device with its hybrid unix-socket backend (`--vsock`, slot 13):
+    /// VsockHost.swift.
+    public var vsock: VsockConfig? = nil
+    /// The software CPU's instruction-set level (`--cpu-level`; nil: `X86CPULevel.default`).
+    /// KVM ignores it (the guest sees KVM's CPUID).
+    public var cpuLevel: X86CPULevel? = nil
 
     /// True when there is no kernel: the firmware boots a disk or the CD-ROM.
     public var bootsFirmware: Bool { kernelPath.isEmpty }

@@ -4,9 +4,11 @@ import Glibc
 import ArgumentParser
 import Logging
 import VMM
+import X86Emulator
 
 extension Accelerator: ExpressibleByArgument {}
 extension BootDevice: ExpressibleByArgument {}
+extension X86CPULevel: ExpressibleByArgument {}
 
 /// `vmm`: runs exactly one VM in the foreground with its serial console on this terminal.
 /// It is also what vmd starts for each VM.
@@ -56,10 +58,20 @@ struct VMMCommand: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("CPU backend: kvm, emulator or auto.", valueName: "kvm|emulator|auto"))
     var accel: Accelerator = .auto
 
+    @Option(name: .customLong("cpu-level"), help: ArgumentHelp(
+        "The software CPU's instruction-set level: baseline (x86-64: SSE2) or v2 (x86-64-v2: + SSE3, SSSE3, SSE4.1, SSE4.2, POPCNT, CMPXCHG16B, LAHF/SAHF). KVM ignores it.",
+        valueName: "baseline|v2"))
+    var cpuLevel: X86CPULevel?
+
     @Option(name: [.customShort("n"), .long], help: ArgumentHelp(
         "A virtio-net interface (repeatable, up to 4): tap (next free tapN), tap:NAME, or fd:N (an open tap descriptor), optionally followed by ,mac=xx:xx:xx:xx:xx:xx and ,locked (drop guest frames from another MAC).",
         valueName: "tap[:name]|fd:n[,mac=addr][,locked]"))
     var net: [String] = []
+
+    @Option(name: .long, help: ArgumentHelp(
+        "A virtio-vsock device: the guest's CID (3-4294967294) and a host unix socket path. Host programs connect to PATH and send \"CONNECT <port>\\n\" (answer \"OK <hostport>\\n\"); guest connections to host port P go to PATH_P.",
+        valueName: "cid,path"))
+    var vsock: String?
 
     /// The machine description these flags give (no file is touched).
     func machineConfig(console: ConsoleSink = .standardIO) throws -> MachineConfig {
@@ -69,6 +81,7 @@ struct VMMCommand: ParsableCommand {
         config.cdromPath = cdrom
         config.bootDevice = bootDevice
         config.firmwarePath = firmware
+        config.cpuLevel = cpuLevel
         if kernel == nil {
             if initrd != nil || cmdline != nil {
                 throw VMMError.unsupported("an initrd (-i) or command line (-p) needs a kernel (-k)")
@@ -80,6 +93,7 @@ struct VMMCommand: ParsableCommand {
         guard config.networkInterfaces.count <= 4 else {
             throw NetworkConfigError.tooManyInterfaces(config.networkInterfaces.count, maximum: 4)
         }
+        config.vsock = try vsock.map { try VsockConfig(parsing: $0) }
         try config.validateSettings()
         return config
     }

@@ -38,7 +38,7 @@ extension X86CPU {
         case 0x08, 0x09:
             if cpl != 0 { throw gpFault() }
         case 0x0B, 0xB9, 0xFF: throw udFault()
-        case 0x0D, 0x18...0x1F:
+        case 0x0D, 0x18, 0x19, 0x1A, 0x1B, 0x1C, 0x1D, 0x1E, 0x1F:
             // prefetch hints and multi-byte NOPs
             break
         case 0x20, 0x22:
@@ -76,16 +76,16 @@ extension X86CPU {
         case 0x33: throw gpFault()
         case 0x34: try sysenter()
         case 0x35: try sysexit()
-        case 0x40...0x4F:
+        case 0x40, 0x41, 0x42, 0x43, 0x44, 0x45, 0x46, 0x47, 0x48, 0x49, 0x4A, 0x4B, 0x4C, 0x4D, 0x4E, 0x4F:
             let v = try readRM(d.opSize)
             if condition(b & 0xF) { setReg(d.reg, d.opSize, v) }
             else if d.opSize == 4 { r[d.reg] &= 0xFFFF_FFFF }
-        case 0x80...0x8F:
+        case 0x80, 0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8A, 0x8B, 0x8C, 0x8D, 0x8E, 0x8F:
             if condition(b & 0xF) {
                 let rel = d.opSize == 2 ? signExtend(d.imm, 2) : signExtend(d.imm, 4)
                 branch(nextRIP &+ rel)
             }
-        case 0x90...0x9F:
+        case 0x90, 0x91, 0x92, 0x93, 0x94, 0x95, 0x96, 0x97, 0x98, 0x99, 0x9A, 0x9B, 0x9C, 0x9D, 0x9E, 0x9F:
             try writeRM(1, condition(b & 0xF) ? 1 : 0)
         case 0xA0, 0xA8:
             let s = stackOpSize
@@ -177,7 +177,7 @@ extension X86CPU {
             if d.mod == 3 { throw udFault() }
             try writeRM(d.opSize, reg(d.reg, d.opSize))
         case 0xC7: try group9()
-        case 0xC8...0xCF:
+        case 0xC8, 0xC9, 0xCA, 0xCB, 0xCC, 0xCD, 0xCE, 0xCF:
             let i = (b & 7) | (d.rexB ? 8 : 0)
             if d.opSize == 8 { r[i] = r[i].byteSwapped }
             else if d.opSize == 4 { r[i] = UInt64(UInt32(truncatingIfNeeded: r[i]).byteSwapped) }
@@ -503,8 +503,8 @@ public enum CPUIDTable {
         case 0x8000_0000:
             return (0x8000_0008, 0, 0, 0)
         case 0x8000_0001:
-            // ECX: LAHF/SAHF in 64-bit mode. EDX: SYSCALL, NX, LM.
-            return (0, 0, 1, (1 << 11) | (1 << 20) | (1 << 29))
+            // ECX: the level's (LAHF/SAHF in 64-bit mode at v2). EDX: SYSCALL, NX, LM.
+            return (0, 0, level.extLeaf1ECX, (1 << 11) | (1 << 20) | (1 << 29))
         case 0x8000_0002, 0x8000_0003, 0x8000_0004:
             let name = Array("swiftvmm software x86-64 CPU".utf8) + [UInt8](repeating: 0, count: 48)
             let base = Int(leaf - 0x8000_0002) * 16

@@ -46,7 +46,7 @@ enum LazyOp: UInt8 {
     /// `lfRes` holds the six arithmetic flag bits directly.
     case eager
     case add, adc, sub, sbb, logic
-    /// inc/dec keep the previous CF in `lfB`.
+    /// inc/dec leave CF alone (it stays in `lfCF`).
     case inc, dec
 }
 
@@ -112,12 +112,19 @@ public final class X86CPU {
     var nextRIP: UInt64 = 0
 
     // Flags: non-arithmetic bits live in `rflagsRest`, arithmetic ones are lazy.
-    var rflagsRest: UInt64 = 0x2
+    var rflagsRest: UInt64 = 0x2 {
+        // IF 0 -> 1 may make a pending interrupt deliverable.
+        didSet { if rflagsRest & ~oldValue & Flag.if != 0 { apic.noteAttention() } }
+    }
     var lfOp: LazyOp = .eager
     var lfRes: UInt64 = 0
     var lfA: UInt64 = 0
     var lfB: UInt64 = 0
     var lfSize: Int = 4
+    /// CF, materialised whenever the lazy state is set (so ADC/SBB/INC/DEC/RCL/RCR and
+    /// Jcc/SETcc/CMOVcc on CF read one stored field instead of switching over `lfOp`).
+    /// Invariant: equals what `lfOp`/operands would give; for `.eager` it is `lfRes` bit 0.
+    var lfCF = false
 
     /// Segment registers ES, CS, SS, DS, FS, GS with their descriptor caches.
     let seg: UnsafeMutablePointer<X86Segment>
@@ -167,32 +174,33 @@ public final class X86CPU {
 
     // Interrupts
     var interruptShadow = false
-    public internal(set) var halted = false
+    public internal(set) var halted = false { didSet { if halted { apic.noteAttention() } } }
     /// Set when the CPU shut down: the reason names RIP.
-    public internal(set) var shutdownReason: String?
+    public internal(set) var shutdownReason: String? { didSet { if shutdownReason != nil { apic.noteAttention() } } }
     public let apic: LocalAPIC
     /// Where ExtINT (PIC) vectors come from; set by the VMM (nil: no PIC).
     public var extInt: (any ExternalInterruptSource)? { didSet { extINTPending = true } }
 
     // Exits
-    var pendingExits: [PendingExit] = [] { didSet { exitCount = pendingExits.count } }
-    /// `pendingExits.count`, kept in a stored field: the per-instruction checks in `step()`
-    /// and `run(budget:)` read it (Array's `count` getter was not inlined: ~7 host
-    /// instructions per guest instruction).
+    var pendingExits: [PendingExit] = [] {
+        didSet {
+            exitCount = pendingExits.count
+            if exitCount != 0 { apic.noteAttention() }
+        }
+    }
+    /// `pendingExits.count`, kept in a stored field: `step()` reads it per instruction
+    /// (Array's `count` getter was not inlined: ~7 host instructions per guest instruction).
     var exitCount = 0
     /// Physical address of the last TLB miss that hit a non-RAM page.
     var mmioPhysical: UInt64 = 0
-    /// Set when something outside the instruction stream wants the run loop's attention
-    /// (an interrupt became deliverable, a kick): long string instructions yield.
-    var attention = false
     /// Several vCPUs take turns (ExecutionTurnstile): PAUSE asks the run loop to end the
     /// slice (`yieldRequested`, honoured right after the PAUSE).
     var yieldOnPause = false
-    var yieldRequested = false
-    /// Set from any thread by `EmulatorVCPU.kick()`; polled every few thousand instructions.
+    var yieldRequested = false { didSet { if yieldRequested { apic.noteAttention() } } }
+    /// Set from any thread by `EmulatorVCPU.kick()` (which also raises the attention word).
     let kickRequested = Atomic<Bool>(false)
-    var nmiPending = false
-    var extINTPending = true
+    var nmiPending = false { didSet { if nmiPending { apic.noteAttention() } } }
+    var extINTPending = true { didSet { if extINTPending { apic.noteAttention() } } }
     var initPending = false
     var sipiPending: UInt8? = nil
     /// Values the VMM supplied for the instruction being re-executed after an exit.
@@ -260,7 +268,7 @@ public final class X86CPU {
         for i in 0..<16 { r[i] = 0 }
         r[2] = 0x600  // EDX: family/model/stepping
         rip = 0xFFF0
-        rflagsRest = 0x2; lfOp = .eager; lfRes = 0
+        rflagsRest = 0x2; lfOp = .eager; lfRes = 0; lfCF = false
         for i in 0..<6 { seg[i] = X86Segment.realMode(selector: 0) }
         seg[SReg.cs] = X86Segment(base: 0xFFFF_0000, limit: 0xFFFF, selector: 0xF000, type: 0xB, db: false, l: false, g: false)
         tr = X86Segment(base: 0, limit: 0xFFFF, selector: 0, type: 0xB, db: false, s: false, l: false, g: false)
@@ -303,13 +311,19 @@ public final class X86CPU {
 
     // MARK: flags
 
-    @inline(__always) func setLazy(_ op: LazyOp, _ a: UInt64, _ b: UInt64, _ res: UInt64, _ size: Int) {
-        lfOp = op; lfA = a; lfB = b; lfRes = res; lfSize = size
+    /// Records a lazy flag-setting operation; `cf` is its carry (stored, see `lfCF`).
+    @inline(__always) func setLazy(_ op: LazyOp, _ a: UInt64, _ b: UInt64, _ res: UInt64, _ size: Int, cf: Bool) {
+        lfOp = op; lfA = a; lfB = b; lfRes = res; lfSize = size; lfCF = cf
+    }
+
+    /// INC/DEC: the lazy state of the result, CF unchanged (it stays in `lfCF`).
+    @inline(__always) func setLazyKeepingCF(_ op: LazyOp, _ a: UInt64, _ res: UInt64, _ size: Int) {
+        lfOp = op; lfA = a; lfB = 0; lfRes = res; lfSize = size
     }
 
     /// Sets the arithmetic flags explicitly.
     @inline(__always) func setEager(_ bits: UInt64) {
-        lfOp = .eager; lfRes = bits & Flag.arith
+        lfOp = .eager; lfRes = bits & Flag.arith; lfCF = bits & Flag.cf != 0
     }
 
     /// Arithmetic flags for a result whose CF/OF are known (shifts, multiplies).
@@ -322,21 +336,11 @@ public final class X86CPU {
         if m == 0 { f |= Flag.zf }
         if m & signBit(size) != 0 { f |= Flag.sf }
         if parityEven(m) { f |= Flag.pf }
-        lfOp = .eager; lfRes = f
+        lfOp = .eager; lfRes = f; lfCF = cf
     }
 
     var cf: Bool {
-        @inline(__always) get {
-            switch lfOp {
-            case .eager: return lfRes & 1 != 0
-            case .add: return lfRes < lfA
-            case .adc: return lfRes <= lfA
-            case .sub: return lfA < lfB
-            case .sbb: return lfA <= lfB
-            case .logic: return false
-            case .inc, .dec: return lfB != 0
-            }
-        }
+        @inline(__always) get { lfCF }
     }
 
     var zf: Bool {
