@@ -24,6 +24,13 @@ public final class QuiesceGate: @unchecked Sendable {
     private var inside = 0
     private var held: UInt64 = 0
     private var passes: UInt64 = 0
+    /// Bumped by every `open()`.
+    private var openings: UInt64 = 0
+    /// Arrivals waiting at the closed gate.
+    private var waiting = 0
+    /// Arrivals an `open()` released that have not gone in yet: the next `close()` lets
+    /// them through first, so quick pause/resume rounds cannot starve a device thread.
+    private var released = 0
 
     public init() {}
 
@@ -33,8 +40,11 @@ public final class QuiesceGate: @unchecked Sendable {
         control.withLock {
             if closed && !dissolved {
                 held &+= 1
+                waiting += 1
                 control.broadcast()
-                while closed && !dissolved { control.wait() }
+                let generation = openings
+                while closed && !dissolved && generation == openings { control.wait() }
+                if generation != openings { released -= 1 } else { waiting -= 1 }
             }
             inside += 1
             passes &+= 1
@@ -48,11 +58,12 @@ public final class QuiesceGate: @unchecked Sendable {
         return try body()
     }
 
-    /// Closes the gate and waits for the threads inside to leave.
+    /// Closes the gate and waits for the threads inside to leave (and for the ones the last
+    /// `open()` released to go in and leave).
     func close() {
         control.withLock {
             closed = true
-            while inside > 0 && !dissolved { control.wait() }
+            while (inside > 0 || released > 0) && !dissolved { control.wait() }
         }
     }
 
@@ -60,6 +71,9 @@ public final class QuiesceGate: @unchecked Sendable {
     func open() {
         control.withLock {
             closed = false
+            openings &+= 1
+            released += waiting
+            waiting = 0
             control.broadcast()
         }
     }

@@ -53,7 +53,11 @@ import VMM
             // The device timer (the guest's RTC ticks at 1024 Hz) arrives at the gate and waits.
             let held = machine.quiesceGate.waitForHeldArrivals(atLeast: heldBefore + 1, seconds: 20)
             let regsAfter = try machine.runner.onEachPausedVCPU { cpu in CPUState(try cpu.registers(), try cpu.specialRegisters()) }
-            if held > heldBefore && regsAfter == regs && ram.matches(machine.memory) { frozen += 1 }
+            let ramDiff = ram.firstDifference(machine.memory)
+            #expect(held > heldBefore, "no device thread was seen at the gate")
+            #expect(regsAfter == regs, "registers changed while paused")
+            #expect(ramDiff == nil, "guest RAM changed while paused at 0x\(String(ramDiff ?? 0, radix: 16))")
+            if held > heldBefore && regsAfter == regs && ramDiff == nil { frozen += 1 }
             machine.resume()
             if waitUntil({ (try? machine.memory.read(UInt64.self, at: page + 8)) ?? 0 > count }) { resumed += 1 }
         }
@@ -105,7 +109,7 @@ import VMM
         #expect(ftruncate(fd, 64 << 20) == 0)
         close(fd)
         let output = ConsoleCapture()
-        let machine = try Machine(config: MachineConfig(kernelPath: kernel, cmdline: "bench", memorySize: 64 << 20,
+        let machine = try Machine(config: MachineConfig(kernelPath: kernel, cmdline: "bench", memorySize: 32 << 20,
                                                         diskPaths: [disk], accelerator: accel, console: output.sink))
         try machine.start()
         var rounds = 0, frozen = 0
@@ -144,7 +148,30 @@ struct RAMImage {
 
     init(_ memory: GuestMemory) {
         // SAFETY: each region's host mapping is `size` bytes and lives as long as `memory`.
-        copies = memory.regions.map { Array(UnsafeRawBufferPointer(start: $0.host, count: $0.size)) }
+        copies = memory.regions.map { region in
+            [UInt8](unsafeUninitializedCapacity: region.size) { buf, count in
+                memcpy(buf.baseAddress!, region.host, region.size)
+                count = region.size
+            }
+        }
+    }
+
+    /// The guest-physical address of the first byte that differs, nil when none does.
+    func firstDifference(_ memory: GuestMemory) -> UInt64? {
+        for (copy, region) in zip(copies, memory.regions) {
+            // SAFETY: the region's host mapping is `size` bytes.
+            let now = UnsafeRawBufferPointer(start: region.host, count: region.size)
+            let diff: Int? = copy.withUnsafeBytes { old in
+                for page in stride(from: 0, to: region.size, by: 4096) {
+                    let n = min(4096, region.size - page)
+                    guard memcmp(old.baseAddress! + page, now.baseAddress! + page, n) != 0 else { continue }
+                    return (page..<page + n).first { old[$0] != now[$0] }
+                }
+                return nil
+            }
+            if let diff { return region.guestBase + UInt64(diff) }
+        }
+        return nil
     }
 
     func matches(_ memory: GuestMemory) -> Bool {

@@ -49,6 +49,21 @@ import Testing
         #expect(gate.completedPasses == 1)
     }
 
+    /// Quick pause/resume rounds must not starve a device thread: a close right after an
+    /// open first lets the arrivals that open released go through.
+    @Test func anOpenReleasesTheHeldArrivalsEvenIfTheGateClosesAtOnce() throws {
+        let gate = QuiesceGate()
+        gate.close()
+        let ran = Flag()
+        let arrival = try HostThread(name: "gate-arrival") { gate.pass { ran.set(true) } }
+        #expect(gate.waitForHeldArrivals(atLeast: 1, seconds: 10) == 1)
+        gate.open()
+        gate.close()
+        #expect(ran.value, "the released arrival did not get through before the next close")
+        arrival.join()
+        gate.open()
+    }
+
     @Test func dissolvingLetsWaitersThroughForGood() throws {
         let gate = QuiesceGate()
         gate.close()
