@@ -93,15 +93,16 @@ extension X86CPU {
     /// applied; bit j describes b's element j.
     static func stringCompare(_ a: V2, _ b: V2, la: Int, lb: Int, imm: Int) -> Int {
         let n = imm & 1 != 0 ? 8 : 16, signed = imm & 2 != 0
-        var ea = [Int](repeating: 0, count: 16), eb = [Int](repeating: 0, count: 16)
+        // Fixed-size lanes (no heap arrays: glibc's string functions run this per 16 bytes).
+        var ea = SIMD16<Int32>(), eb = SIMD16<Int32>()
         for i in 0..<n {
-            ea[i] = stringElement(a, i, n: n, signed: signed)
-            eb[i] = stringElement(b, i, n: n, signed: signed)
+            ea[i] = Int32(stringElement(a, i, n: n, signed: signed))
+            eb[i] = Int32(stringElement(b, i, n: n, signed: signed))
         }
         var r1 = 0
         switch (imm >> 2) & 3 {
         case 0:  // equal any: b[j] is one of a's valid elements
-            for j in 0..<lb where ea[0..<la].contains(eb[j]) { r1 |= 1 << j }
+            for j in 0..<lb where (0..<la).contains(where: { ea[$0] == eb[j] }) { r1 |= 1 << j }
         case 1:  // ranges: a holds (low, high) pairs
             for j in 0..<lb {
                 var i = 0
