@@ -70,6 +70,14 @@ public protocol VirtualCPU: AnyObject, Sendable {
     func run() throws -> VCPUExit
     /// Makes a running or about-to-run `run()` return `.interrupted` soon. Any thread.
     func kick()
+    /// Finishes the instruction the last `run()` exit left half done, without running any
+    /// further guest code, so that the registers and memory are at an instruction boundary
+    /// (call before reading state for a pause or a snapshot). After an I/O or MMIO exit
+    /// the instruction retires only on the next entry (KVM: KVM_RUN with immediate_exit
+    /// set; the software CPU: the instruction is replayed with the value the VMM stored).
+    /// Returns nil once nothing is pending, or one more exit the instruction needs (a
+    /// string or split access): handle it like any exit, then call again.
+    func completePendingExit() throws -> VCPUExit?
 }
 
 public extension VirtualCPU {

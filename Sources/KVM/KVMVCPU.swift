@@ -42,6 +42,9 @@ public final class KVMVCPU: VirtualCPU, @unchecked Sendable {
     private let runningThread = Mutex<pthread_t>(0)
     /// The last thread that called `run()`; only touched by the running thread.
     private var lastRunThread: pthread_t = 0
+    /// The last exit was an I/O or MMIO exit: KVM finishes the instruction (stores the read
+    /// value, advances RIP) only on the next KVM_RUN. Only touched by the running thread.
+    private var exitPending = false
 
     init(vm: KVMVirtualMachine, index: Int) throws {
         _ = kickHandlerInstalled
@@ -276,7 +279,35 @@ public final class KVMVCPU: VirtualCPU, @unchecked Sendable {
             }
             throw KVMError.ioctlFailed("KVM_RUN (vCPU \(index))", errno: err)
         }
-        return decodeExit()
+        return noteExit(decodeExit())
+    }
+
+    /// KVM_RUN with immediate_exit set: KVM completes the pending I/O or MMIO instruction
+    /// (complete_userspace_io) and returns EINTR before entering the guest; or the
+    /// instruction needs another exit (the next chunk of a string I/O, the second half of a
+    /// split MMIO access), which is returned. Resets immediate_exit afterwards; a kick
+    /// racing with this is not lost, since the runner checks its flags before each run.
+    public func completePendingExit() throws -> VCPUExit? {
+        guard exitPending else { return nil }
+        exitPending = false
+        ckvm_run_set_immediate_exit(kvmRun, 1)
+        let r = ioctl(fd, CKVM_RUN, 0)
+        let err = errno
+        ckvm_run_set_immediate_exit(kvmRun, 0)
+        if r < 0 {
+            if err == EINTR || err == EAGAIN { return nil }
+            throw KVMError.ioctlFailed("KVM_RUN (completing an exit on vCPU \(index))", errno: err)
+        }
+        return noteExit(decodeExit())
+    }
+
+    @inline(__always)
+    private func noteExit(_ exit: VCPUExit) -> VCPUExit {
+        switch exit {
+        case .io, .mmio: exitPending = true
+        default: exitPending = false
+        }
+        return exit
     }
 
     @inline(__always)

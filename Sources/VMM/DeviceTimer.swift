@@ -2,7 +2,8 @@ import Devices
 
 /// A thread that fires device timers (the RTC's periodic/update/alarm interrupts) at their
 /// deadlines, under the device lock. Deadlines are re-read after every `wake()` (call it
-/// after a guest write that may change them) and at least once a second.
+/// after a guest write that may change them) and at least once a second. Each look at the
+/// deadlines passes the machine's quiesce gate, so a paused machine's timers wait.
 final class DeviceTimer: @unchecked Sendable {
     private let control = ConditionLock()
     private var stopping = false
@@ -12,16 +13,18 @@ final class DeviceTimer: @unchecked Sendable {
     /// - deadline: the next deadline in `clock` monotonic nanoseconds (nil: none); called
     ///   with the device lock held.
     /// - fire: called with the device lock held once `deadline` has passed.
-    init(lock: DeviceLock, clock: DeviceClock, name: String,
+    init(lock: DeviceLock, gate: QuiesceGate, clock: DeviceClock, name: String,
          deadline: @escaping @Sendable () -> UInt64?, fire: @escaping @Sendable () -> Void) throws {
         thread = try HostThread(name: name) { [self] in
             while true {
-                let next = lock.withLock { () -> UInt64? in
-                    if let d = deadline(), d <= clock.monotonicNanoseconds() {
-                        fire()
+                let next = gate.pass {
+                    lock.withLock { () -> UInt64? in
+                        if let d = deadline(), d <= clock.monotonicNanoseconds() {
+                            fire()
+                            return deadline()
+                        }
                         return deadline()
                     }
-                    return deadline()
                 }
                 let now = clock.monotonicNanoseconds()
                 let wait = min(1.0, next.map { $0 > now ? Double($0 - now) / 1e9 : 0 } ?? 1.0)

@@ -23,6 +23,8 @@ public final class Machine: @unchecked Sendable {
     public let backend: any VirtualMachineBackend
     public let bus = IOBus()
     public let deviceLock = DeviceLock()
+    /// The device side of pause: every device thread's work passes it (QuiesceGate.swift).
+    public let quiesceGate = QuiesceGate()
     public let events = MachineEvents()
     public let console: Console
     public let devices: MachineDevices
@@ -120,16 +122,16 @@ public final class Machine: @unchecked Sendable {
                                        userspaceIRQChip: emulatorVM.map { _ in UserspaceIRQChip() },
                                        firmware: firmwareImage.map { _ in FirmwareConfig(memory: guestMemory) },
                                        firmwareLog: log.logLevel <= .debug ? { [log] in log.debug("firmware: \($0)") } : nil)
-        let fast = Machine.virtioFastPaths(backend: backend, log: log)
+        let fast = Machine.virtioFastPaths(backend: backend, gate: quiesceGate, log: log)
         msiRouter = fast.router
         virtioEventLoop = fast.loop
         virtio = try Machine.attachVirtio(config: config, host: devices.pciHost, memory: memory,
                                           interrupts: fast.router ?? backend.interrupts, console: console, log: log)
         fast.loop?.attach(virtio.all)
         networkPump = virtio.networks.isEmpty ? nil
-            : try VirtioNetPump(models: virtio.networkModels, devices: virtio.networks, log: log)
+            : try VirtioNetPump(models: virtio.networkModels, devices: virtio.networks, gate: quiesceGate, log: log)
         if let model = virtio.vsockModel, let device = virtio.vsock, let vsock = config.vsock {
-            vsockPump = try VsockHostPump(model: model, device: device, path: vsock.path, log: log)
+            vsockPump = try VsockHostPump(model: model, device: device, path: vsock.path, gate: quiesceGate, log: log)
             log.info("virtio-vsock: guest CID \(vsock.guestCID), host socket \(vsock.path)")
         } else {
             vsockPump = nil
@@ -214,10 +216,10 @@ public final class Machine: @unchecked Sendable {
         try virtioEventLoop?.start()
         try networkPump?.start()
         try vsockPump?.start()
-        let lock = deviceLock, devices = self.devices, events = self.events
+        let lock = deviceLock, gate = quiesceGate, devices = self.devices, events = self.events
         // MachineDevices is @unchecked Sendable: its chips are touched only under the lock.
         // The same thread polls the PIT when it is ours (software CPU).
-        let timer = try DeviceTimer(lock: lock, clock: .host, name: "rtc-timer",
+        let timer = try DeviceTimer(lock: lock, gate: gate, clock: .host, name: "rtc-timer",
                                     deadline: {
                                         let r = devices.rtc.nextDeadline(), p = devices.pit?.nextDeadline()
                                         guard let r else { return p }
@@ -231,15 +233,27 @@ public final class Machine: @unchecked Sendable {
         rtcTimer = timer
         devices.rtcWritten.action = { [weak timer] in timer?.wake() }
         try console.startInput(deliver: { bytes in
-            lock.withLock { devices.consoleInput(bytes) }
+            gate.pass { lock.withLock { devices.consoleInput(bytes) } }
         }, detach: {
             events.request(.stopped(reason: "console detached with Ctrl-]"))
         })
     }
 
-    /// Parks every vCPU; returns when all are parked.
-    public func pause() { runner.pause() }
-    public func resume() { runner.resume() }
+    /// The consistent stop: parks every vCPU with its pending I/O completed, then closes
+    /// the quiesce gate, so once this returns nothing touches guest memory or device state
+    /// until `resume()` (docs/snapshot.md, "Pausing"). Call pause/resume from one control
+    /// thread at a time.
+    public func pause() {
+        runner.pause()
+        quiesceGate.close()
+    }
+
+    /// Undoes `pause()`: device threads first, then the vCPUs.
+    public func resume() {
+        quiesceGate.open()
+        runner.resume()
+    }
+
     public var state: MachineRunner.State { runner.state }
 
     /// Presses the ACPI power button (PM1_STS PWRBTN_STS, SCI on IRQ 9 when the guest
@@ -263,6 +277,8 @@ public final class Machine: @unchecked Sendable {
     /// Waits for the machine to stop; returns how it ended. Stops the console input.
     public func wait() -> MachineOutcome {
         let outcome = runner.wait()
+        // Paused or not, the device threads must reach their exits to be joined.
+        quiesceGate.dissolve()
         console.close()
         rtcTimer?.stop()
         rtcTimer = nil

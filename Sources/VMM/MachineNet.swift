@@ -153,13 +153,16 @@ public final class VirtioNetPump: @unchecked Sendable {
     private let wakeups = Atomic<UInt64>(0)
     private var thread: HostThread?
     private let log: Logger
+    private let gate: QuiesceGate
 
     /// Times the thread found a backend readable (for tests and metrics).
     public var readableWakeups: UInt64 { wakeups.load(ordering: .relaxed) }
 
-    init(models: [VirtioNet], devices: [VirtioPCIDevice], log: Logger) throws {
+    /// - gate: the machine's quiesce gate; each round of moving frames passes it.
+    init(models: [VirtioNet], devices: [VirtioPCIDevice], gate: QuiesceGate, log: Logger) throws {
         self.models = models
         self.devices = devices
+        self.gate = gate
         self.log = log
         do {
             wake = try EventFD()
@@ -213,14 +216,16 @@ public final class VirtioNetPump: @unchecked Sendable {
             }
             var ready = Set<Int>()
             for (k, i) in which.enumerated() where fds[k + 1].revents != 0 { ready.insert(i) }
-            for i in ready.sorted() {
-                wakeups.add(1, ordering: .relaxed)
-                let model = models[i], device = devices[i]
-                let before = device.withLock(processing: nil) { model.framesTaken }
-                device.withLock(processing: VirtioNet.receiveQueue) {}
-                let after = device.withLock(processing: nil) { model.framesTaken }
-                // No frame taken although one waits: the device cannot take frames now.
-                if after == before { idle[i] = true }
+            gate.pass {
+                for i in ready.sorted() {
+                    wakeups.add(1, ordering: .relaxed)
+                    let model = models[i], device = devices[i]
+                    let before = device.withLock(processing: nil) { model.framesTaken }
+                    device.withLock(processing: VirtioNet.receiveQueue) {}
+                    let after = device.withLock(processing: nil) { model.framesTaken }
+                    // No frame taken although one waits: the device cannot take frames now.
+                    if after == before { idle[i] = true }
+                }
             }
         }
     }

@@ -23,8 +23,14 @@ public final class MachineRunner: @unchecked Sendable {
     // All below guarded by `control`.
     private var stopping = false
     private var pauseRequested = false
+    /// vCPUs parked by a pause (in `controlPoint`), their pending exits completed.
+    private var paused = 0
+    /// vCPUs waiting in `haltPoint`.
     private var parked = 0
     private var halted = 0
+    /// Work posted by `onEachPausedVCPU`, run by parked vCPUs on their own threads.
+    private var jobs: [Int: @Sendable () -> Void] = [:]
+    private var jobsLeft = 0
     private var exited = 0
     private var wakeGeneration: UInt64 = 0
     private var threads: [HostThread] = []
@@ -72,14 +78,49 @@ public final class MachineRunner: @unchecked Sendable {
     }
 
     /// Stops every vCPU and parks it; returns once all are parked (or the machine stopped).
+    /// A parked vCPU has completed the exit its last run left half done
+    /// (`VirtualCPU.completePendingExit`), so its registers are at an instruction boundary;
+    /// a halted vCPU leaves its halt wait to park the same way.
     public func pause() {
         control.withLock {
             pauseRequested = true
             flags.bitwiseOr(Self.pauseFlag, ordering: .releasing)
+            control.broadcast()
         }
         for cpu in vcpus { cpu.kick() }
         control.withLock {
-            while parked + exited < vcpus.count && !stopping { control.wait() }
+            while paused + exited < vcpus.count && !stopping { control.wait() }
+        }
+    }
+
+    /// Runs `body` on every vCPU's own thread while the machine is paused (KVM wants vCPU
+    /// ioctls from the thread that runs the vCPU) and returns the results in vCPU order.
+    /// Throws when the vCPUs are not all paused, or the machine stops meanwhile.
+    public func onEachPausedVCPU<T: Sendable>(_ body: @escaping @Sendable (any VirtualCPU) throws -> T) throws -> [T] {
+        let results = Mutex<[Int: Result<T, any Error>]>([:])
+        try control.withLock {
+            guard started, pauseRequested, !stopping, exited == 0, paused == vcpus.count, jobsLeft == 0 else {
+                throw VMMError.machine("the vCPUs are not all paused")
+            }
+            for (i, cpu) in vcpus.enumerated() {
+                jobs[i] = {
+                    let r = Result { try body(cpu) }
+                    results.withLock { $0[i] = r }
+                }
+            }
+            jobsLeft = vcpus.count
+            control.broadcast()
+            while jobsLeft > 0 && !stopping { control.wait() }
+            if jobsLeft > 0 {
+                jobs.removeAll()
+                jobsLeft = 0
+                throw VMMError.machine("the machine stopped while its vCPUs were being read")
+            }
+        }
+        let all = results.withLock { $0 }
+        return try vcpus.indices.map { i in
+            guard let r = all[i] else { throw VMMError.machine("vCPU \(i) did not run its work") }
+            return try r.get()
         }
     }
 
@@ -140,7 +181,7 @@ public final class MachineRunner: @unchecked Sendable {
             }
         }
         running: while true {
-            if flags.load(ordering: .acquiring) != 0 && !controlPoint() { break }
+            if flags.load(ordering: .acquiring) != 0 && !controlPoint(index) { break }
             let exit: VCPUExit
             do {
                 exit = try cpu.run()
@@ -164,18 +205,74 @@ public final class MachineRunner: @unchecked Sendable {
         }
     }
 
-    /// Parks while a pause is requested. Returns false when the vCPU must stop.
-    private func controlPoint() -> Bool {
-        control.withLock {
-            while true {
-                if stopping { return false }
-                guard pauseRequested else { return true }
-                parked += 1
-                control.broadcast()
-                while pauseRequested && !stopping { control.wait() }
-                parked -= 1
+    /// Upper bound on follow-up exits completing one instruction (a `rep ins` of a whole
+    /// buffer comes back a page at a time); past it the vCPU parks mid-instruction, which
+    /// string instructions allow.
+    static let maximumCompletionExits = 1 << 16
+
+    private enum ParkStep { case stop, run, job(@Sendable () -> Void), wait }
+
+    /// Parks while a pause is requested, running posted jobs (`onEachPausedVCPU`) on this
+    /// thread. Returns false when the vCPU must stop.
+    private func controlPoint(_ index: Int) -> Bool {
+        var completed = false
+        var counted = false
+        while true {
+            if !completed && flags.load(ordering: .acquiring) & Self.pauseFlag != 0 {
+                completed = true
+                if !completePendingExits(index) { return false }
+            }
+            let step: ParkStep = control.withLock {
+                if stopping || !pauseRequested {
+                    if counted { paused -= 1; counted = false }
+                    return stopping ? .stop : .run
+                }
+                guard completed else { return .wait }   // pause requested after the check above
+                if !counted {
+                    counted = true
+                    paused += 1
+                    control.broadcast()
+                }
+                while pauseRequested && !stopping && jobs[index] == nil { control.wait() }
+                if pauseRequested && !stopping, let job = jobs.removeValue(forKey: index) { return .job(job) }
+                return .wait
+            }
+            switch step {
+            case .stop: return false
+            case .run: return true
+            case .wait: continue
+            case let .job(job):
+                job()
+                control.withLock {
+                    jobsLeft -= 1
+                    control.broadcast()
+                }
             }
         }
+    }
+
+    /// Finishes the instruction the last exit left half done, handling any exits that
+    /// needs. Returns false when the vCPU must stop.
+    private func completePendingExits(_ index: Int) -> Bool {
+        let cpu = vcpus[index]
+        for _ in 0..<Self.maximumCompletionExits {
+            let exit: VCPUExit?
+            do {
+                exit = try cpu.completePendingExit()
+            } catch {
+                events.request(.error("vCPU \(index) cannot complete its last exit: \(error)"))
+                return false
+            }
+            guard let exit else { return true }
+            switch handler.handle(exit, vcpu: index) {
+            case .resume, .interrupted, .halted:
+                continue
+            case let .stop(outcome):
+                events.request(outcome)
+                return false
+            }
+        }
+        return true
     }
 
     /// Waits while halted. Returns false when the vCPU must stop.
@@ -189,7 +286,9 @@ public final class MachineRunner: @unchecked Sendable {
             parked += 1
             control.broadcast()
             let generation = wakeGeneration
-            while !stopping && generation == wakeGeneration { control.wait() }
+            // A pause takes the vCPU out of its halt to park in `controlPoint`; the next
+            // run() after the resume reports the halt again.
+            while !stopping && generation == wakeGeneration && !pauseRequested { control.wait() }
             parked -= 1
             halted -= 1
             return false

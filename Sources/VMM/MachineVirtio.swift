@@ -42,12 +42,12 @@ extension Machine {
     /// On KVM: the irqfd MSI router and the ioeventfd event loop (VirtioEventLoop.swift).
     /// Either is nil when the backend is not KVM or the loop cannot be created; the devices
     /// then use MMIO exits and `signalMSI`.
-    static func virtioFastPaths(backend: any VirtualMachineBackend,
+    static func virtioFastPaths(backend: any VirtualMachineBackend, gate: QuiesceGate,
                                 log: Logger) -> (router: MSIRouter?, loop: VirtioEventLoop?) {
         guard let vm = backend as? KVMVirtualMachine else { return (nil, nil) }
         let loop: VirtioEventLoop?
         do {
-            loop = try VirtioEventLoop(vm: vm, log: log)
+            loop = try VirtioEventLoop(vm: vm, log: log, gate: gate)
         } catch {
             log.warning("virtio notifies use MMIO exits: \(error)")
             loop = nil

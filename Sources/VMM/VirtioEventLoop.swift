@@ -37,6 +37,7 @@ public final class VirtioEventLoop: @unchecked Sendable {
 
     private let vm: KVMVirtualMachine
     private let log: Logger
+    private let gate: QuiesceGate
     /// Wakes the thread to stop or to pick up changed registrations.
     private let wakeFD: EventFD
     private let state = Mutex(State())
@@ -51,9 +52,12 @@ public final class VirtioEventLoop: @unchecked Sendable {
     /// How many ioeventfds are registered now.
     public var registeredNotifies: Int { state.withLock { $0.entries.count } }
 
-    public init(vm: KVMVirtualMachine, log: Logger) throws {
+    /// - gate: the machine's quiesce gate; each notify passes it (a paused machine's
+    ///   notifies wait in their eventfds).
+    public init(vm: KVMVirtualMachine, log: Logger, gate: QuiesceGate) throws {
         self.vm = vm
         self.log = log
+        self.gate = gate
         do {
             wakeFD = try EventFD()
         } catch {
@@ -154,7 +158,7 @@ public final class VirtioEventLoop: @unchecked Sendable {
                     guard let count = entry.eventfd.consume(), count > 0 else { continue }
                     notifyCount.add(1, ordering: .relaxed)
                     // Without this loop's lock: notify takes the device lock.
-                    entry.device.notify(queue: entry.queue)
+                    gate.pass { entry.device.notify(queue: entry.queue) }
                 }
                 if fds[0].revents != 0 {
                     _ = wakeFD.consume()

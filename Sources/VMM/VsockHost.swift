@@ -140,10 +140,13 @@ public final class VsockHostPump: @unchecked Sendable {
     private let running = Atomic<Bool>(false)
     private var thread: HostThread?
     private let log: Logger
+    private let gate: QuiesceGate
     /// Accepted host sockets still reading their CONNECT line (thread-owned).
     private var handshakes: [(fd: Int32, line: [UInt8])] = []
 
-    init(model: VirtioVsock, device: VirtioPCIDevice, path: String, log: Logger) throws {
+    /// - gate: the machine's quiesce gate; each round of device work passes it.
+    init(model: VirtioVsock, device: VirtioPCIDevice, path: String, gate: QuiesceGate, log: Logger) throws {
+        self.gate = gate
         self.model = model
         self.device = device
         self.path = path
@@ -187,7 +190,7 @@ public final class VsockHostPump: @unchecked Sendable {
 
     private func run() {
         while running.load(ordering: .acquiring) {
-            let entries = device.withLock(processing: nil) { model.pollEntries() }
+            let entries = gate.pass { device.withLock(processing: nil) { model.pollEntries() } }
             var fds = [pollfd(fd: wake.fd, events: Int16(POLLIN), revents: 0),
                        pollfd(fd: listener, events: Int16(POLLIN), revents: 0)]
             for h in handshakes { fds.append(pollfd(fd: h.fd, events: Int16(POLLIN), revents: 0)) }
@@ -213,11 +216,13 @@ public final class VsockHostPump: @unchecked Sendable {
                                             wantsInput: e.wantsInput && (r & Int16(POLLIN) != 0 || failed),
                                             wantsOutput: e.wantsOutput && (r & Int16(POLLOUT) != 0 || failed)))
             }
-            if !ready.isEmpty {
-                device.withLock(processing: VirtioVsock.receiveQueue) { model.streamsReady(ready) }
+            gate.pass {
+                if !ready.isEmpty {
+                    device.withLock(processing: VirtioVsock.receiveQueue) { model.streamsReady(ready) }
+                }
+                readHandshakes(handshakeReady)
+                if fds[1].revents != 0 { acceptAll() }
             }
-            readHandshakes(handshakeReady)
-            if fds[1].revents != 0 { acceptAll() }
         }
     }
 

@@ -250,6 +250,28 @@ public final class EmulatorVCPU: VirtualCPU, @unchecked Sendable {
         }
     }
 
+    /// Retires the instruction whose read the VMM just completed (replaying it with the
+    /// stored value, without taking an interrupt first), or hands out exits the last
+    /// instruction still has queued. The CPU is then at an instruction boundary.
+    public func completePendingExit() throws -> VCPUExit? {
+        guard let key = awaitingRead else {
+            return cpu.pendingExits.isEmpty ? nil : makeExit(cpu.pendingExits.removeFirst())
+        }
+        // SAFETY: exitBuffer holds at least 8 bytes.
+        cpu.replayValue = exitBuffer.loadUnaligned(as: UInt64.self)
+        cpu.replayKey = key
+        cpu.replayValid = true
+        awaitingRead = nil
+        if !cpu.pendingExits.isEmpty { return makeExit(cpu.pendingExits.removeFirst()) }
+        if serialized { vm.turnstile.enter() }
+        cpu.interruptShadow = false
+        cpu.step()
+        if serialized { vm.turnstile.leave() }
+        cpu.replayValid = false
+        if cpu.shutdownReason != nil { return .shutdown(reason: cpu.shutdownReason ?? "triple fault") }
+        return cpu.pendingExits.isEmpty ? nil : makeExit(cpu.pendingExits.removeFirst())
+    }
+
     private func startAt(sipiVector v: UInt8) {
         cpu.reset()
         var cs = X86Segment.realMode(selector: UInt16(v) << 8, code: true)

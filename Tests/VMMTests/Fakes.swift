@@ -78,6 +78,15 @@ final class FakeVCPU: VirtualCPU, @unchecked Sendable {
     }
 
     func kick() { kicked.store(true, ordering: .releasing) }
+
+    /// Exits `completePendingExit()` hands out, first one first (an instruction that needs
+    /// more exits to finish); `completionCalls` counts its calls.
+    let completionScript = Mutex<[VCPUExit]>([])
+    let completionCalls = Atomic<Int>(0)
+    func completePendingExit() throws -> VCPUExit? {
+        completionCalls.add(1, ordering: .relaxed)
+        return completionScript.withLock { $0.isEmpty ? nil : $0.removeFirst() }
+    }
 }
 
 final class FakeBackend: VirtualMachineBackend, @unchecked Sendable {
