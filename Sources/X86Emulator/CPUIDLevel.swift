@@ -19,11 +19,12 @@ public enum X86CPULevel: String, Sendable, CaseIterable, Comparable, CustomStrin
 
 /// Instruction-set extensions gated by the level.
 enum ISAExtension {
-    case sse3, ssse3, sse41, sse42, popcnt, cx16
+    /// `lahf64`: LAHF/SAHF in 64-bit mode (outside it they are always there).
+    case sse3, ssse3, sse41, sse42, popcnt, cx16, lahf64
 
     var level: X86CPULevel {
         switch self {
-        case .sse3, .ssse3, .sse41, .sse42, .popcnt, .cx16: return .v2
+        case .sse3, .ssse3, .sse41, .sse42, .popcnt, .cx16, .lahf64: return .v2
         }
     }
 }
@@ -39,6 +40,14 @@ extension X86CPULevel {
         case .baseline: return 0
         // SSE3(0) SSSE3(9) CX16(13) SSE4.1(19) SSE4.2(20) POPCNT(23)
         case .v2: return (1 << 0) | (1 << 9) | (1 << 13) | (1 << 19) | (1 << 20) | (1 << 23)
+        }
+    }
+
+    /// CPUID.80000001H:ECX feature bits of the level: LAHF/SAHF in 64-bit mode (0).
+    var extLeaf1ECX: UInt32 {
+        switch self {
+        case .baseline: return 0
+        case .v2: return 1 << 0
         }
     }
 }

@@ -298,8 +298,10 @@ extension X86CPU {
             adjustSP(UInt64(s))
             writeFlags(v, size: s)
         case 0x9E:
+            if mode64 && !cpuLevelHas(.lahf64) { throw udFault() }
             setEager((arithFlags() & ~0xD5) | ((r[0] >> 8) & 0xD5))
         case 0x9F:
+            if mode64 && !cpuLevelHas(.lahf64) { throw udFault() }
             let f = (rflags & 0xD5) | 2
             r[0] = (r[0] & ~0xFF00) | (f << 8)
         case 0xA0, 0xA1:

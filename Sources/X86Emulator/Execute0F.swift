@@ -503,8 +503,8 @@ public enum CPUIDTable {
         case 0x8000_0000:
             return (0x8000_0008, 0, 0, 0)
         case 0x8000_0001:
-            // ECX: LAHF/SAHF in 64-bit mode. EDX: SYSCALL, NX, LM.
-            return (0, 0, 1, (1 << 11) | (1 << 20) | (1 << 29))
+            // ECX: the level's (LAHF/SAHF in 64-bit mode at v2). EDX: SYSCALL, NX, LM.
+            return (0, 0, level.extLeaf1ECX, (1 << 11) | (1 << 20) | (1 << 29))
         case 0x8000_0002, 0x8000_0003, 0x8000_0004:
             let name = Array("swiftvmm software x86-64 CPU".utf8) + [UInt8](repeating: 0, count: 48)
             let base = Int(leaf - 0x8000_0002) * 16

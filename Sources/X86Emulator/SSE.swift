@@ -50,11 +50,6 @@ extension X86CPU {
         return try readMem(d.seg, effectiveAddress(), size)
     }
 
-    func sse3Byte(_ op: Int) throws(X86Fault) {
-        // No SSSE3/SSE4 in CPUID.
-        throw udFault()
-    }
-
     // swiftlint:disable:next cyclomatic_complexity function_body_length
     func sse(_ b: Int) throws(X86Fault) {
         if d.rep == 0 && !d.has66 && X86CPU.isMMXOpcode(b) { try mmx(b); return }
