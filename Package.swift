@@ -55,7 +55,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "VMMTool", dependencies: [
-            "VMM", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            "VMM", "X86Emulator", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         // vmd's logic as a library (docs/vmd.md): file access as a VM's owner, ...
         .target(name: "VMDCore", dependencies: ["CKVM", "Storage", "VMConfig", "Control"]),
@@ -85,7 +85,7 @@ let package = Package(
         .testTarget(name: "VMDCoreTests", dependencies: ["VMDCore", "VMConfig", "Control"]),
         .testTarget(name: "X86EmulatorTests", dependencies: ["X86Emulator", "Hypervisor", "GuestMemory", "Devices", "Boot"]),
         .testTarget(name: "VMMTests", dependencies: [
-            "VMM", "VMMTool", "Devices", "Hypervisor", "GuestMemory", "Boot", "Storage",
+            "VMM", "VMMTool", "X86Emulator", "Devices", "Hypervisor", "GuestMemory", "Boot", "Storage",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .testTarget(name: "IntegrationTests", dependencies: ["VMM", "VMMTool", "Boot", "Hypervisor", "GuestMemory", "Devices", "HostNet"]),

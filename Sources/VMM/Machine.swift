@@ -99,6 +99,11 @@ public final class Machine: @unchecked Sendable {
         let hostCaps = host ?? HostCapabilities.probe(emulatorAvailable: Machine.emulatorAvailable)
         accelerator = try AcceleratorChoice.choose(requested: config.accelerator, kernel: kind, host: hostCaps)
         log.info("accelerator \(accelerator.backend.rawValue): \(accelerator.reason)")
+        if accelerator.backend == .emulator {
+            log.info("software CPU level \(config.cpuLevel ?? .default)")
+        } else if let level = config.cpuLevel {
+            log.warning("--cpu-level \(level) applies to the software CPU only; under KVM the guest sees the CPUID KVM offers")
+        }
 
         memory = try GuestMemory(layout: firmwareImage?.memoryLayout(ramSize: config.memorySize)
                                  ?? PhysicalMap.ramLayout(ramSize: config.memorySize))
@@ -192,7 +197,7 @@ public final class Machine: @unchecked Sendable {
                 throw VMMError.machine("cannot create the KVM virtual machine: \(error)")
             }
         case .emulator:
-            return EmulatorMachineGlue.makeBackend(memory: memory)
+            return EmulatorMachineGlue.makeBackend(memory: memory, cpuLevel: config.cpuLevel ?? .default)
         }
     }
 

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import GuestMemory
+import X86Emulator
 
 /// Which CPU backend runs the guest.
 public enum Accelerator: String, CaseIterable, Sendable, Codable {
@@ -58,6 +59,9 @@ public struct MachineConfig: Sendable {
     /// `bootDevice == .net`: the BIOS option ROM given to the firmware for the virtio-net
     /// device (iPXE's, from Debian's ipxe-qemu).
     public var netBootROMPath: String? = nil
+    /// The software CPU's instruction-set level (`--cpu-level`; nil: `X86CPULevel.default`).
+    /// KVM ignores it (the guest sees KVM's CPUID).
+    public var cpuLevel: X86CPULevel? = nil
 
     /// True when there is no kernel: the firmware boots a disk or the CD-ROM.
     public var bootsFirmware: Bool { kernelPath.isEmpty }

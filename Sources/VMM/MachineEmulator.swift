@@ -37,8 +37,8 @@ final class EmulatorMachineGlue: APICMessageSink, ExternalInterruptSource, EOILi
     }
 
     /// The software CPU backend for a machine.
-    static func makeBackend(memory: GuestMemory) -> EmulatorVirtualMachine {
-        EmulatorVirtualMachine(memory: memory)
+    static func makeBackend(memory: GuestMemory, cpuLevel: X86CPULevel) -> EmulatorVirtualMachine {
+        EmulatorVirtualMachine(memory: memory, cpuLevel: cpuLevel)
     }
 
     // MARK: APICMessageSink (called under the device lock)

@@ -4,9 +4,11 @@ import Glibc
 import ArgumentParser
 import Logging
 import VMM
+import X86Emulator
 
 extension Accelerator: ExpressibleByArgument {}
 extension BootDevice: ExpressibleByArgument {}
+extension X86CPULevel: ExpressibleByArgument {}
 
 /// `vmm`: runs exactly one VM in the foreground with its serial console on this terminal.
 /// It is also what vmd starts for each VM.
@@ -56,6 +58,11 @@ struct VMMCommand: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("CPU backend: kvm, emulator or auto.", valueName: "kvm|emulator|auto"))
     var accel: Accelerator = .auto
 
+    @Option(name: .customLong("cpu-level"), help: ArgumentHelp(
+        "The software CPU's instruction-set level: baseline (x86-64: SSE2) or v2 (x86-64-v2: + SSE3, SSSE3, SSE4.1, SSE4.2, POPCNT, CMPXCHG16B, LAHF/SAHF). KVM ignores it.",
+        valueName: "baseline|v2"))
+    var cpuLevel: X86CPULevel?
+
     @Option(name: [.customShort("n"), .long], help: ArgumentHelp(
         "A virtio-net interface (repeatable, up to 4): tap (next free tapN), tap:NAME, or fd:N (an open tap descriptor), optionally followed by ,mac=xx:xx:xx:xx:xx:xx and ,locked (drop guest frames from another MAC).",
         valueName: "tap[:name]|fd:n[,mac=addr][,locked]"))
@@ -69,6 +76,7 @@ struct VMMCommand: ParsableCommand {
         config.cdromPath = cdrom
         config.bootDevice = bootDevice
         config.firmwarePath = firmware
+        config.cpuLevel = cpuLevel
         if kernel == nil {
             if initrd != nil || cmdline != nil {
                 throw VMMError.unsupported("an initrd (-i) or command line (-p) needs a kernel (-k)")

@@ -29,8 +29,12 @@ public final class EmulatorVirtualMachine: VirtualMachineBackend, @unchecked Sen
     /// One vCPU executes at a time when there are several (see ExecutionTurnstile).
     let turnstile = ExecutionTurnstile()
 
-    public init(memory: GuestMemory) {
+    /// The instruction-set level every vCPU of this machine offers (CPUID and #UD gating).
+    public let cpuLevel: X86CPULevel
+
+    public init(memory: GuestMemory, cpuLevel: X86CPULevel = .default) {
         self.memory = memory
+        self.cpuLevel = cpuLevel
         self.router = EmulatorInterruptRouter()
         router.vm = self
     }
@@ -156,6 +160,7 @@ public final class EmulatorVCPU: VirtualCPU, @unchecked Sendable {
         self.index = index
         self.vm = vm
         self.cpu = X86CPU(memory: vm.memory, apicID: UInt32(index))
+        cpu.cpuLevel = vm.cpuLevel
         self.waitingForSIPI = waitingForSIPI
         cpu.apic.waker = parker
         cpu.apic.ipiRouter = { [weak vm] from, lo, hi in vm?.routeIPI(from: from, icrLow: lo, icrHigh: hi) }

@@ -62,17 +62,21 @@ extension X86CPU {
     @inline(__always) func alu(_ kind: Int, _ a: UInt64, _ b: UInt64, _ size: Int) -> UInt64 {
         let m = sizeMask(size)
         switch kind {
-        case 0: let res = (a &+ b) & m; setLazy(.add, a, b, res, size); return res
-        case 1: let res = (a | b) & m; setLazy(.logic, 0, 0, res, size); return res
+        case 0: let res = (a &+ b) & m; setLazy(.add, a, b, res, size, cf: res < a); return res
+        case 1: let res = (a | b) & m; setLazy(.logic, 0, 0, res, size, cf: false); return res
         case 2:
-            let c: UInt64 = cf ? 1 : 0
-            let res = (a &+ b &+ c) & m; setLazy(c != 0 ? .adc : .add, a, b, res, size); return res
+            if cf {
+                let res = (a &+ b &+ 1) & m; setLazy(.adc, a, b, res, size, cf: res <= a); return res
+            }
+            let res = (a &+ b) & m; setLazy(.add, a, b, res, size, cf: res < a); return res
         case 3:
-            let c: UInt64 = cf ? 1 : 0
-            let res = (a &- b &- c) & m; setLazy(c != 0 ? .sbb : .sub, a, b, res, size); return res
-        case 4: let res = (a & b) & m; setLazy(.logic, 0, 0, res, size); return res
-        case 6: let res = (a ^ b) & m; setLazy(.logic, 0, 0, res, size); return res
-        default: let res = (a &- b) & m; setLazy(.sub, a, b, res, size); return res
+            if cf {
+                let res = (a &- b &- 1) & m; setLazy(.sbb, a, b, res, size, cf: a <= b); return res
+            }
+            let res = (a &- b) & m; setLazy(.sub, a, b, res, size, cf: a < b); return res
+        case 4: let res = (a & b) & m; setLazy(.logic, 0, 0, res, size, cf: false); return res
+        case 6: let res = (a ^ b) & m; setLazy(.logic, 0, 0, res, size, cf: false); return res
+        default: let res = (a &- b) & m; setLazy(.sub, a, b, res, size, cf: a < b); return res
         }
     }
 
@@ -116,15 +120,10 @@ extension X86CPU {
     @inline(__always) func unary(_ kind: Int, _ a: UInt64, _ size: Int) -> UInt64 {
         let m = sizeMask(size)
         switch kind {
-        case 0:
-            let c: UInt64 = cf ? 1 : 0
-            let res = (a &+ 1) & m; setLazy(.inc, a, c, res, size); return res
-        case 1:
-            let c: UInt64 = cf ? 1 : 0
-            let res = (a &- 1) & m; setLazy(.dec, a, c, res, size); return res
+        case 0: let res = (a &+ 1) & m; setLazyKeepingCF(.inc, a, res, size); return res
+        case 1: let res = (a &- 1) & m; setLazyKeepingCF(.dec, a, res, size); return res
         case 2: return ~a & m
-        default:
-            let res = (0 &- a) & m; setLazy(.sub, 0, a, res, size); return res
+        default: let res = (0 &- a) & m; setLazy(.sub, 0, a, res, size, cf: a != 0); return res
         }
     }
 
@@ -166,14 +165,14 @@ extension X86CPU {
         case 0x27, 0x2F, 0x37, 0x3F:
             if mode64 { throw udFault() }
             decimalAdjust(op)
-        case 0x40...0x4F:
+        case 0x40, 0x41, 0x42, 0x43, 0x44, 0x45, 0x46, 0x47, 0x48, 0x49, 0x4A, 0x4B, 0x4C, 0x4D, 0x4E, 0x4F:
             // Only reached outside 64-bit mode (REX there).
             let s = d.opSize
             setReg(op & 7, s, unary(op < 0x48 ? 0 : 1, reg(op & 7, s), s))
-        case 0x50...0x57:
+        case 0x50, 0x51, 0x52, 0x53, 0x54, 0x55, 0x56, 0x57:
             let s = stackOpSize
             try push(reg((op & 7) | (rexB ? 8 : 0), s), s)
-        case 0x58...0x5F:
+        case 0x58, 0x59, 0x5A, 0x5B, 0x5C, 0x5D, 0x5E, 0x5F:
             let s = stackOpSize
             let v = try pop(s)
             setReg((op & 7) | (rexB ? 8 : 0), s, v)
@@ -206,9 +205,9 @@ extension X86CPU {
             let s = d.opSize
             let imm = op == 0x6B ? signExtend(d.imm, 1) : signExtend(d.imm, s == 2 ? 2 : 4)
             setReg(d.reg, s, imul2(try readRM(s), imm, s))
-        case 0x6C...0x6F, 0xA4...0xA7, 0xAA...0xAF:
+        case 0x6C, 0x6D, 0x6E, 0x6F, 0xA4, 0xA5, 0xA6, 0xA7, 0xAA, 0xAB, 0xAC, 0xAD, 0xAE, 0xAF:
             try stringOp(op)
-        case 0x70...0x7F:
+        case 0x70, 0x71, 0x72, 0x73, 0x74, 0x75, 0x76, 0x77, 0x78, 0x79, 0x7A, 0x7B, 0x7C, 0x7D, 0x7E, 0x7F:
             if condition(op & 0xF) { branch(nextRIP &+ signExtend(d.imm, 1)) }
         case 0x80, 0x82:
             if op == 0x82 && mode64 { throw udFault() }
@@ -273,7 +272,7 @@ extension X86CPU {
                 yieldRequested = true
             }
             // NOP / PAUSE
-        case 0x91...0x97:
+        case 0x91, 0x92, 0x93, 0x94, 0x95, 0x96, 0x97:
             let s = d.opSize, i = (op & 7) | (rexB ? 8 : 0)
             let a = reg(i, s), b = reg(0, s); setReg(i, s, b); setReg(0, s, a)
         case 0x98:
@@ -314,9 +313,9 @@ extension X86CPU {
         case 0xA9:
             let s = d.opSize
             _ = alu(4, reg(0, s), signExtend(d.imm, s == 2 ? 2 : 4) & sizeMask(s), s)
-        case 0xB0...0xB7:
+        case 0xB0, 0xB1, 0xB2, 0xB3, 0xB4, 0xB5, 0xB6, 0xB7:
             setReg((op & 7) | (rexB ? 8 : 0), 1, d.imm)
-        case 0xB8...0xBF:
+        case 0xB8, 0xB9, 0xBA, 0xBB, 0xBC, 0xBD, 0xBE, 0xBF:
             setReg((op & 7) | (rexB ? 8 : 0), d.opSize, d.imm)
         case 0xC0, 0xC1, 0xD0, 0xD1, 0xD2, 0xD3:
             let s = (op & 1) == 0 ? 1 : d.opSize
@@ -379,7 +378,7 @@ extension X86CPU {
         case 0xD7:
             let addr = (reg(3, d.addrSize) &+ (r[0] & 0xFF)) & sizeMask(d.addrSize)
             setReg(0, 1, try readMem(d.seg, addr, 1))
-        case 0xD8...0xDF:
+        case 0xD8, 0xD9, 0xDA, 0xDB, 0xDC, 0xDD, 0xDE, 0xDF:
             try x87(op)
         case 0xE0, 0xE1, 0xE2:
             let c = (reg(1, d.addrSize) &- 1) & sizeMask(d.addrSize)
@@ -444,10 +443,9 @@ extension X86CPU {
             try unaryRM(1, k)
         case 0xFF:
             try group5()
-        case 0x100...0x3FF:
-            try execute0F(op)
         default:
-            throw udFault()
+            // 0x100...0x3FF: the 0F opcode space (op never exceeds 0x3FF); else undefined.
+            if op >= 0x100 { try execute0F(op) } else { throw udFault() }
         }
     }
 

@@ -203,10 +203,24 @@ extension X86CPU {
             }
             return try mmioRead(mmioPhysical, size)
         }
-        // Crosses a page: byte by byte.
+        return try readLinearCrossing(la, size, user: user)
+    }
+
+    /// A read that crosses a page: byte by byte, each through the TLB or MMIO. Kept out of
+    /// line and not recursive so that `readLinear` itself can inline.
+    @inline(never)
+    func readLinearCrossing(_ la: UInt64, _ size: Int, user: Bool) throws(X86Fault) -> UInt64 {
         var v: UInt64 = 0
         for i in 0..<size {
-            v |= try readLinear((la &+ UInt64(i)) & linearMask, 1, user: user) << UInt64(i * 8)
+            let a = (la &+ UInt64(i)) & linearMask
+            let byte: UInt64
+            if let page = try hostPage(a, .read, user: user) {
+                // SAFETY: a TLB page is a whole 4 KiB RAM page; the offset is below 4096.
+                byte = UInt64(page.load(fromByteOffset: Int(a & 0xFFF), as: UInt8.self))
+            } else {
+                byte = try mmioRead(mmioPhysical, 1)
+            }
+            v |= byte << UInt64(i &* 8)
         }
         return v
     }
@@ -229,11 +243,24 @@ extension X86CPU {
             try mmioWrite(mmioPhysical, size, value)
             return
         }
-        // Check both pages before writing anything.
+        try writeLinearCrossing(la, size, value, user: user)
+    }
+
+    /// A write that crosses a page: both pages are checked first, then byte by byte (each
+    /// through the TLB or MMIO). Out of line and not recursive, like `readLinearCrossing`.
+    @inline(never)
+    func writeLinearCrossing(_ la: UInt64, _ size: Int, _ value: UInt64, user: Bool) throws(X86Fault) {
         _ = try hostPage(la, .write, user: user)
         _ = try hostPage((la &+ UInt64(size - 1)) & linearMask, .write, user: user)
         for i in 0..<size {
-            try writeLinear((la &+ UInt64(i)) & linearMask, 1, value >> UInt64(i * 8), user: user)
+            let a = (la &+ UInt64(i)) & linearMask
+            let byte = UInt8(truncatingIfNeeded: value >> UInt64(i &* 8))
+            if let page = try hostPage(a, .write, user: user) {
+                // SAFETY: a TLB page is a whole 4 KiB RAM page; the offset is below 4096.
+                page.storeBytes(of: byte, toByteOffset: Int(a & 0xFFF), as: UInt8.self)
+            } else {
+                try mmioWrite(mmioPhysical, 1, UInt64(byte))
+            }
         }
     }
 

@@ -46,7 +46,7 @@ enum LazyOp: UInt8 {
     /// `lfRes` holds the six arithmetic flag bits directly.
     case eager
     case add, adc, sub, sbb, logic
-    /// inc/dec keep the previous CF in `lfB`.
+    /// inc/dec leave CF alone (it stays in `lfCF`).
     case inc, dec
 }
 
@@ -118,6 +118,10 @@ public final class X86CPU {
     var lfA: UInt64 = 0
     var lfB: UInt64 = 0
     var lfSize: Int = 4
+    /// CF, materialised whenever the lazy state is set (so ADC/SBB/INC/DEC/RCL/RCR and
+    /// Jcc/SETcc/CMOVcc on CF read one stored field instead of switching over `lfOp`).
+    /// Invariant: equals what `lfOp`/operands would give; for `.eager` it is `lfRes` bit 0.
+    var lfCF = false
 
     /// Segment registers ES, CS, SS, DS, FS, GS with their descriptor caches.
     let seg: UnsafeMutablePointer<X86Segment>
@@ -260,7 +264,7 @@ public final class X86CPU {
         for i in 0..<16 { r[i] = 0 }
         r[2] = 0x600  // EDX: family/model/stepping
         rip = 0xFFF0
-        rflagsRest = 0x2; lfOp = .eager; lfRes = 0
+        rflagsRest = 0x2; lfOp = .eager; lfRes = 0; lfCF = false
         for i in 0..<6 { seg[i] = X86Segment.realMode(selector: 0) }
         seg[SReg.cs] = X86Segment(base: 0xFFFF_0000, limit: 0xFFFF, selector: 0xF000, type: 0xB, db: false, l: false, g: false)
         tr = X86Segment(base: 0, limit: 0xFFFF, selector: 0, type: 0xB, db: false, s: false, l: false, g: false)
@@ -303,13 +307,19 @@ public final class X86CPU {
 
     // MARK: flags
 
-    @inline(__always) func setLazy(_ op: LazyOp, _ a: UInt64, _ b: UInt64, _ res: UInt64, _ size: Int) {
-        lfOp = op; lfA = a; lfB = b; lfRes = res; lfSize = size
+    /// Records a lazy flag-setting operation; `cf` is its carry (stored, see `lfCF`).
+    @inline(__always) func setLazy(_ op: LazyOp, _ a: UInt64, _ b: UInt64, _ res: UInt64, _ size: Int, cf: Bool) {
+        lfOp = op; lfA = a; lfB = b; lfRes = res; lfSize = size; lfCF = cf
+    }
+
+    /// INC/DEC: the lazy state of the result, CF unchanged (it stays in `lfCF`).
+    @inline(__always) func setLazyKeepingCF(_ op: LazyOp, _ a: UInt64, _ res: UInt64, _ size: Int) {
+        lfOp = op; lfA = a; lfB = 0; lfRes = res; lfSize = size
     }
 
     /// Sets the arithmetic flags explicitly.
     @inline(__always) func setEager(_ bits: UInt64) {
-        lfOp = .eager; lfRes = bits & Flag.arith
+        lfOp = .eager; lfRes = bits & Flag.arith; lfCF = bits & Flag.cf != 0
     }
 
     /// Arithmetic flags for a result whose CF/OF are known (shifts, multiplies).
@@ -322,21 +332,11 @@ public final class X86CPU {
         if m == 0 { f |= Flag.zf }
         if m & signBit(size) != 0 { f |= Flag.sf }
         if parityEven(m) { f |= Flag.pf }
-        lfOp = .eager; lfRes = f
+        lfOp = .eager; lfRes = f; lfCF = cf
     }
 
     var cf: Bool {
-        @inline(__always) get {
-            switch lfOp {
-            case .eager: return lfRes & 1 != 0
-            case .add: return lfRes < lfA
-            case .adc: return lfRes <= lfA
-            case .sub: return lfA < lfB
-            case .sbb: return lfA <= lfB
-            case .logic: return false
-            case .inc, .dec: return lfB != 0
-            }
-        }
+        @inline(__always) get { lfCF }
     }
 
     var zf: Bool {

@@ -6,6 +6,7 @@ import GuestMemory
 import Testing
 @testable import VMM
 @testable import VMMTool
+import X86Emulator
 
 @Suite struct MemorySizeTests {
     static let sizes: [(String, UInt64)] = [
@@ -137,6 +138,16 @@ import Testing
         let c = try VMMCommand.parse(["-k", "k"]).machineConfig()
         #expect(c.memorySize == 512 << 20 && c.vcpus == 1 && c.accelerator == .auto && c.diskPaths.isEmpty)
         #expect(c.initrdPath == nil)
+    }
+
+    @Test func cpuLevelSelectsTheSoftwareCPUsLevel() throws {
+        #expect(try VMMCommand.parse(["-k", "k"]).machineConfig().cpuLevel == nil)
+        #expect(try VMMCommand.parse(["-k", "k", "--cpu-level", "v2"]).machineConfig().cpuLevel == .v2)
+        #expect(try VMMCommand.parse(["-k", "k", "--cpu-level", "baseline"]).machineConfig().cpuLevel == .baseline)
+        #expect(throws: (any Error).self) { try VMMCommand.parse(["-k", "k", "--cpu-level", "v3"]) }
+        // The emulator backend gives every vCPU the level (CPUID and #UD gating follow it).
+        let vm = EmulatorMachineGlue.makeBackend(memory: try GuestMemory(size: 1 << 20), cpuLevel: .v2)
+        #expect(try vm.createEmulatorVCPU(index: 0, startState: .runnable).cpu.cpuLevel == .v2)
     }
 
     @Test func rejectsBadFlags() {
