@@ -3,7 +3,7 @@
 SWIFT ?= swift
 export PATH := /opt/swift/usr/bin:$(PATH)
 
-APT_PACKAGES = gcc make busybox-static cpio qemu-system-x86 qemu-utils seabios acpica-tools zlib1g-dev \
+APT_PACKAGES = gcc libc6-dev make busybox-static cpio qemu-system-x86 qemu-utils seabios acpica-tools zlib1g-dev \
 	syslinux syslinux-common mtools dosfstools fdisk grub-pc-bin xorriso isc-dhcp-client ipxe-qemu
 
 .PHONY: all build test demo deps bench clean guest-kernels fuzz-smoke
@@ -28,6 +28,7 @@ guest-kernels: deps
 	@if [ -f guests/debian/build.sh ]; then sh guests/debian/build.sh || echo "warning: guests/debian/build.sh failed; kernel-dependent tests will be skipped"; fi
 	@if [ -f guests/debian/build.sh ]; then sh guests/debian/build.sh --only-i386 || echo "warning: guests/debian/build.sh --only-i386 failed; the i386 Linux boot test will be skipped"; fi
 	@if [ -f guests/debian/build.sh ]; then sh guests/debian/build.sh --variant net || echo "warning: guests/debian/build.sh --variant net failed; the local-interface guest test will be skipped"; fi
+	@if [ -f guests/debian/build.sh ]; then sh guests/debian/build.sh --variant vsock || echo "warning: guests/debian/build.sh --variant vsock failed; the vsock guest test will be skipped"; fi
 
 build:
 	$(SWIFT) build

@@ -52,6 +52,7 @@ let package = Package(
         .target(name: "Control", dependencies: ["VMConfig"]),
         .target(name: "VMM", dependencies: [
             "KVM", "X86Emulator", "Hypervisor", "GuestMemory", "Devices", "Storage", "Boot", "LocalNet", "HostNet",
+            "Control",   // UnixSocket, for the vsock's host sockets
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "VMMTool", dependencies: [
@@ -88,7 +89,7 @@ let package = Package(
             "VMM", "VMMTool", "X86Emulator", "Devices", "Hypervisor", "GuestMemory", "Boot", "Storage",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
-        .testTarget(name: "IntegrationTests", dependencies: ["VMM", "VMMTool", "Boot", "Hypervisor", "GuestMemory", "Devices", "HostNet"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["VMM", "VMMTool", "Boot", "Hypervisor", "GuestMemory", "Devices", "HostNet", "Control"]),
     ],
     swiftLanguageModes: [.v6]
 )

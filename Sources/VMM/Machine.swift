@@ -35,6 +35,8 @@ public final class Machine: @unchecked Sendable {
     /// The thread moving host frames into the virtio-net receive queues (nil without
     /// network interfaces): MachineNet.swift.
     public let networkPump: VirtioNetPump?
+    /// The thread serving the vsock's host socket (nil without `--vsock`): VsockHost.swift.
+    public let vsockPump: VsockHostPump?
     public let handler: ExitHandler
     public let runner: MachineRunner
     /// Where the loader put the kernel, initrd and firmware tables (nil for a firmware boot).
@@ -96,6 +98,8 @@ public final class Machine: @unchecked Sendable {
             try Machine.checkISO(path: cdrom, fd: config.passedFiles?.cdrom)
         }
 
+        try config.vsock?.checkHostPath()
+
         let hostCaps = host ?? HostCapabilities.probe(emulatorAvailable: Machine.emulatorAvailable)
         accelerator = try AcceleratorChoice.choose(requested: config.accelerator, kernel: kind, host: hostCaps)
         log.info("accelerator \(accelerator.backend.rawValue): \(accelerator.reason)")
@@ -124,6 +128,12 @@ public final class Machine: @unchecked Sendable {
         fast.loop?.attach(virtio.all)
         networkPump = virtio.networks.isEmpty ? nil
             : try VirtioNetPump(models: virtio.networkModels, devices: virtio.networks, log: log)
+        if let model = virtio.vsockModel, let device = virtio.vsock, let vsock = config.vsock {
+            vsockPump = try VsockHostPump(model: model, device: device, path: vsock.path, log: log)
+            log.info("virtio-vsock: guest CID \(vsock.guestCID), host socket \(vsock.path)")
+        } else {
+            vsockPump = nil
+        }
         if let firmwareImage, let fwcfg = devices.firmwareConfig {
             let diskSlots = virtio.blocks.indices.map { VirtioMachineSet.firstDiskSlot + $0 }
             // -B net: the first local interface with a boot file boots through iPXE's ROM.
@@ -212,6 +222,7 @@ public final class Machine: @unchecked Sendable {
         try runner.start()
         try virtioEventLoop?.start()
         try networkPump?.start()
+        try vsockPump?.start()
         let lock = deviceLock, devices = self.devices, events = self.events
         // MachineDevices is @unchecked Sendable: its chips are touched only under the lock.
         // The same thread polls the PIT when it is ours (software CPU).
@@ -266,6 +277,7 @@ public final class Machine: @unchecked Sendable {
         rtcTimer = nil
         virtioEventLoop?.stop()
         networkPump?.stop()
+        vsockPump?.stop()
         return outcome
     }
 

@@ -59,6 +59,9 @@ public struct MachineConfig: Sendable {
     /// `bootDevice == .net`: the BIOS option ROM given to the firmware for the virtio-net
     /// device (iPXE's, from Debian's ipxe-qemu).
     public var netBootROMPath: String? = nil
+    /// A virtio-vsock device with its hybrid unix-socket backend (`--vsock`, slot 13):
+    /// VsockHost.swift.
+    public var vsock: VsockConfig? = nil
     /// The software CPU's instruction-set level (`--cpu-level`; nil: `X86CPULevel.default`).
     /// KVM ignores it (the guest sees KVM's CPUID).
     public var cpuLevel: X86CPULevel? = nil

@@ -12,7 +12,8 @@ import Storage
 extension Machine {
     /// virtio-rng on slot 2, one virtio-blk per disk (`-d`, raw or qcow2) on slots 3-6, a
     /// virtio-console on slot 7 whose output joins the machine console (Linux: console=hvc0),
-    /// and one virtio-net per network interface (`--net`) on slots 8-11 (MachineNet.swift).
+    /// one virtio-net per network interface (`--net`) on slots 8-11 (MachineNet.swift), and
+    /// a virtio-vsock on slot 13 (`--vsock`, VsockHost.swift).
     static func attachVirtio(config: MachineConfig, host: PCIHost, memory: GuestMemory,
                              interrupts: any InterruptController, console: Console,
                              log: Logger) throws -> VirtioMachineSet {
@@ -33,7 +34,9 @@ extension Machine {
         let networks = try Machine.networkSpecs(config: config, log: log)
         return try VirtioMachineSet(host: host, memory: memory, interrupts: interrupts, disks: disks,
                                     entropy: true, consoleOutput: { console.write($0) },
-                                    networks: networks, cdrom: try Machine.cdrom(config: config), logger: log)
+                                    networks: networks, cdrom: try Machine.cdrom(config: config),
+                                    vsock: config.vsock.map { ($0.guestCID, UnixVsockBackend(path: $0.path)) },
+                                    logger: log)
     }
 
     /// On KVM: the irqfd MSI router and the ioeventfd event loop (VirtioEventLoop.swift).

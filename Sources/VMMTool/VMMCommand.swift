@@ -68,6 +68,11 @@ struct VMMCommand: ParsableCommand {
         valueName: "tap[:name]|fd:n[,mac=addr][,locked]"))
     var net: [String] = []
 
+    @Option(name: .long, help: ArgumentHelp(
+        "A virtio-vsock device: the guest's CID (3-4294967294) and a host unix socket path. Host programs connect to PATH and send \"CONNECT <port>\\n\" (answer \"OK <hostport>\\n\"); guest connections to host port P go to PATH_P.",
+        valueName: "cid,path"))
+    var vsock: String?
+
     /// The machine description these flags give (no file is touched).
     func machineConfig(console: ConsoleSink = .standardIO) throws -> MachineConfig {
         var config = MachineConfig(kernelPath: kernel ?? "", initrdPath: initrd, cmdline: cmdline ?? "",
@@ -88,6 +93,7 @@ struct VMMCommand: ParsableCommand {
         guard config.networkInterfaces.count <= 4 else {
             throw NetworkConfigError.tooManyInterfaces(config.networkInterfaces.count, maximum: 4)
         }
+        config.vsock = try vsock.map { try VsockConfig(parsing: $0) }
         try config.validateSettings()
         return config
     }

@@ -180,6 +180,7 @@ public final class EmulatorVCPU: VirtualCPU, @unchecked Sendable {
 
     public func kick() {
         cpu.kickRequested.store(true, ordering: .releasing)
+        cpu.apic.noteAttention()
         parker.unpark()
     }
 

@@ -884,7 +884,8 @@ extension X86CPU {
                 if d.rep == 0xF2 && zf { return }
             }
             iterations &+= 1
-            if iterations >= 1024 || !pendingExits.isEmpty || attention {
+            if iterations >= 1024 || exitCount != 0
+                || apic.attention.load(ordering: .relaxed) & LocalAPIC.attentionEvent != 0 {
                 // Resume later: the instruction restarts with the updated registers.
                 nextRIP = rip
                 return

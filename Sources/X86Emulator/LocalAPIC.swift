@@ -41,12 +41,12 @@ struct APICInbox {
 /// derives its APIC timer period from it); TSC-deadline mode uses the TSC (host ns).
 public final class LocalAPIC: @unchecked Sendable {
     public internal(set) var id: UInt32
-    var baseMSR: UInt64
+    var baseMSR: UInt64 { didSet { noteAttention() } }
     var tpr: UInt32 = 0
     var svr: UInt32 = 0xFF
     var irr = [UInt32](repeating: 0, count: 8)
-    /// True when some IRR bit may be set (cheap test for the per-instruction poll).
-    var irrAny = false
+    /// True when some IRR bit may be set (cheap test for the interrupt poll).
+    var irrAny = false { didSet { if irrAny { noteAttention() } } }
     var isr = [UInt32](repeating: 0, count: 8)
     var tmr = [UInt32](repeating: 0, count: 8)
     var ldr: UInt32 = 0
@@ -57,7 +57,7 @@ public final class LocalAPIC: @unchecked Sendable {
     var lvtTimer: UInt32 = 0x10000
     var lvtThermal: UInt32 = 0x10000
     var lvtPerf: UInt32 = 0x10000
-    var lvtLint0: UInt32 = 0x10000
+    var lvtLint0: UInt32 = 0x10000 { didSet { noteAttention() } }
     var lvtLint1: UInt32 = 0x10000
     var lvtError: UInt32 = 0x10000
     var lvtCMCI: UInt32 = 0x10000
@@ -71,6 +71,22 @@ public final class LocalAPIC: @unchecked Sendable {
     /// Cross-thread mailbox and its "something arrived" flag.
     let inbox = Mutex(APICInbox())
     let inboxFlag = Atomic<Bool>(false)
+    /// The vCPU's attention word: nonzero when the run loop must look at something other
+    /// than the next instruction. Every source sets `attentionEvent` after its own state
+    /// (mail here, a kick, IRR, IF 0 -> 1, NMI/ExtINT pending, LINT0/APIC base changes,
+    /// a queued exit, HLT, shutdown, a PAUSE yield); the run loop tests the word once per
+    /// instruction and REP string instructions once per element. `X86CPU.serviceAttention`
+    /// clears it first, then drains and rechecks every source, and sets `attentionPoll`
+    /// while an interrupt is pending but not yet deliverable (shadow, PPR), so nothing
+    /// is lost.
+    let attention = Atomic<UInt32>(0)
+    static let attentionEvent: UInt32 = 1
+    static let attentionPoll: UInt32 = 2
+
+    /// Raises the attention word (any thread).
+    @inline(__always) func noteAttention() {
+        attention.bitwiseOr(LocalAPIC.attentionEvent, ordering: .sequentiallyConsistent)
+    }
     /// Set when `post` wants the vCPU to wake up from HLT.
     weak var waker: Parker?
     /// Called (on the vCPU thread) for IPIs this APIC sends; set by the VM.
@@ -126,6 +142,7 @@ public final class LocalAPIC: @unchecked Sendable {
             }
         }
         inboxFlag.store(true, ordering: .releasing)
+        noteAttention()
         waker?.unpark()
     }
 
@@ -133,6 +150,7 @@ public final class LocalAPIC: @unchecked Sendable {
     public func notifyExtINT() {
         inbox.withLock { $0.extINT = true }
         inboxFlag.store(true, ordering: .releasing)
+        noteAttention()
         waker?.unpark()
     }
 

@@ -142,34 +142,55 @@ extension X86CPU {
         }
     }
 
+    /// What the attention word announced (see `LocalAPIC.attention`): clears the word, then
+    /// looks at every source in the order the loop used to poll them after an instruction
+    /// (queued exit, PAUSE yield, kick, interrupts, shutdown, HLT). Returns why to stop, or
+    /// nil to go on. An early return leaves sources unexamined: `run(budget:)` calls this
+    /// unconditionally on entry, so they are seen on the next slice.
+    @inline(never)
+    func serviceAttention() -> X86StopReason? {
+        _ = apic.attention.exchange(0, ordering: .sequentiallyConsistent)
+        if exitCount != 0 { return .exit }
+        // PAUSE with several vCPUs ends the slice right after it retires. Honouring it
+        // at a later check instead phase-locked with short spin loops: SeaBIOS's BSP
+        // releases and retakes its SMP lock in an 8-instruction loop, so its slice always
+        // ended with the lock held and the AP never got it.
+        if yieldRequested { yieldRequested = false; return .attention }
+        if kickRequested.load(ordering: .acquiring) { return .attention }
+        if mayInterrupt { _ = pollInterrupts() }
+        if shutdownReason != nil { return .shutdown }
+        if halted { return .halted }
+        // Still pending but not deliverable yet (interrupt shadow, TPR/PPR, IRR below 16):
+        // look again after the next instruction, as the loop always did.
+        if mayInterrupt { apic.attention.bitwiseOr(LocalAPIC.attentionPoll, ordering: .relaxed) }
+        return nil
+    }
+
+    /// Something could be delivered: an IRR bit or a PIC that may have a vector (IF=1),
+    /// an NMI, or mail from other threads.
+    @inline(__always) var mayInterrupt: Bool {
+        (interruptsEnabled && (apic.irrAny || picMayInterrupt)) || nmiPending || apic.inboxFlag.load(ordering: .acquiring)
+    }
+
     /// Runs until an exit, HLT, shutdown, attention or `budget` instructions.
+    ///
+    /// Per instruction the loop tests one word (`apic.attention`); the LAPIC timer and RIP
+    /// profiling are looked at every 2048 instructions.
     public func run(budget: Int) -> X86StopReason {
+        if let stop = serviceAttention() { return stop }
+        let apic = self.apic
         var left = budget
-        var timerCountdown = 0
         while left > 0 {
-            if timerCountdown <= 0 {
-                timerCountdown = 2048
-                if apic.timerDeadline != 0 { apic.checkTimer(now: HostClock.nanoseconds()) }
-                if kickRequested.load(ordering: .relaxed) { return .attention }
-                if let p = ripProfile, instructions &- profiledAt >= 2048 { profiledAt = instructions; p.sample(rip, cpl: cpl) }
+            if apic.timerDeadline != 0 { apic.checkTimer(now: HostClock.nanoseconds()) }
+            if let p = ripProfile, instructions &- profiledAt >= 2048 { profiledAt = instructions; p.sample(rip, cpl: cpl) }
+            var chunk = min(left, 2048)
+            left &-= chunk
+            while chunk > 0 {
+                interruptShadow = false
+                step()
+                chunk &-= 1
+                if apic.attention.load(ordering: .relaxed) != 0, let stop = serviceAttention() { return stop }
             }
-            timerCountdown &-= 1
-            // Poll only when something could be delivered: an IRR bit or a PIC that may
-            // have a vector (with IF=1), an NMI, or mail from other threads.
-            if (interruptsEnabled && (apic.irrAny || picMayInterrupt)) || nmiPending || apic.inboxFlag.load(ordering: .relaxed) {
-                _ = pollInterrupts()
-            }
-            if shutdownReason != nil { return .shutdown }
-            if halted { return .halted }
-            interruptShadow = false
-            step()
-            if exitCount != 0 { return .exit }
-            // PAUSE with several vCPUs ends the slice right after it retires. Honouring it
-            // at the next 2048-instruction check instead phase-locked with short spin loops:
-            // SeaBIOS's BSP releases and retakes its SMP lock in an 8-instruction loop, so
-            // its slice always ended with the lock held and the AP never got it.
-            if yieldRequested { yieldRequested = false; return .attention }
-            left &-= 1
         }
         return .budget
     }

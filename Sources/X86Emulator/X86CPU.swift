@@ -112,7 +112,10 @@ public final class X86CPU {
     var nextRIP: UInt64 = 0
 
     // Flags: non-arithmetic bits live in `rflagsRest`, arithmetic ones are lazy.
-    var rflagsRest: UInt64 = 0x2
+    var rflagsRest: UInt64 = 0x2 {
+        // IF 0 -> 1 may make a pending interrupt deliverable.
+        didSet { if rflagsRest & ~oldValue & Flag.if != 0 { apic.noteAttention() } }
+    }
     var lfOp: LazyOp = .eager
     var lfRes: UInt64 = 0
     var lfA: UInt64 = 0
@@ -171,32 +174,33 @@ public final class X86CPU {
 
     // Interrupts
     var interruptShadow = false
-    public internal(set) var halted = false
+    public internal(set) var halted = false { didSet { if halted { apic.noteAttention() } } }
     /// Set when the CPU shut down: the reason names RIP.
-    public internal(set) var shutdownReason: String?
+    public internal(set) var shutdownReason: String? { didSet { if shutdownReason != nil { apic.noteAttention() } } }
     public let apic: LocalAPIC
     /// Where ExtINT (PIC) vectors come from; set by the VMM (nil: no PIC).
     public var extInt: (any ExternalInterruptSource)? { didSet { extINTPending = true } }
 
     // Exits
-    var pendingExits: [PendingExit] = [] { didSet { exitCount = pendingExits.count } }
-    /// `pendingExits.count`, kept in a stored field: the per-instruction checks in `step()`
-    /// and `run(budget:)` read it (Array's `count` getter was not inlined: ~7 host
-    /// instructions per guest instruction).
+    var pendingExits: [PendingExit] = [] {
+        didSet {
+            exitCount = pendingExits.count
+            if exitCount != 0 { apic.noteAttention() }
+        }
+    }
+    /// `pendingExits.count`, kept in a stored field: `step()` reads it per instruction
+    /// (Array's `count` getter was not inlined: ~7 host instructions per guest instruction).
     var exitCount = 0
     /// Physical address of the last TLB miss that hit a non-RAM page.
     var mmioPhysical: UInt64 = 0
-    /// Set when something outside the instruction stream wants the run loop's attention
-    /// (an interrupt became deliverable, a kick): long string instructions yield.
-    var attention = false
     /// Several vCPUs take turns (ExecutionTurnstile): PAUSE asks the run loop to end the
     /// slice (`yieldRequested`, honoured right after the PAUSE).
     var yieldOnPause = false
-    var yieldRequested = false
-    /// Set from any thread by `EmulatorVCPU.kick()`; polled every few thousand instructions.
+    var yieldRequested = false { didSet { if yieldRequested { apic.noteAttention() } } }
+    /// Set from any thread by `EmulatorVCPU.kick()` (which also raises the attention word).
     let kickRequested = Atomic<Bool>(false)
-    var nmiPending = false
-    var extINTPending = true
+    var nmiPending = false { didSet { if nmiPending { apic.noteAttention() } } }
+    var extINTPending = true { didSet { if extINTPending { apic.noteAttention() } } }
     var initPending = false
     var sipiPending: UInt8? = nil
     /// Values the VMM supplied for the instruction being re-executed after an exit.

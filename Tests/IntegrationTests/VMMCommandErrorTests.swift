@@ -35,6 +35,17 @@ import Testing
         try expectOneLineError(["-k", "/etc/passwd", "-c", "0"], mentions: ["0 vCPUs"])
     }
 
+    @Test func badVsock() throws {
+        try expectOneLineError(["-k", "/etc/passwd", "--vsock", "2,/tmp/v.sock"], mentions: ["vsock '2,/tmp/v.sock'", "CID '2'"])
+        try expectOneLineError(["-k", "/etc/passwd", "--vsock", "/tmp/v.sock"], mentions: ["expected CID,PATH"])
+        try expectOneLineError(["-k", "/etc/passwd", "--vsock", "3,"], mentions: ["path is empty"])
+        let kernel = try Harness.testGuest("longmode")
+        try expectOneLineError(["-k", kernel, "--accel", "emulator", "--vsock", "3,/etc/passwd"],
+                               mentions: ["/etc/passwd", "not a socket"])
+        try expectOneLineError(["-k", kernel, "--accel", "emulator", "--vsock", "3,/no/such/dir/v.sock"],
+                               mentions: ["/no/such/dir/v.sock", "directory /no/such/dir does not exist"])
+    }
+
     @Test func missingInitrd() throws {
         let kernel = try Harness.testGuest("longmode")
         try expectOneLineError(["-k", kernel, "-i", "/no/initrd.img"], mentions: ["/no/initrd.img"])

@@ -8,10 +8,12 @@
 # checks are variant NAME's (init_checks_NAME below) instead of the default ones; the
 # default initramfs is left as it is. Variants: net (DHCP with udhcpc, ping the router, a
 # TCP exchange with the host, a peer VM's listener or client, a forged MAC; markers
-# SWIFTVMM-NET-*).
+# SWIFTVMM-NET-*), vsock (loads Debian's vsock modules
+# and runs guests/vsock-echo.c, built here with gcc -static: a round trip in each direction
+# with the host's hybrid vsock socket; markers SWIFTVMM-VSOCK-*).
 # CACHE defaults to .build/guests/debian (override with SWIFTVMM_GUEST_CACHE).
 # Needs: apt-get (packages are fetched with `apt-get download`, never installed),
-# dpkg-deb, cpio, gzip and busybox-static. Idempotent: re-running reuses the cache.
+# dpkg-deb, cpio, gzip and busybox-static (and gcc with libc6-dev for --variant vsock). Idempotent: re-running reuses the cache.
 set -eu
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -25,14 +27,17 @@ while [ $# -gt 0 ]; do
     --only-i386) ARCHES="i386" ;;
     --variant) [ $# -ge 2 ] || { echo "--variant needs a name" >&2; exit 2; }
                VARIANT=$2; shift ;;
-    *) echo "usage: $0 [--i386|--only-i386] [--variant net]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--i386|--only-i386] [--variant net|vsock]" >&2; exit 2 ;;
   esac
   shift
 done
-case "$VARIANT" in ""|net) ;; *) echo "unknown variant $VARIANT (known: net)" >&2; exit 2 ;; esac
+case "$VARIANT" in ""|net|vsock) ;; *) echo "unknown variant $VARIANT (known: net, vsock)" >&2; exit 2 ;; esac
 
 MARKER="SWIFTVMM-INIT-OK"
 MODULES="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk failover net_failover virtio_net virtio-rng virtio_console"
+if [ "$VARIANT" = vsock ]; then
+  MODULES="$MODULES vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport"
+fi
 
 build_arch() {
   arch=$1
@@ -101,6 +106,10 @@ build_initramfs() {
       *) cp "$f" "$ird/lib/modules/$m.ko" ;;
     esac
   done
+  if [ "$VARIANT" = vsock ]; then
+    [ "$arch" = amd64 ] || { echo "--variant vsock is built for amd64 only" >&2; exit 1; }
+    gcc -static -O2 -Wall -o "$ird/bin/vsock-echo" "$HERE/../vsock-echo.c"
+  fi
   { init_head; init_checks_${VARIANT:-default}; init_tail; } > "$ird/init"
   chmod +x "$ird/init"
   name=initramfs${VARIANT:+-$VARIANT}.cpio.gz
@@ -246,6 +255,18 @@ if grep -q swiftvmm.inet6 /proc/cmdline; then
 fi
 ip -6 addr show dev eth0 scope global 2>/dev/null | sed -n 's/.*inet6 \([^ ]*\).*/SWIFTVMM-NET-INET6 \1/p'
 ip -6 route show default 2>/dev/null | sed -n 's/^default via \([^ ]*\).*/SWIFTVMM-NET-INET6-ROUTE \1/p'
+INIT
+}
+
+# The vsock checks: vsock-echo listens on guest port swiftvmm.vsock=PORT (default 1234),
+# greets the host on its port swiftvmm.vsockhost=PORT (default 5000), then echoes one
+# host-initiated connection until the host closes it.
+init_checks_vsock() {
+  cat <<'INIT'
+arg() { sed -n "s/.*swiftvmm\.$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
+port=$(arg vsock); hostport=$(arg vsockhost)
+ls -l /dev/vsock 2>/dev/null
+/bin/vsock-echo "${port:-1234}" "${hostport:-5000}" && echo "SWIFTVMM-VSOCK-DONE"
 INIT
 }
 

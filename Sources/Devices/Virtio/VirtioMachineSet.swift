@@ -35,6 +35,7 @@ public struct VirtioNetSpec {
 ///     slot 7       virtio-console (when a console backend is given)
 ///     slots 8-11   virtio-net, one per interface (at most 4, like vmd)
 ///     slot 12      virtio-scsi with the CD-ROM (firmware boots with -r)
+///     slot 13      virtio-vsock (with a guest CID and a host backend)
 ///
 /// INTx lines come from the host bridge's routing (shared, level triggered); MSI-X goes to
 /// `interrupts.signalMSI`.
@@ -46,6 +47,7 @@ public final class VirtioMachineSet: @unchecked Sendable {
     public static let firstNetworkSlot = 8
     public static let maximumNetworkInterfaces = 4
     public static let cdromSlot = 12
+    public static let vsockSlot = 13
 
     public let blocks: [VirtioPCIDevice]
     public let blockModels: [VirtioBlock]
@@ -58,9 +60,12 @@ public final class VirtioMachineSet: @unchecked Sendable {
     /// The virtio-scsi function holding the CD-ROM (nil without one).
     public let scsi: VirtioPCIDevice?
     public let scsiModel: VirtioSCSI?
+    /// The virtio-vsock function (nil without one).
+    public let vsock: VirtioPCIDevice?
+    public let vsockModel: VirtioVsock?
 
     /// Every function, for iteration (ioeventfd set-up, snapshots, metrics).
-    public var all: [VirtioPCIDevice] { (entropy.map { [$0] } ?? []) + blocks + (console.map { [$0] } ?? []) + networks + (scsi.map { [$0] } ?? []) }
+    public var all: [VirtioPCIDevice] { (entropy.map { [$0] } ?? []) + blocks + (console.map { [$0] } ?? []) + networks + (scsi.map { [$0] } ?? []) + (vsock.map { [$0] } ?? []) }
 
     public enum SetupError: Error, CustomStringConvertible {
         case tooManyDisks(Int)
@@ -82,6 +87,7 @@ public final class VirtioMachineSet: @unchecked Sendable {
                 consoleOutput: (@Sendable ([UInt8]) -> Void)? = nil,
                 networks: [VirtioNetSpec] = [],
                 cdrom: SCSICDROM? = nil,
+                vsock: (guestCID: UInt64, backend: any VsockHostBackend)? = nil,
                 logger: Logger = Logger(label: "virtio")) throws {
         guard disks.count <= Self.maximumDisks else { throw SetupError.tooManyDisks(disks.count) }
         guard networks.count <= Self.maximumNetworkInterfaces else {
@@ -127,6 +133,14 @@ public final class VirtioMachineSet: @unchecked Sendable {
         } else {
             self.scsiModel = nil
             self.scsi = nil
+        }
+        if let vsock {
+            let model = VirtioVsock(guestCID: vsock.guestCID, backend: vsock.backend)
+            self.vsockModel = model
+            self.vsock = try make(model, slot: Self.vsockSlot, name: "virtio-vsock")
+        } else {
+            self.vsockModel = nil
+            self.vsock = nil
         }
     }
 }

@@ -98,6 +98,7 @@ public final class VirtioPCIDevice: PCIDevice, @unchecked Sendable {
         case .entropy: typeName = "virtio-rng"
         case .network: typeName = "virtio-net"
         case .scsi: typeName = "virtio-scsi"
+        case .socket: typeName = "virtio-vsock"
         }
         self.pciName = name ?? typeName
         self.queues = model.queueMaxSizes.enumerated().map { SplitVirtqueue(index: $0.offset, maxSize: $0.element) }
@@ -454,16 +455,24 @@ public final class VirtioPCIDevice: PCIDevice, @unchecked Sendable {
     }
 
     private func processLocked(queue q: Int) {
+        guard processOne(queue: q), let next = model.followUpQueue(after: q), next != q else { return }
+        _ = processOne(queue: next)
+    }
+
+    /// Processes one queue; false when it was not processed or the device failed.
+    private func processOne(queue q: Int) -> Bool {
         guard q >= 0, q < queues.count, queues[q].isReady,
-              status & VirtioStatus.driverOK != 0, status & VirtioStatus.needsReset == 0 else { return }
+              status & VirtioStatus.driverOK != 0, status & VirtioStatus.needsReset == 0 else { return false }
         do {
             try model.process(queueIndex: q, queue: &queues[q], memory: memory)
             if try queues[q].shouldInterrupt(memory: memory) { signalQueue(q) }
+            return true
         } catch let error as VirtioError {
             enterNeedsReset(error)
         } catch {
             enterNeedsReset(.malformedRequest("\(error)"))
         }
+        return false
     }
 
     private func enterNeedsReset(_ error: VirtioError) {

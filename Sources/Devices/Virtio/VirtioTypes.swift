@@ -7,6 +7,7 @@ public enum VirtioDeviceType: UInt16, Sendable {
     case console = 3
     case entropy = 4
     case scsi = 8
+    case socket = 19
 }
 
 /// Feature bits shared by every device type (virtio 1.x §6).
@@ -102,6 +103,14 @@ public protocol VirtioDeviceModel: AnyObject {
     /// Processes what the driver made available on `queue`. Throwing marks the device
     /// DEVICE_NEEDS_RESET (the error is logged).
     func process(queueIndex: Int, queue: inout SplitVirtqueue, memory: GuestMemory) throws
+    /// A queue the transport processes right after `queueIndex` (under the same lock), for
+    /// devices whose requests on one queue produce replies on another (virtio-vsock: a
+    /// packet on tx answered on rx). nil (the default): none.
+    func followUpQueue(after queueIndex: Int) -> Int?
+}
+
+extension VirtioDeviceModel {
+    public func followUpQueue(after queueIndex: Int) -> Int? { nil }
 }
 
 extension VirtioDeviceModel {

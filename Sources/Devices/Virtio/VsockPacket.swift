@@ -1,5 +1,5 @@
 // virtio-vsock (device id 19) packet header and per-connection credit state machine,
-// per virtio 1.2 section 5.10. Pure logic, no I/O: the device (not yet written) feeds
+// per virtio 1.2 section 5.10. Pure logic, no I/O: the device (VirtioVsock.swift) feeds
 // it headers parsed from guest buffers and host socket events, and sends what it returns.
 // Everything the guest writes is hostile: parsing never traps, and a guest that
 // overruns the credit we advertised gets its connection reset, never a bigger buffer.
@@ -113,6 +113,14 @@ public struct VsockConnection: Sendable {
 
     /// The REQUEST that opens a host-initiated connection.
     public func request() -> VsockHeader { header(op: VsockHeader.opRequest) }
+
+    /// Accepts a guest-initiated connection: takes the guest's credit from its REQUEST and
+    /// returns the RESPONSE to send.
+    public mutating func accept(_ request: VsockHeader) -> VsockHeader {
+        peerBufAlloc = request.bufAlloc
+        peerFwdCnt = request.fwdCnt
+        return response()
+    }
 
     /// The RESPONSE that accepts a guest-initiated connection.
     public mutating func response() -> VsockHeader {
