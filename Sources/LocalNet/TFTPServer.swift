@@ -25,10 +25,16 @@ public struct LocalNetBoot: Equatable, Sendable, Codable {
 /// Bounded: at most `maximumTransfers` transfers (an idle one is reclaimed after
 /// `idleSeconds`), files of at most `maximumFileSize` bytes, blocks of at most
 /// `maximumBlockSize` (a 1500-byte packet), read requests rate-limited (a burst of 16, then
-/// 8 a second). Only the guest's MAC is answered. Paths are resolved one component at a
-/// time under the directory's descriptor with O_NOFOLLOW ("..", symbolic links, devices,
-/// directories: "File not found" / "Access violation"); leading slashes are ignored.
-/// Only "octet" mode is served. Used under the backend's lock only.
+/// 8 a second). Only the guest's MAC is answered. Only "octet" mode is served.
+///
+/// The directory is read once, when the server is made (the VM process does that before
+/// its sandbox, which allows no open): every regular file under it, at most
+/// `maximumFiles` and `maximumDepth` levels deep, is opened then and kept open; requests
+/// are looked up among those names (leading slashes and "." ignored, ".." refused), so
+/// nothing outside the directory, no symbolic link (opened with O_NOFOLLOW, never
+/// followed) and nothing added later is served. Since the VM process is still root then,
+/// only what anyone may read is taken: files readable by others (S_IROTH) in directories
+/// others may search (S_IXOTH). Used under the backend's lock only.
 public final class LocalTFTPServer: @unchecked Sendable {
     public static let port: UInt16 = 69
     /// Transfers use ports transferBase ..< transferBase + maximumTransfers on the host address.
@@ -40,7 +46,8 @@ public final class LocalTFTPServer: @unchecked Sendable {
     /// 1500 (MTU) - 20 (IPv4) - 8 (UDP) - 4 (TFTP header).
     public static let maximumBlockSize = 1468
     public static let maximumPathLength = 255
-    static let maximumDepth = 16
+    public static let maximumDepth = 16
+    public static let maximumFiles = 256
 
     public enum Opcode: UInt16 { case rrq = 1, wrq, data, ack, error, oack }
     public enum ErrorCode: UInt16, Error { case undefined = 0, notFound, accessViolation, diskFull, illegalOperation, unknownTID }
@@ -59,23 +66,60 @@ public final class LocalTFTPServer: @unchecked Sendable {
     }
 
     public let lease: LocalLease
-    private let root: Int32
+    /// Every file served, by its path under the directory ("pxelinux.cfg/default").
+    private var files: [String: (fd: Int32, size: Int64)] = [:]
     private var transfers: [Transfer?] = Array(repeating: nil, count: LocalTFTPServer.maximumTransfers)
     private var limiter = RateLimiter(burst: 16, perSecond: 8)
     public private(set) var filesServed: UInt64 = 0
     public private(set) var refused: UInt64 = 0
 
-    /// Opens `directory`; throws the errno when it cannot be opened as a directory.
+    /// Reads `directory` (see above); throws the errno when it cannot be opened as one.
     public init(lease: LocalLease, directory: String) throws(NetworkError) {
         self.lease = lease
         let fd = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         guard fd >= 0 else { throw NetworkError.systemCall("open \(directory)", errno: errno) }
-        root = fd
+        var st = stat()
+        if fstat(fd, &st) == 0, st.st_mode & S_IXOTH != 0 { scan(fd, prefix: "", depth: 1) }
+        close(fd)
     }
 
     deinit {
-        close(root)
-        for t in transfers { if let t { close(t.fd) } }
+        for f in files.values { close(f.fd) }
+    }
+
+    /// The paths served (for tests and logs), sorted.
+    public var servedPaths: [String] { files.keys.sorted() }
+
+    private func scan(_ dir: Int32, prefix: String, depth: Int) {
+        let copy = dup(dir)
+        guard copy >= 0, let stream = fdopendir(copy) else { if copy >= 0 { close(copy) }; return }
+        defer { closedir(stream) }
+        var names: [String] = []
+        while names.count < 4 * Self.maximumFiles, let e = readdir(stream) {
+            // SAFETY: d_name is a NUL-terminated array inside the dirent readdir returned,
+            // valid until the next readdir; it is copied at once.
+            let name = withUnsafePointer(to: &e.pointee.d_name) {
+                String(cString: UnsafeRawPointer($0).assumingMemoryBound(to: CChar.self))
+            }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        for name in names.sorted() where files.count < Self.maximumFiles {
+            let path = prefix + name
+            guard path.utf8.count <= Self.maximumPathLength else { continue }
+            let fd = openat(dir, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY)
+            guard fd >= 0 else { continue }
+            var st = stat()
+            guard fstat(fd, &st) == 0 else { close(fd); continue }
+            let kind = st.st_mode & S_IFMT
+            if kind == S_IFREG, st.st_mode & S_IROTH != 0, Int64(st.st_size) <= Self.maximumFileSize {
+                files[path] = (fd, Int64(st.st_size))
+                continue
+            }
+            if kind == S_IFDIR, st.st_mode & S_IXOTH != 0, depth < Self.maximumDepth {
+                scan(fd, prefix: path + "/", depth: depth + 1)
+            }
+            close(fd)
+        }
     }
 
     /// How many transfers are open (for tests).
@@ -149,10 +193,7 @@ public final class LocalTFTPServer: @unchecked Sendable {
         frame.withUnsafeBytes { handle(frame: $0, now: now) }
     }
 
-    private func finish(_ slot: Int) {
-        if let t = transfers[slot] { close(t.fd) }
-        transfers[slot] = nil
-    }
+    private func finish(_ slot: Int) { transfers[slot] = nil }
 
     /// RRQ: filename NUL mode NUL (option NUL value NUL)*, every string bounded by the packet.
     private func readRequest(_ d: UDPDatagram, now: UInt64) -> [UInt8]? {
@@ -171,27 +212,18 @@ public final class LocalTFTPServer: @unchecked Sendable {
         }
         // A repeated request from the same port (our first answer was lost) starts over.
         for i in transfers.indices where transfers[i]?.clientPort == d.sourcePort { finish(i) }
-        let fd: Int32
-        switch openBeneath(fields[0]) {
+        let file: (fd: Int32, size: Int64)
+        switch lookUp(fields[0]) {
         case .failure(let code):
             refused &+= 1
             return error(to: d, from: Self.port, code, code == .notFound ? "file not found" : "access violation")
-        case .success(let f): fd = f
-        }
-        var st = stat()
-        guard fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFREG else {
-            close(fd); refused &+= 1
-            return error(to: d, from: Self.port, .accessViolation, "not a regular file")
-        }
-        guard Int64(st.st_size) <= Self.maximumFileSize else {
-            close(fd); refused &+= 1
-            return error(to: d, from: Self.port, .accessViolation, "file too large")
+        case .success(let f): file = f
         }
         guard let slot = freeSlot(now: now) else {
-            close(fd); refused &+= 1
+            refused &+= 1
             return error(to: d, from: Self.port, .undefined, "too many transfers")
         }
-        var t = Transfer(clientPort: d.sourcePort, fd: fd, size: Int64(st.st_size), blockSize: Self.defaultBlockSize,
+        var t = Transfer(clientPort: d.sourcePort, fd: file.fd, size: file.size, blockSize: Self.defaultBlockSize,
                          block: 0, lastActive: now, last: [])
         var acked: [(String, String)] = []
         var i = 2
@@ -217,7 +249,6 @@ public final class LocalTFTPServer: @unchecked Sendable {
         if acked.isEmpty {
             t.block = 1
             guard let f = dataFrame(&t, to: d, from: port) else {
-                close(fd)
                 return error(to: d, from: Self.port, .undefined, "read error")
             }
             reply = f
@@ -241,34 +272,16 @@ public final class LocalTFTPServer: @unchecked Sendable {
         return i
     }
 
-    /// Opens `path` under the root, one component at a time, never following a symbolic
-    /// link, never leaving the root.
-    func openBeneath(_ path: [UInt8]) -> Result<Int32, ErrorCode> {
+    /// The served file a request names: leading slashes and "." ignored, ".." refused.
+    func lookUp(_ path: [UInt8]) -> Result<(fd: Int32, size: Int64), ErrorCode> {
         guard !path.isEmpty, path.count <= Self.maximumPathLength else { return .failure(.accessViolation) }
         let parts = path.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: true)
             .filter { !($0.count == 1 && $0.first == UInt8(ascii: ".")) }
         guard !parts.isEmpty, parts.count <= Self.maximumDepth else { return .failure(.accessViolation) }
         guard !parts.contains(where: { $0.elementsEqual("..".utf8) }) else { return .failure(.accessViolation) }
-        var dir = root
-        defer { if dir != root { close(dir) } }
-        for (k, part) in parts.enumerated() {
-            let last = k == parts.count - 1
-            let flags = O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | (last ? 0 : O_DIRECTORY)
-            let fd = (Array(part) + [0]).withUnsafeBufferPointer { p in
-                // SAFETY: p is NUL-terminated and lives for the call.
-                p.baseAddress!.withMemoryRebound(to: CChar.self, capacity: p.count) { openat(dir, $0, flags) }
-            }
-            guard fd >= 0 else {
-                return .failure(errno == ENOENT || errno == ENOTDIR ? .notFound : .accessViolation)
-            }
-            if dir != root { close(dir) }
-            if last {
-                dir = root
-                return .success(fd)
-            }
-            dir = fd
-        }
-        return .failure(.notFound)
+        let key = parts.map { String(decoding: $0, as: UTF8.self) }.joined(separator: "/")
+        guard let f = files[key] else { return .failure(.notFound) }
+        return .success(f)
     }
 
     /// DATA for `t.block`: up to blockSize bytes at (block - 1) * blockSize.

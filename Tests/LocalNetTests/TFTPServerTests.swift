@@ -7,8 +7,9 @@ import Testing
 @testable import LocalNet
 
 /// The built-in TFTP server of network boot (RFC 1350, 2347-2349): whole transfers with and
-/// without options, loss recovery by the client's repeated ACK, the served directory as a
-/// hard boundary, and hostile or excessive requests (no crash, bounded state, one error).
+/// without options, loss recovery by the client's repeated ACK, the served directory (read
+/// when the server is made) as a hard boundary, and hostile or excessive requests (no
+/// crash, bounded state, one error).
 @Suite struct TFTPServerTests {
     let dir: String
     let content: [UInt8]
@@ -25,6 +26,8 @@ import Testing
         try Data("secret".utf8).write(to: URL(fileURLWithPath: dir + "/outside"))
         try fm.createSymbolicLink(atPath: dir + "/root/link", withDestinationPath: dir + "/outside")
         try fm.createSymbolicLink(atPath: dir + "/root/linkdir", withDestinationPath: dir)
+        try Data("private".utf8).write(to: URL(fileURLWithPath: dir + "/root/private"))
+        chmod(dir + "/root/private", 0o600)
     }
 
     func cleanup() { try? FileManager.default.removeItem(atPath: dir) }
@@ -141,6 +144,11 @@ import Testing
             #expect(code == 1 || code == 2, "\(path): \(code)")
         }
         #expect(try errorCode(s.handle(frame: packet(to: 69, rrq("nosuch")), now: 0)) == 1)
+        // Only what others may read is served; files added later are not.
+        #expect(try errorCode(s.handle(frame: packet(to: 69, rrq("private")), now: 0)) == 1)
+        try Data("late".utf8).write(to: URL(fileURLWithPath: dir + "/root/late"))
+        #expect(try errorCode(s.handle(frame: packet(to: 69, rrq("late")), now: 0)) == 1)
+        #expect(s.servedPaths == ["boot.bin", "exact.bin", "sub/k"])
         #expect(s.openTransfers == 0)
     }
 
