@@ -4,7 +4,7 @@ SWIFT ?= swift
 export PATH := /opt/swift/usr/bin:$(PATH)
 
 APT_PACKAGES = gcc libc6-dev make busybox-static cpio qemu-system-x86 qemu-utils seabios acpica-tools zlib1g-dev \
-	syslinux syslinux-common mtools dosfstools fdisk grub-pc-bin xorriso isc-dhcp-client
+	syslinux syslinux-common mtools dosfstools fdisk grub-pc-bin xorriso isc-dhcp-client ipxe-qemu
 
 .PHONY: all build test demo deps bench clean guest-kernels fuzz-smoke
 

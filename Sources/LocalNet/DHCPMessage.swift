@@ -26,6 +26,8 @@ public struct DHCPMessage: Equatable, Sendable {
         public static let parameterRequestList: UInt8 = 55
         public static let renewalTime: UInt8 = 58
         public static let rebindingTime: UInt8 = 59
+        public static let tftpServerName: UInt8 = 66
+        public static let bootFileName: UInt8 = 67
         public static let end: UInt8 = 255
     }
 

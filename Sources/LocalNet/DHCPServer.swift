@@ -11,6 +11,10 @@ public struct LocalLease: Equatable, Sendable, Codable {
     public var leaseSeconds: UInt32
     /// `local inet6`: the interface's /64, advertised for SLAAC (LocalIPv6Server).
     public var inet6: LocalInet6?
+    /// Network boot (`boot device net`): the boot file the DHCP replies name (BOOTP `file`,
+    /// option 67, the host address as next server and option 66) and the directory the
+    /// built-in TFTP server (LocalTFTPServer) serves.
+    public var netBoot: LocalNetBoot?
 
     public static let defaultLeaseSeconds: UInt32 = 86_400
 
@@ -117,6 +121,12 @@ public struct LocalDHCPServer: Sendable {
             if let h = lease.hostName, Self.isHostName(h) {
                 r.options.append((DHCPMessage.Option.hostName, Array(h.utf8)))
             }
+            if let boot = lease.netBoot, let file = Self.bootFileField(boot.bootFile) {
+                // PXE clients read siaddr + file (BOOTP); others options 66/67.
+                r.file = file
+                r.options.append((DHCPMessage.Option.tftpServerName, Array("\(server)".utf8)))
+                r.options.append((DHCPMessage.Option.bootFileName, Array(boot.bootFile.utf8)))
+            }
         }
         // RFC 2131 4.1: to ciaddr when the client has one, broadcast for a NAK or when
         // the client asked for it, else to the leased address at the client's MAC.
@@ -129,6 +139,14 @@ public struct LocalDHCPServer: Sendable {
     }
 
     public func answer(frame: [UInt8]) -> [UInt8]? { frame.withUnsafeBytes { answer(frame: $0) } }
+
+    /// The 128-byte BOOTP `file` field for a boot file name (NUL-padded; nil when the name
+    /// does not fit with its NUL or holds a NUL).
+    public static func bootFileField(_ name: String) -> [UInt8]? {
+        let b = Array(name.utf8)
+        guard !b.isEmpty, b.count < 128, !b.contains(0) else { return nil }
+        return b + [UInt8](repeating: 0, count: 128 - b.count)
+    }
 
     /// RFC 1123 host names (letters, digits, '-', dot-separated labels of 1-63), as
     /// OpenBSD's res_hnok checks before vmd sends the VM name.

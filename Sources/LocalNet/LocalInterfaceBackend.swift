@@ -6,7 +6,8 @@ import Synchronization
 
 /// A local interface's network path: the VM's virtio-net device talks to this backend, which
 /// hands the guest's frames to the tap except those its services take (DHCP; with
-/// `local inet6` router solicitations and DHCPv6), and
+/// `local inet6` router solicitations and DHCPv6; with network boot TFTP to the host
+/// address), and
 /// gives the guest the services' replies before the tap's frames. Nothing listens on the
 /// host: the answers never cross the tap.
 ///
@@ -18,6 +19,7 @@ public final class LocalInterfaceBackend: NetworkBackend, @unchecked Sendable {
     private struct State {
         var dhcp: LocalDHCPServer
         var ipv6: LocalIPv6Server?
+        var tftp: LocalTFTPServer?
         var replies: [[UInt8]] = []
     }
     public let inner: any NetworkBackend
@@ -30,7 +32,8 @@ public final class LocalInterfaceBackend: NetworkBackend, @unchecked Sendable {
 
     public init(inner: any NetworkBackend, lease: LocalLease) throws {
         self.inner = inner
-        state = Mutex(State(dhcp: LocalDHCPServer(lease: lease), ipv6: LocalIPv6Server(lease: lease)))
+        let tftp = try lease.netBoot.map { boot throws(NetworkError) in try LocalTFTPServer(lease: lease, directory: boot.directory) }
+        state = Mutex(State(dhcp: LocalDHCPServer(lease: lease), ipv6: LocalIPv6Server(lease: lease), tftp: tftp))
         start = clock.now
         var fds: [Int32] = [-1, -1]
         guard fds.withUnsafeMutableBufferPointer({ pipe($0.baseAddress) }) == 0 else {
@@ -60,6 +63,10 @@ public final class LocalInterfaceBackend: NetworkBackend, @unchecked Sendable {
         let verdict = state.withLock { s -> LocalDHCPServer.Verdict in
             var v = s.dhcp.handle(frame: frame, now: now)
             if v == .pass, s.ipv6 != nil { v = s.ipv6!.handle(frame: frame, now: now) }
+            if v == .pass, let tftp = s.tftp, tftp.wants(frame) {
+                let (taken, reply) = tftp.handle(frame: frame, now: now)
+                if taken { v = .consumed(reply: reply) }
+            }
             if case let .consumed(reply?) = v {
                 guard s.replies.count < Self.maximumQueuedReplies else { return .consumed(reply: nil) }
                 s.replies.append(reply)

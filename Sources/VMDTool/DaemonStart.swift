@@ -105,11 +105,17 @@ extension Daemon {
     /// Checks the settings of a VM before its files are opened (GuestFiles.open).
     static func checkFiles(_ d: VMDefinition) -> String? {
         if d.disks.count > VMLimits.maxDisks { return "vm \(d.name): too many disks" }
-        if let device = d.bootDevice, d.boot != nil {
+        if let device = d.bootDevice, device != .net, d.boot != nil {
             return "vm \(d.name): boot device \(device.rawValue) chooses what the firmware boots; it cannot be combined with a kernel (boot / -b)"
         }
         if d.bootDevice == .net {
-            return "vm \(d.name): boot device net needs network boot (a PXE ROM for the firmware), which is not supported yet; use disk or cdrom"
+            // `boot PATH` names the network boot file: TFTP serves PATH's directory.
+            guard let path = d.boot, path.hasPrefix("/"), VMNetwork.netBoot(path) != nil else {
+                return "vm \(d.name): boot device net needs the boot file as an absolute path (boot / -b PATH); its directory is what TFTP serves"
+            }
+            guard d.interfaces.contains(where: \.isLocal) else {
+                return "vm \(d.name): boot device net needs a local interface (local interface / -L), whose DHCP and TFTP answer the firmware"
+            }
         }
         if let m = d.memory, m < 1 << 20 { return "vm \(d.name): memory must be at least 1M" }
         if let v = d.vcpus, v < 1 || v > VMLimits.maxVCPUs { return "vm \(d.name): invalid vcpus \(v)" }

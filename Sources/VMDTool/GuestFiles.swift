@@ -74,7 +74,8 @@ enum GuestFiles {
             out.add(fd, GuestFile(role: role, path: path, format: nil, readOnly: true))
             return nil
         }
-        if let m = plain("kernel", .kernel, d.boot) ?? plain("initrd", .initrd, d.initrd) { return fail(m.description) }
+        // With boot device net, `boot` is the network boot file, served by TFTP, not a kernel.
+        if let m = plain("kernel", .kernel, d.bootDevice == .net ? nil : d.boot) ?? plain("initrd", .initrd, d.initrd) { return fail(m.description) }
         // The cdrom: read-only, a regular file or block device, shared-locked.
         if let cdrom = d.cdrom {
             do {

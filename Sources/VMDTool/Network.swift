@@ -206,6 +206,11 @@ enum VMNetwork {
                     lease = LocalLease(link: link, guestMAC: mac, serverMAC: hostMAC,
                                        hostName: d.name, leaseSeconds: LocalLease.defaultLeaseSeconds)
                     lease?.inet6 = inet6
+                    // boot device net: the first local interface answers the firmware's
+                    // DHCP with the boot file and serves its directory by TFTP.
+                    if d.bootDevice == .net, let b = d.boot, !out.contains(where: { $0.local?.netBoot != nil }) {
+                        lease?.netBoot = netBoot(b)
+                    }
                     if let inet6 {
                         try HostInterfaces.addAddress(tap.name, inet6.hostAddress, prefixLength: 64)
                         // The RA's source (fe80:: + EUI-64 of the tap's MAC) must be the
@@ -229,6 +234,15 @@ enum VMNetwork {
             files.add(fd, GuestFile(role: .tap(k), path: out[k].name, format: nil, readOnly: false))
         }
         return .success(out)
+    }
+
+    /// `boot PATH` with boot device net: TFTP serves PATH's directory, DHCP names its file.
+    static func netBoot(_ path: String) -> LocalNetBoot? {
+        guard let slash = path.lastIndex(of: "/") else { return nil }
+        let file = String(path[path.index(after: slash)...])
+        let dir = slash == path.startIndex ? "/" : String(path[..<slash])
+        guard LocalDHCPServer.bootFileField(file) != nil else { return nil }
+        return LocalNetBoot(bootFile: file, directory: dir)
     }
 
     /// Why the /31 cannot be used: an address of the host (on any interface) whose network

@@ -118,7 +118,7 @@ final class MachineGuest: GuestRunner, @unchecked Sendable {
         // No kernel: the machine boots through the firmware (SeaBIOS), which boots the disks
         // or the cdrom (the virtio-scsi CD-ROM) in `boot device` order.
         var config = MachineConfig(
-            kernelPath: vm.boot ?? "", initrdPath: vm.initrd, cmdline: vm.cmdline ?? "",
+            kernelPath: vm.bootDevice == .net ? "" : vm.boot ?? "", initrdPath: vm.initrd, cmdline: vm.cmdline ?? "",
             memorySize: vm.effectiveMemory, vcpus: vm.vcpus ?? 1,
             diskPaths: vm.disks.map(\.path),
             accelerator: VMM.Accelerator(rawValue: (vm.accel ?? .auto).rawValue) ?? .auto,

@@ -138,11 +138,20 @@ public final class Machine: @unchecked Sendable {
         }
         if let firmwareImage, let fwcfg = devices.firmwareConfig {
             let diskSlots = virtio.blocks.indices.map { VirtioMachineSet.firstDiskSlot + $0 }
+            // -B net: the first local interface with a boot file boots through iPXE's ROM.
+            let netIndex = config.bootDevice == .net ? config.networkInterfaces.firstIndex { $0.local?.netBoot != nil } : nil
             try FirmwareSetup.populate(fwcfg, ramSize: config.memorySize, vcpus: config.vcpus,
                                        pciRoutes: devices.pciRoutes,
                                        bootOrder: FirmwareSetup.bootOrder(diskSlots: diskSlots,
                                                                           cdromSlot: virtio.scsi.map { _ in VirtioMachineSet.cdromSlot },
-                                                                          first: config.bootDevice))
+                                                                          first: config.bootDevice,
+                                                                          netSlot: netIndex.map { VirtioMachineSet.firstNetworkSlot + $0 }))
+            if netIndex != nil {
+                let path = config.netBootROMPath ?? FirmwareSetup.defaultNetBootROM
+                let rom = try FirmwareSetup.optionROM(path: path)
+                try fwcfg.addFile(FirmwareSetup.romFileName(vendor: VirtioPCIDevice.vendorID, device: 0x1040 + VirtioDeviceType.network.rawValue), rom)
+                log.info("network boot: option ROM \(path) (\(rom.count) bytes) for virtio-net\(netIndex!)")
+            }
             try firmwareImage.install(into: memory)
             bootResult = nil
             log.debug("firmware \(firmwareImage.path) (\(firmwareImage.bytes.count) bytes) at 0x\(String(firmwareImage.base, radix: 16))")

@@ -56,6 +56,9 @@ public struct MachineConfig: Sendable {
     public var cdromPath: String? = nil
     /// The device the firmware boots first (nil: the disks, then the CD-ROM).
     public var bootDevice: BootDevice? = nil
+    /// `bootDevice == .net`: the BIOS option ROM given to the firmware for the virtio-net
+    /// device (iPXE's, from Debian's ipxe-qemu).
+    public var netBootROMPath: String? = nil
     /// A virtio-vsock device with its hybrid unix-socket backend (`--vsock`, slot 13):
     /// VsockHost.swift.
     public var vsock: VsockConfig? = nil
@@ -108,8 +111,8 @@ public struct MachineConfig: Sendable {
         if diskPaths.count > Self.maximumDisks {
             throw VMMError.tooManyDisks(diskPaths.count, maximum: Self.maximumDisks)
         }
-        if bootDevice == .net {
-            throw VMMError.unsupported("boot device net is not supported yet (the firmware has no network boot ROM); use disk or cdrom")
+        if bootDevice == .net && !networkInterfaces.contains(where: { $0.local?.netBoot != nil }) {
+            throw VMMError.unsupported("boot device net needs a local interface with a boot file (vmd: `boot device net`, a `local interface` and `boot PATH`)")
         }
         if bootDevice != nil && !bootsFirmware {
             throw VMMError.unsupported("a boot device (-B) chooses what the firmware boots; it cannot be combined with a kernel (-k)")

@@ -102,14 +102,45 @@ enum FirmwareSetup {
     }
 
     /// The boot order as OpenFirmware device paths SeaBIOS matches (its
-    /// `bootprio_find_pci_device` / `bootprio_find_scsi_device` globs), then HALT so it
-    /// tries nothing else (no floppy, no option ROM network boot).
-    static func bootOrder(diskSlots: [Int], cdromSlot: Int?, first: BootDevice?) -> [String] {
+    /// `bootprio_find_pci_device` / `bootprio_find_scsi_device` / `bootprio_find_pci_rom`
+    /// globs), then HALT so it tries nothing else (no floppy; an option ROM's network boot
+    /// only as `netSlot`, the virtio-net device whose ROM boots with `-B net`).
+    static func bootOrder(diskSlots: [Int], cdromSlot: Int?, first: BootDevice?, netSlot: Int? = nil) -> [String] {
         func hex(_ s: Int) -> String { String(s, radix: 16) }
         let disks = diskSlots.map { "/pci@i0cf8/scsi@\(hex($0))/disk@0,0" }
         let cdrom = cdromSlot.map { ["/pci@i0cf8/scsi@\(hex($0))/channel@0/disk@0,0"] } ?? []
-        let order = first == .cdrom ? cdrom + disks : disks + cdrom
+        let net = first == .net ? netSlot.map { ["/pci@i0cf8/ethernet@\(hex($0))"] } ?? [] : []
+        let order = first == .cdrom ? cdrom + disks : net + disks + cdrom
         return order + ["HALT"]
+    }
+
+    /// Debian's ipxe-qemu BIOS ROM for virtio-net (1af4:1041; pxe-virtio.rom, which
+    /// virtio-net.rom links to).
+    static let defaultNetBootROM = "/usr/lib/ipxe/qemu/pxe-virtio.rom"
+    static let maximumROMSize = 1 << 20
+
+    /// The fw_cfg file SeaBIOS deploys as the option ROM of PCI device vendor:device (its
+    /// `lookup_hardcode`, tried before the device's ROM BAR): `pciVVVV,DDDD.rom`.
+    static func romFileName(vendor: UInt16, device: UInt16) -> String {
+        func h(_ v: UInt16) -> String { let s = String(v, radix: 16); return String(repeating: "0", count: 4 - s.count) + s }
+        return "pci\(h(vendor)),\(h(device)).rom"
+    }
+
+    /// Reads and checks a PCI option ROM: 0x55AA, a size (byte 2, in 512-byte units) inside
+    /// the file, a "PCIR" structure inside it, code type 0 (x86 BIOS). Returns its bytes.
+    static func optionROM(path: String) throws -> [UInt8] {
+        let data: [UInt8]
+        do { data = try readFile(path, limit: maximumROMSize) } catch let BootError.unreadableFile(p, reason) {
+            throw VMMError.firmwareUnreadable(path: p, reason: reason)
+        }
+        func bad(_ why: String) -> VMMError { .notFirmware(path: path, reason: "it is not a BIOS option ROM: \(why)") }
+        guard data.count >= 0x1A, data[0] == 0x55, data[1] == 0xAA else { throw bad("no 55 AA signature") }
+        let size = Int(data[2]) * 512
+        guard size > 0, size <= data.count else { throw bad("its size byte says \(size) bytes, the file has \(data.count)") }
+        let pcir = Int(data[0x18]) | Int(data[0x19]) << 8
+        guard pcir + 0x18 <= size, data[pcir..<(pcir + 4)].elementsEqual("PCIR".utf8) else { throw bad("no PCIR structure") }
+        guard data[pcir + 0x14] == 0 else { throw bad("code type \(data[pcir + 0x14]), not x86 BIOS") }
+        return Array(data[0..<size])
     }
 
     /// The e820 RAM entries (SeaBIOS adds its own reservations), 20 bytes each:

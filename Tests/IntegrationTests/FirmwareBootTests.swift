@@ -85,7 +85,7 @@ import Testing
                                 (["--firmware", "/etc/passwd"], "/etc/passwd is not a BIOS image"),
                                 (["-r", "/no/cd.iso"], "cannot use CD-ROM image /no/cd.iso"),
                                 (["-r", "/etc/passwd"], "/etc/passwd: it is not an ISO 9660 image"),
-                                (["-B", "net"], "boot device net is not supported")] {
+                                (["-B", "net"], "boot device net needs a local interface with a boot file")] {
             let r = try Harness.vmm(["--accel", "emulator", "-m", "32M"] + args)
             #expect(r.status == 2, "\(args): \(r.status) \(r.stderr)")
             #expect(r.stderr.split(separator: "\n").count == 1 && r.stderr.contains(mention), "\(args): \(r.stderr)")

@@ -303,12 +303,15 @@ let twoVMs = """
     }
 
     /// `boot device` / -B choose what the firmware boots (no warning any more); `net` needs
-    /// network boot, which is one clear line; a boot device with a kernel is refused.
+    /// its boot file (`boot PATH`) and a local interface, each missing one a clear line; a
+    /// boot device with a kernel is refused.
     @Test func aBootDeviceIsHonouredOrRefusedClearly() throws {
         let d = try TestDaemon(config: "vm \"n\" {\n disable\n boot device net\n}\nvm \"c\" {\n disable\n}\n")
         defer { d.stop() }
         let net = try d.vmctl("start", "n")
-        #expect(net.status != 0 && net.stderr.contains("vm n: boot device net needs network boot"), "\(net.stderr)")
+        #expect(net.status != 0 && net.stderr.contains("vm n: boot device net needs the boot file as an absolute path"), "\(net.stderr)")
+        let noLocal = try d.vmctl("start", "-B", "net", "-b", "/srv/tftp/boot.ipxe", "c")
+        #expect(noLocal.status != 0 && noLocal.stderr.contains("vm c: boot device net needs a local interface"), "\(noLocal.stderr)")
         let withKernel = try d.vmctl("start", "-B", "disk", "-b", "/no/bsd", "c")
         #expect(withKernel.status != 0 && withKernel.stderr.contains("it cannot be combined with a kernel"), "\(withKernel.stderr)")
         #expect(!d.log.snapshot().contains("not supported by vmd yet"), "\(d.log.snapshot())")

@@ -171,7 +171,15 @@ final class ConsoleClient {
         output = OutputCollector(out.fileHandleForReading)
     }
 
-    func type(_ s: String) { input.fileHandleForWriting.write(Data(s.utf8)) }
+    /// Types into vmctl's stdin. vmctl may already have exited (the guest powered off and
+    /// the console closed): the write then fails with EPIPE, which is ignored, instead of
+    /// SIGPIPE ending the whole test process.
+    func type(_ s: String) {
+        Self.ignoreSIGPIPE
+        try? input.fileHandleForWriting.write(contentsOf: Data(s.utf8))
+    }
+
+    private static let ignoreSIGPIPE: Void = { signal(SIGPIPE, SIG_IGN); return () }()
 
     /// Waits until the output contains `text` at least `count` times; true when it did in time.
     @discardableResult

@@ -7,7 +7,8 @@
 # --variant NAME builds only $CACHE/ARCH/initramfs-NAME.cpio.gz, the same initramfs whose
 # checks are variant NAME's (init_checks_NAME below) instead of the default ones; the
 # default initramfs is left as it is. Variants: net (DHCP with udhcpc, ping the router, a
-# TCP exchange with the host; markers SWIFTVMM-NET-*), vsock (loads Debian's vsock modules
+# TCP exchange with the host, a peer VM's listener or client, a forged MAC; markers
+# SWIFTVMM-NET-*), vsock (loads Debian's vsock modules
 # and runs guests/vsock-echo.c, built here with gcc -static: a round trip in each direction
 # with the host's hybrid vsock socket; markers SWIFTVMM-VSOCK-*).
 # CACHE defaults to .build/guests/debian (override with SWIFTVMM_GUEST_CACHE).
@@ -211,6 +212,38 @@ if [ -s /tmp/router ]; then
     dd if=/dev/zero bs=65536 count=$((${bulk#*:} * 16)) 2>/dev/null | nc -w 10 "$router" "${bulk%:*}"
     echo "SWIFTVMM-NET-BULK-SENT ${bulk#*:} MiB"
   fi
+fi
+# Two VMs on one switch (static addresses, swiftvmm.ip): swiftvmm.listen=PORT answers one
+# TCP line (ping is the kernel's); swiftvmm.peer=ADDR:PORT pings ADDR until it answers (the
+# peer may still be booting: at most 300 tries), then exchanges a line with ADDR:PORT.
+listen=$(arg listen)
+peer=$(arg peer)
+if [ -n "$listen" ]; then
+  echo "SWIFTVMM-NET-LISTENING $listen"
+  got=$(echo "SWIFTVMM-LISTENER-REPLY" | timeout 900 nc -l -p "$listen")
+  echo "SWIFTVMM-NET-LISTEN-GOT $got"
+fi
+if [ -n "$peer" ]; then
+  a=${peer%:*}; p=${peer#*:}; reply=""
+  for i in $(seq 1 300); do ping -c 1 -W 1 "$a" >/dev/null 2>&1 && break; done
+  for i in $(seq 1 60); do
+    reply=$(echo "SWIFTVMM-PEER-HELLO" | nc -w 5 "$a" "$p")
+    [ -n "$reply" ] && break
+    sleep 1
+  done
+  [ -n "$reply" ] && echo "SWIFTVMM-NET-PEER-OK $a reply=$reply" || echo "SWIFTVMM-NET-PEER-FAILED $a"
+fi
+# swiftvmm.forgemac=MAC (for `locked lladdr`): eth0 takes the forged MAC and pings the
+# router (3 tries), then takes its own MAC back and pings again; markers say which answered.
+forge=$(arg forgemac)
+if [ -n "$forge" ] && [ -s /tmp/router ]; then
+  router=$(cat /tmp/router); real=$(cat /sys/class/net/eth0/address)
+  ip link set eth0 down; ip link set eth0 address "$forge"; ip link set eth0 up
+  echo "SWIFTVMM-NET-FORGED $(cat /sys/class/net/eth0/address)"
+  ping -c 3 -W 1 "$router" >/dev/null 2>&1 && echo "SWIFTVMM-NET-FORGED-PING-ANSWERED" || echo "SWIFTVMM-NET-FORGED-PING-UNANSWERED"
+  ip link set eth0 down; ip link set eth0 address "$real"; ip link set eth0 up
+  echo "SWIFTVMM-NET-UNFORGED $(cat /sys/class/net/eth0/address)"
+  ping -c 5 -W 2 "$router" >/dev/null 2>&1 && echo "SWIFTVMM-NET-UNFORGED-PING-OK" || echo "SWIFTVMM-NET-UNFORGED-PING-FAILED"
 fi
 # With swiftvmm.inet6 on the command line: wait (at most 15 s) for SLAAC to finish DAD.
 if grep -q swiftvmm.inet6 /proc/cmdline; then
