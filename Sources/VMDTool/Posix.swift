@@ -115,6 +115,9 @@ func describeWaitStatus(_ status: Int32) -> (String, Int32?) {
         let code = (status >> 8) & 0xff
         return (code == 0 ? "exited normally" : "exited with status \(code)", code)
     }
+    if sig == SIGSYS {
+        return ("killed by signal \(sig) (SIGSYS): it made a system call its seccomp sandbox forbids", nil)
+    }
     return ("killed by signal \(sig)" + (sig == SIGKILL ? " (SIGKILL)" : ""), nil)
 }
 

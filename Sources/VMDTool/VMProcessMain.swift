@@ -38,12 +38,16 @@ enum VMProcessMain {
             runner = spec.fake ? try FakeGuest(spec: spec, fds: fds) : try MachineGuest(spec: spec, fds: fds)
             // It holds its files, /dev/kvm and its console now: root is no longer needed.
             try GuestFiles.dropPrivileges(to: spec.dropTo)
+            // Nor is any system call outside the surveyed list (Sandbox.swift): from here
+            // on a forbidden one kills the process with SIGSYS.
+            try Sandbox.install()
             try runner.start()
             if let m = runner as? MachineGuest, m.consoleFD >= 0, let path = m.consolePath {
                 try channel.send(ChildMessage.startedWithConsole(path), fds: [m.consoleFD])
             } else {
                 try channel.send(ChildMessage.started)
             }
+            Sandbox.runTestHook()
         } catch {
             try? channel.send(ChildMessage.failed("\(error)"))
             exit(1)

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import KVM
 
 /// A plain POSIX thread. vCPUs run on these, never on Swift's cooperative task pool:
 /// KVM_RUN blocks for as long as the guest runs.
@@ -34,13 +35,10 @@ final class HostThread: @unchecked Sendable {
         thread = tid
     }
 
-    /// Names the calling thread (shown by ps/top/gdb); pthread_setname_np does not import.
+    /// Names the calling thread (shown by ps/top/gdb): prctl(PR_SET_NAME) through the KVM
+    /// layer's shim, no /proc file (the VM process's sandbox refuses open).
     static func setName(_ name: String) {
-        let fd = open("/proc/thread-self/comm", O_WRONLY | O_CLOEXEC)
-        guard fd >= 0 else { return }
-        let bytes = Array(name.utf8.prefix(15))
-        _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-        close(fd)
+        VCPUThread.nameCurrentThread(name)
     }
 
     /// Waits for the thread to finish. Call once, from another thread.

@@ -8,7 +8,8 @@ public enum X86CPULevel: String, Sendable, CaseIterable, Comparable, CustomStrin
     /// x86-64-v2: + SSE3, SSSE3, SSE4.1, SSE4.2, POPCNT, CMPXCHG16B, LAHF/SAHF in 64-bit mode.
     case v2
 
-    /// Until v2 is complete the default stays at the baseline.
+    /// The default is the baseline, like QEMU's default `qemu64` model: a guest gets v2
+    /// only when the machine asks for it (`vmm --cpu-level v2`).
     public static let `default`: X86CPULevel = .baseline
 
     public var description: String { rawValue }

@@ -31,7 +31,8 @@ enum Assembler {
         return bytes
     }
 
-    private static func run(_ tool: String, _ args: [String]) throws {
+    /// Runs a build tool; its stderr becomes the error when it fails.
+    static func run(_ tool: String, _ args: [String]) throws {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: tool)
         p.arguments = args

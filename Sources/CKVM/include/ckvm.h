@@ -12,7 +12,9 @@
  *    kvm_irq_routing);
  *  - eventfd, a u64-argument ioctl and a signal helper;
  *  - per-thread credentials and path resolution for vmd's file opener (raw system calls:
- *    glibc's setgroups changes every thread, and syscall(2) is variadic).
+ *    glibc's setgroups changes every thread, and syscall(2) is variadic);
+ *  - the VM process's sandbox: system call numbers (<sys/syscall.h>), struct sock_filter,
+ *    and the variadic prctl/syscall calls that set no_new_privs and install the filter.
  *
  * Debian 12's linux-libc-dev is 6.1 while the kernel can be much newer: constants that
  * appeared later are defined under #ifndef.
@@ -25,6 +27,8 @@
 #include <sys/eventfd.h>
 #include <signal.h>
 #include <pthread.h>
+#include <sys/syscall.h>
+#include <linux/filter.h>
 
 /* ---- constants newer than the 6.1 headers ---- */
 #ifndef KVM_CAP_USER_MEMORY2
@@ -296,7 +300,7 @@ int ckvm_install_kick_handler(int sig);
 /* Unblocks `sig` for the calling thread (threads started from libdispatch workers inherit
  * a mask that blocks it). */
 int ckvm_unblock_signal(int sig);
-/* Names the calling thread (first 15 bytes), for ps/top/gdb. */
+/* Names the calling thread (first 15 bytes), for ps/top/gdb (prctl PR_SET_NAME). */
 int ckvm_set_thread_name(const char *name);
 
 /* ---- per-thread file-system credentials (vmd opens a user's files as that user) ---- */
@@ -317,5 +321,17 @@ int ckvm_access_as_fsuid(const char *path, int mode);
  * only if no component of it is a symbolic link. -1 with errno ENOSYS on kernels before
  * 5.6, ELOOP when a component is a link. */
 int ckvm_open_no_symlinks(const char *path, int flags);
+
+/* ---- the VM process's sandbox (Sources/VMDTool/Sandbox.swift) ---- */
+/* prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0): execve can no longer grant privileges, which
+ * also lets an unprivileged process install a seccomp filter. 0 or -1 (errno set). */
+int ckvm_set_no_new_privs(void);
+/* seccomp(SECCOMP_SET_MODE_FILTER, flags, &prog) with `flags` SECCOMP_FILTER_FLAG_TSYNC
+ * when `all_threads`: every thread of the process gets the filter, or none does. Returns 0,
+ * -1 with errno set, or (TSYNC) the id of a thread that could not be synchronized. */
+long ckvm_seccomp_set_filter(const struct sock_filter *code, unsigned short len, int all_threads);
+/* The modes /proc/self/status reports: prctl(PR_GET_SECCOMP) and PR_GET_NO_NEW_PRIVS. */
+int ckvm_get_seccomp_mode(void);
+int ckvm_get_no_new_privs(void);
 
 #endif
