@@ -287,16 +287,18 @@ final class FakeGuest: GuestRunner, @unchecked Sendable {
             var pfd = pollfd(fd: 0, events: Int16(POLLIN), revents: 0)
             let r = poll(&pfd, 1, 100)
             if r == 0 || (r < 0 && errno == EINTR) { continue }
+            // Input typed while paused stays on the console, unread, until unpause (as a
+            // paused machine leaves it): read only while not paused, under the lock that
+            // `pause` takes.
+            cond.lock()
+            if paused { cond.unlock(); continue }
             let n = read(0, &buf, buf.count)
+            cond.unlock()
             if n <= 0 {
                 if n < 0 && errno == EINTR { continue }
                 if n < 0 && errno == EIO { usleep(50_000); continue }  // no one on the pty yet
                 return
             }
-            cond.lock()
-            let nowPaused = paused
-            cond.unlock()
-            if nowPaused { continue }
             for c in buf[0..<n] {
                 if c == 0x0d || c == 0x0a {
                     let cmd = String(decoding: line, as: UTF8.self)

@@ -357,13 +357,23 @@ extension X86CPU {
 
     // MARK: ModRM operand access
 
+    // The register forms inline; the memory forms are one out-of-line call each (with the
+    // whole memory path inline there), so these stay small enough to inline everywhere.
     @inline(__always) func readRM(_ size: Int) throws(X86Fault) -> UInt64 {
         if d.mod == 3 { return reg(d.rm, size) }
-        return try readMem(d.seg, effectiveAddress(), size)
+        return try readRMMemory(size)
+    }
+
+    @inline(never) func readRMMemory(_ size: Int) throws(X86Fault) -> UInt64 {
+        try readMem(d.seg, effectiveAddress(), size)
     }
 
     @inline(__always) func writeRM(_ size: Int, _ v: UInt64) throws(X86Fault) {
         if d.mod == 3 { setReg(d.rm, size, v); return }
+        try writeRMMemory(size, v)
+    }
+
+    @inline(never) func writeRMMemory(_ size: Int, _ v: UInt64) throws(X86Fault) {
         try writeMem(d.seg, effectiveAddress(), size, v)
     }
 }

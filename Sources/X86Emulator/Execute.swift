@@ -80,13 +80,18 @@ extension X86CPU {
         }
     }
 
-    /// ALU operation with a ModRM destination (kind 7 = cmp writes nothing).
+    /// ALU operation with a ModRM destination (kind 7 = cmp writes nothing). The register
+    /// form is inline, the memory form out of line (small enough to inline into `execute`).
     @inline(__always) func aluToRM(_ kind: Int, _ size: Int, _ src: UInt64) throws(X86Fault) {
         if d.mod == 3 {
             let res = alu(kind, reg(d.rm, size), src, size)
             if kind != 7 { setReg(d.rm, size, res) }
             return
         }
+        try aluToMemory(kind, size, src)
+    }
+
+    @inline(never) func aluToMemory(_ kind: Int, _ size: Int, _ src: UInt64) throws(X86Fault) {
         let la = try linear(d.seg, effectiveAddress())
         if kind == 7 {
             _ = alu(7, try readLinear(la, size, user: cpl == 3), src, size)
@@ -442,7 +447,15 @@ extension X86CPU {
             if k > 1 { throw udFault() }
             try unaryRM(1, k)
         case 0xFF:
-            try group5()
+            if d.mod == 3 && d.reg & 6 == 0 {
+                // INC/DEC of a register (the only encoding in 64-bit mode), inline.
+                let s = d.opSize, a = reg(d.rm, s)
+                let res = (d.reg & 1 == 0 ? a &+ 1 : a &- 1) & sizeMask(s)
+                setLazyKeepingCF(d.reg & 1 == 0 ? .inc : .dec, a, res, s)
+                setReg(d.rm, s, res)
+            } else {
+                try group5()
+            }
         default:
             // 0x100...0x3FF: the 0F opcode space (op never exceeds 0x3FF); else undefined.
             if op >= 0x100 { try execute0F(op) } else { throw udFault() }

@@ -403,8 +403,22 @@ public final class X86CPU {
 
     @inline(__always) var interruptsEnabled: Bool { rflagsRest & Flag.if != 0 }
 
-    /// Evaluates condition code `cc` (the low nibble of Jcc/SETcc/CMOVcc).
+    /// Evaluates condition code `cc` (the low nibble of Jcc/SETcc/CMOVcc). The CF and ZF
+    /// conditions (B/AE/E/NE/BE/A) read the stored CF and the result inline; the rest go
+    /// out of line (a small inline body is what lets this inline into `execute`).
     @inline(__always) func condition(_ cc: Int) -> Bool {
+        switch cc {
+        case 2: return lfCF
+        case 3: return !lfCF
+        case 4: return zf
+        case 5: return !zf
+        case 6: return lfCF || zf
+        case 7: return !(lfCF || zf)
+        default: return conditionOutOfLine(cc)
+        }
+    }
+
+    @inline(never) func conditionOutOfLine(_ cc: Int) -> Bool {
         if lfOp == .sub {
             let a = lfA, b = lfB
             switch cc {

@@ -172,13 +172,30 @@ let twoVMs = """
         try p.run()
         let collected = OutputCollector(out.fileHandleForReading)
         inp.fileHandleForWriting.write(Data("ping\r".utf8))
-        usleep(400_000)
+        // The event: "ping" has reached the guest's console and lies there unread (the
+        // slave side's input queue, FIONREAD on the VM's tty), so a running guest could
+        // have echoed it; a paused one has not.
+        let tty = try #require(row(try d.vmctl("status").stdout, "web").map { $0[5] })
+        let slave = open(tty.hasPrefix("/") ? tty : "/dev/" + tty, O_RDWR | O_NOCTTY | O_NONBLOCK | O_CLOEXEC)
+        try #require(slave >= 0, "cannot open \(tty)")
+        defer { close(slave) }
+        var pending: Int32 = 0
+        let deadline = Date().addingTimeInterval(10)
+        while Date() < deadline {
+            guard ioctl(slave, UInt(FIONREAD), &pending) == 0 else { break }
+            if pending >= 5 { break }
+            usleep(20_000)
+        }
+        #expect(pending >= 5, "the console never delivered the typed line")
         #expect(!collected.snapshot().contains("echo: ping"))
         #expect(try d.vmctl("unpause", "web").status == 0)
         inp.fileHandleForWriting.write(Data("pong\r".utf8))
-        let deadline = Date().addingTimeInterval(10)
-        while !collected.snapshot().contains("echo: pong") && Date() < deadline { usleep(20_000) }
+        // Unpaused, the guest reads what waited for it, in order.
+        while !collected.snapshot().contains("echo: pong") && Date() < deadline.addingTimeInterval(10) { usleep(20_000) }
         #expect(collected.snapshot().contains("echo: pong"))
+        let echoed = collected.snapshot()
+        let ping = echoed.range(of: "echo: ping")?.lowerBound, pong = echoed.range(of: "echo: pong")?.lowerBound
+        #expect(ping != nil && pong != nil && ping! < pong!, "\(echoed)")
         inp.fileHandleForWriting.write(Data("~.".utf8))
         p.waitUntilExit()
     }

@@ -79,16 +79,12 @@ import VMConfig
         let d = try TestDaemon(config: "vm \"tmpl\" {\n disable\n boot \"\(dir)/kernel\"\n}\n")
         defer { d.stop() }
         #expect(try d.vmctl("start", "-t", "tmpl", "-b", dir + "/other-kernel", "-d", dir + "/inst.raw", "inst").status == 0)
+        // "running" comes after the VM process reported its start, by which time it has
+        // closed the kernel's descriptor and holds its disks.
         func disksHeld() throws -> [String] {
-            let status = try d.waitForStatus { (row($0, "inst")?[1] ?? "-") != "-" }
+            let status = try d.waitForStatus { row($0, "inst")?[7] == "running" }
             let pid = try #require(Int32(row(status, "inst")?[1] ?? ""), "\(status)")
-            var held: [String] = []
-            for _ in 0..<100 {
-                held = DiskFDTests.openFiles(pid).filter { $0.hasPrefix(dir + "/") }
-                if held == [dir + "/inst.raw"] { break }
-                usleep(50_000)
-            }
-            return held
+            return DiskFDTests.openFiles(pid).filter { $0.hasPrefix(dir + "/") }
         }
         #expect(try disksHeld() == [dir + "/inst.raw"])
         #expect(try d.vmctl("stop", "-w", "inst").status == 0)
@@ -107,12 +103,8 @@ import VMConfig
         for name in ["a", "b"] {
             let cols = try #require(row(status, name), "\(status)")
             let pid = try #require(Int32(cols[1]))
-            var seen: [String] = []
-            for _ in 0..<100 {
-                seen = DiskFDTests.uids(pid)
-                if seen.first == String((1 << 30) + (Int(cols[0]) ?? 0)) { break }
-                usleep(50_000)
-            }
+            // "running": the VM process reported its start, after dropping privileges.
+            let seen = DiskFDTests.uids(pid)
             #expect(seen == Array(repeating: String((1 << 30) + (Int(cols[0]) ?? 0)), count: 4), "\(name): \(seen)")
             uids.append(seen.first ?? "")
         }
