@@ -76,3 +76,29 @@ long ckvm_seccomp_set_filter(const struct sock_filter *code, unsigned short len,
 
 int ckvm_get_seccomp_mode(void) { return prctl(PR_GET_SECCOMP, 0, 0, 0, 0); }
 int ckvm_get_no_new_privs(void) { return prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0); }
+
+#ifndef SYS_landlock_create_ruleset
+#define SYS_landlock_create_ruleset 444
+#endif
+#ifndef SYS_landlock_restrict_self
+#define SYS_landlock_restrict_self 446
+#endif
+/* struct landlock_ruleset_attr as of ABI 6 (the 6.1 headers lack the later fields); the
+ * size passed tells the kernel how much of it there is. */
+struct ckvm_landlock_ruleset_attr { uint64_t handled_access_fs, handled_access_net, scoped; };
+
+int ckvm_landlock_abi(void) {
+    return (int)syscall(SYS_landlock_create_ruleset, NULL, 0, 1u /* LANDLOCK_CREATE_RULESET_VERSION */);
+}
+
+int ckvm_landlock_restrict_all(uint64_t fs, uint64_t net, uint64_t scoped) {
+    struct ckvm_landlock_ruleset_attr attr = { fs, net, scoped };
+    size_t size = scoped ? 24 : net ? 16 : 8;
+    int fd = (int)syscall(SYS_landlock_create_ruleset, &attr, size, 0u);
+    if (fd < 0) return -1;
+    int rc = (int)syscall(SYS_landlock_restrict_self, fd, 0u);
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return rc;
+}

@@ -201,3 +201,16 @@ struct BPFMachine {
         #expect(try verdict(72, 3, 37) == Self.kill)  // fcntl(F_OFD_SETLK)
     }
 }
+
+@Suite struct LandlockPolicyTests {
+    @Test func eachABIHandlesWhatItKnows() {
+        #expect(LandlockPolicy.denyAll(abi: 0) == nil)
+        #expect(LandlockPolicy.denyAll(abi: -1) == nil)
+        #expect(LandlockPolicy.denyAll(abi: 1) == LandlockPolicy(fs: 0x1fff, net: 0, scoped: 0))
+        #expect(LandlockPolicy.denyAll(abi: 3) == LandlockPolicy(fs: 0x7fff, net: 0, scoped: 0))
+        #expect(LandlockPolicy.denyAll(abi: 4) == LandlockPolicy(fs: 0x7fff, net: 3, scoped: 0))
+        #expect(LandlockPolicy.denyAll(abi: 6) == LandlockPolicy(fs: 0xffff, net: 3, scoped: 3))
+        // Later ABIs add nothing this policy knows how to handle yet.
+        #expect(LandlockPolicy.denyAll(abi: 7) == LandlockPolicy.denyAll(abi: 6))
+    }
+}

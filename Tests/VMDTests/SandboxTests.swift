@@ -3,12 +3,14 @@ import Glibc
 #endif
 import Foundation
 import Testing
+import CKVM
 
 /// The VM process's seccomp sandbox (Sources/VMDTool/Sandbox.swift) seen from outside: VM
 /// processes run with Seccomp 2 and NoNewPrivs 1 and their guests still work; a VM process
 /// made to attempt a forbidden system call (the SWIFTVMM_SANDBOX_TEST_SYSCALL hook) dies of
 /// SIGSYS, vmd reports the VM stopped saying so and carries on; with SWIFTVMM_SANDBOX=off
-/// the same call runs.
+/// the same call runs; Landlock alone (SWIFTVMM_SANDBOX=landlock) refuses the VM process any
+/// file by name.
 @Suite(.serialized) struct SandboxTests {
     /// The fields of /proc/PID/status named `keys`.
     static func status(_ pid: Int32, _ keys: [String]) -> [String: String] {
@@ -121,5 +123,36 @@ import Testing
         #expect(Self.logShows(d, "vmd: sandbox test: socket(AF_PACKET) returned"), "\(d.log.snapshot())")
         #expect(Self.status(pid, ["Seccomp"])["Seccomp"] == "0")
         #expect(row(try d.vmctl("status").stdout, "free")?[7] == "running")
+    }
+
+    static let landlock = ckvm_landlock_abi() >= 1
+
+    /// Landlock alone (the seccomp filter would answer the open with EACCES itself): the VM
+    /// process cannot open a world-readable file, yet its guest runs; without a sandbox it can.
+    @Test(.enabled(if: SandboxTests.landlock, "the kernel has no Landlock"), arguments: ["landlock", "off"])
+    func landlockLeavesTheVMProcessNoFiles(mode: String) throws {
+        try #require(Binaries.available)
+        let d = try TestDaemon(config: "vm \"ll\" {\n memory 32M\n}\n",
+                               env: ["SWIFTVMM_SANDBOX_TEST_SYSCALL": "open", "SWIFTVMM_SANDBOX": mode])
+        defer { d.stop() }
+        let pid = try Self.pid(d, "ll")
+        let expected = mode == "off" ? "succeeded" : "failed: Permission denied"
+        #expect(Self.logShows(d, "vmd: sandbox test: open(/etc/passwd) \(expected)"), "\(d.log.snapshot())")
+        #expect(Self.status(pid, ["Seccomp"])["Seccomp"] == "0")
+        #expect(Self.status(pid, ["NoNewPrivs"])["NoNewPrivs"] == (mode == "off" ? "0" : "1"))
+        let c = try ConsoleClient(socket: d.socket, name: "ll")
+        c.type("hi\r")
+        #expect(c.waitFor("echo: hi"), "\(c.output.snapshot())")
+    }
+
+    /// With the full sandbox the same open fails too (EACCES from the filter), nothing dies.
+    @Test func theFullSandboxRefusesOpenWithoutKilling() throws {
+        try #require(Binaries.available)
+        let d = try TestDaemon(config: "vm \"fo\" {\n memory 32M\n}\n", env: ["SWIFTVMM_SANDBOX_TEST_SYSCALL": "open"])
+        defer { d.stop() }
+        let pid = try Self.pid(d, "fo")
+        #expect(Self.logShows(d, "vmd: sandbox test: open(/etc/passwd) failed: Permission denied"), "\(d.log.snapshot())")
+        #expect(Self.status(pid, ["Seccomp"])["Seccomp"] == "2")
+        #expect(row(try d.vmctl("status").stdout, "fo")?[7] == "running")
     }
 }

@@ -330,6 +330,13 @@ int ckvm_set_no_new_privs(void);
  * when `all_threads`: every thread of the process gets the filter, or none does. Returns 0,
  * -1 with errno set, or (TSYNC) the id of a thread that could not be synchronized. */
 long ckvm_seccomp_set_filter(const struct sock_filter *code, unsigned short len, int all_threads);
+/* Landlock: the ABI version the kernel offers (>= 1), or -1 with errno (ENOSYS, EOPNOTSUPP:
+ * none). */
+int ckvm_landlock_abi(void);
+/* A Landlock ruleset that handles `fs`, `net` and `scoped` rights and allows none of them
+ * (no rules), enforced on the calling thread and the threads it creates afterwards. Needs
+ * no_new_privs. 0 or -1 (errno set). */
+int ckvm_landlock_restrict_all(uint64_t fs, uint64_t net, uint64_t scoped);
 /* The modes /proc/self/status reports: prctl(PR_GET_SECCOMP) and PR_GET_NO_NEW_PRIVS. */
 int ckvm_get_seccomp_mode(void);
 int ckvm_get_no_new_privs(void);
