@@ -125,12 +125,16 @@ final class UnixVsockBackend: VsockHostBackend {
 /// The vsock thread: accepts host connections on PATH, reads their "CONNECT <port>\n"
 /// line, hands them to the device, and polls the connected streams for the device
 /// (`VirtioVsock.pollEntries`): input when the guest has credit, output when guest data
-/// waits for the host. At most `maximumHandshakes` connections may be reading their
+/// waits for the host; a guest that does not accept a host connection within 10 s (or has
+/// not started its driver) closes it. At most `maximumHandshakes` connections may be reading their
 /// CONNECT line at once (the oldest is dropped); a line longer than 32 bytes, or not
 /// "CONNECT <port>", closes the connection.
 public final class VsockHostPump: @unchecked Sendable {
     static let maximumHandshakes = 16
     static let maximumLine = 32
+    /// How long the guest has to accept a host connection (Firecracker waits 2 s; the
+    /// software CPU under load needs more).
+    static let answerTimeout: UInt64 = 10_000_000_000
 
     private let model: VirtioVsock
     private let device: VirtioPCIDevice
@@ -206,6 +210,10 @@ public final class VsockHostPump: @unchecked Sendable {
                 return
             }
             if fds[0].revents != 0 { _ = wake.consume() }
+            let now = DeviceClock.host.monotonicNanoseconds()
+            if device.withLock(processing: nil, { model.expireRequests(now: now) }) > 0 {
+                device.withLock(processing: VirtioVsock.receiveQueue) {}   // the RSTs
+            }
             let handshakeReady = (0..<handshakes.count).filter { fds[2 + $0].revents != 0 }
             var ready: [VsockPollEntry] = []
             for (k, e) in entries.enumerated() {
@@ -267,7 +275,8 @@ public final class VsockHostPump: @unchecked Sendable {
         }
         let stream = UnixVsockStream(fd: fd)
         let taken = device.withLock(processing: VirtioVsock.receiveQueue) {
-            model.connectFromHost(port: port, stream: stream)
+            model.connectFromHost(port: port, stream: stream,
+                                  deadline: DeviceClock.host.monotonicNanoseconds() + Self.answerTimeout)
         }
         if !taken { stream.close() }
     }

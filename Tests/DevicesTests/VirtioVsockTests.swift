@@ -310,6 +310,32 @@ struct VsockRig {
         #expect(rig.vsock.connectionCount == 1)
     }
 
+    @Test func unansweredHostConnectionExpires() throws {
+        let rig = try VsockRig()
+        let stream = FakeVsockStream()
+        _ = rig.device.withLock(processing: VirtioVsock.receiveQueue) {
+            rig.vsock.connectFromHost(port: 60, stream: stream, deadline: 1_000)
+        }
+        #expect(rig.device.withLock(processing: nil) { rig.vsock.expireRequests(now: 999) } == 0)
+        try rig.postReceive(2)
+        #expect(try rig.received().map(\.0.op) == [VsockHeader.opRequest])
+        let expired = rig.device.withLock(processing: VirtioVsock.receiveQueue) { rig.vsock.expireRequests(now: 1_000) }
+        #expect(expired == 1)
+        #expect(stream.closed && stream.acceptedPort == nil)
+        #expect(try rig.received().map(\.0.op) == [VsockHeader.opRst])
+        #expect(rig.vsock.connectionCount == 0)
+    }
+
+    @Test func hostConnectionBeforeTheDriverStartsIsRefused() throws {
+        let memory = try GuestMemory(size: 1 << 20)
+        let vsock = VirtioVsock(guestCID: 3, backend: FakeVsockBackend())
+        let device = VirtioPCIDevice(model: vsock, memory: memory, interrupts: RecordingInterruptController(),
+                                     logger: VirtioPCIDevice.discardingLogger)
+        let ok = device.withLock(processing: nil) { vsock.connectFromHost(port: 1, stream: FakeVsockStream()) }
+        #expect(!ok)
+        #expect(vsock.connectionCount == 0)
+    }
+
     @Test func floodOfBadPacketsIsBounded() throws {
         let rig = try VsockRig()
         // No receive buffers: the RSTs wait, but never more than the limit.

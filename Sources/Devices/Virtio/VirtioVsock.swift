@@ -96,6 +96,9 @@ public final class VirtioVsock: VirtioDeviceModel, VirtioBackendAttachable, @unc
         /// Whether the stream may have input (cleared when a read finds none).
         var hostReadable = true
         var hostEnded = false
+        /// A host-initiated connection the guest has not answered is dropped after this
+        /// (the host thread's monotonic nanoseconds).
+        var answerDeadline: UInt64?
         var guestEnded = false
         init(conn: VsockConnection, stream: any VsockHostStream) { self.conn = conn; self.stream = stream }
     }
@@ -133,9 +136,13 @@ public final class VirtioVsock: VirtioDeviceModel, VirtioBackendAttachable, @unc
 
     public func writeConfig(offset: Int, size: Int, value: UInt32) {}   // guest_cid is read-only
 
-    public func activate(features: UInt64) {}
+    /// Whether the driver has started the device (DRIVER_OK, not reset since).
+    public private(set) var isActive = false
+
+    public func activate(features: UInt64) { isActive = true }
 
     public func reset() {
+        isActive = false
         for link in links.values { link.stream.close() }
         links.removeAll()
         order.removeAll()
@@ -164,10 +171,12 @@ public final class VirtioVsock: VirtioDeviceModel, VirtioBackendAttachable, @unc
 
     /// Opens a host-initiated connection to guest port `port` over `stream`: sends the guest
     /// a REQUEST; `stream.accepted` is called when the guest answers. False (the stream is
-    /// not kept) when the device is at its connection limit.
+    /// not kept) when the driver has not started the device or it is at its connection
+    /// limit. A guest that has not answered by `deadline` (see `expireRequests`) is
+    /// taken to refuse.
     /// Call through `transport.withLock(processing: VirtioVsock.receiveQueue)`.
-    public func connectFromHost(port: UInt32, stream: any VsockHostStream) -> Bool {
-        guard links.count < Self.maximumConnections else { return false }
+    public func connectFromHost(port: UInt32, stream: any VsockHostStream, deadline: UInt64? = nil) -> Bool {
+        guard isActive, links.count < Self.maximumConnections else { return false }
         var hostPort = nextHostPort
         for _ in 0..<(Self.maximumConnections + 1) {
             if links[Key(hostPort: hostPort, guestPort: port)] == nil { break }
@@ -178,11 +187,28 @@ public final class VirtioVsock: VirtioDeviceModel, VirtioBackendAttachable, @unc
         let conn = VsockConnection(guestCID: guestCID, guestPort: port, hostPort: hostPort,
                                    bufAlloc: Self.bufferSize, initiatedByGuest: false)
         let key = Key(hostPort: hostPort, guestPort: port)
-        links[key] = Link(conn: conn, stream: stream)
+        let link = Link(conn: conn, stream: stream)
+        link.answerDeadline = deadline
+        links[key] = link
         order.append(key)
         sendControl(conn.request())
         onHostWork?()
         return true
+    }
+
+    /// Drops host-initiated connections the guest has not answered by `now` (RST to the
+    /// guest, the host stream closed). Returns how many.
+    @discardableResult
+    public func expireRequests(now: UInt64) -> Int {
+        var n = 0
+        for key in order {
+            guard let link = links[key], link.conn.state == .connecting,
+                  let d = link.answerDeadline, d <= now else { continue }
+            sendControl(link.conn.header(op: VsockHeader.opRst))
+            drop(key)
+            n += 1
+        }
+        return n
     }
 
     /// What the host thread should poll: input on streams the guest has credit for and
