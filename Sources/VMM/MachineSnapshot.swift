@@ -5,6 +5,7 @@ import Devices
 import Foundation
 import GuestMemory
 import Hypervisor
+import KVM
 import Logging
 import X86Emulator
 
@@ -21,7 +22,7 @@ public struct SavedMachineConfig: Codable, Sendable, Equatable {
     public var memorySize: UInt64
     public var vcpus: Int
     public var diskPaths: [String]
-    /// The backend the state was taken on ("emulator"; KVM state is not saved yet).
+    /// The backend the state was taken on ("emulator" or "kvm"); it is restored on the same one.
     public var backend: String
     public var cpuLevel: String?
     /// The RAM layout (base, size) the memory sections must fall in.
@@ -41,12 +42,16 @@ struct SavedDevices: Codable {
     /// The virtio transports (PCI config, MSI-X, queue state, features, status) in
     /// `VirtioMachineSet.all` order.
     var virtio: [VirtioPCIDevice.Snapshot]
+    /// KVM: the in-kernel PIC pair, IOAPIC, PIT and kvmclock (the user-space chips above are nil).
+    var kvm: KVMVMSnapshot?
 }
 
 /// A VCPU section (JSON).
 struct SavedVCPU: Codable {
     var index: Int
-    var emulator: X86CPUSnapshot
+    /// Exactly one of these, by the backend.
+    var emulator: X86CPUSnapshot?
+    var kvm: KVMVCPUSnapshot?
 }
 
 /// What a save wrote.
@@ -58,7 +63,6 @@ public struct SnapshotStatistics: Sendable {
 extension Machine {
     /// Why this machine cannot be saved yet, or nil.
     var snapshotBlocker: String? {
-        if accelerator.backend != .emulator { return "saving a KVM machine is not supported yet (only the software CPU, --accel emulator)" }
         if config.bootsFirmware { return "saving a firmware-booted machine is not supported yet (fw_cfg and the ISA bridge have no saved state)" }
         if !config.networkInterfaces.isEmpty || config.vsock != nil || config.cdromPath != nil {
             return "saving a machine with network interfaces, vsock or a CD-ROM is not supported yet"
@@ -73,28 +77,30 @@ extension Machine {
         if let why = snapshotBlocker { throw VMMError.unsupported(why) }
         guard state == .paused else { throw VMMError.machine("the machine must be paused to be saved") }
         let encoder = JSONEncoder()
-        let cpus = try runner.onEachPausedVCPU { cpu -> X86CPUSnapshot in
-            guard let v = cpu as? EmulatorVCPU else { throw VMMError.machine("not a software vCPU") }
-            return v.snapshot()
+        let kvmVM = backend as? KVMVirtualMachine
+        let msrIndices = try kvmVM?.system.msrIndexList() ?? []
+        let cpus = try runner.onEachPausedVCPU { cpu -> SavedVCPU in
+            if let v = cpu as? EmulatorVCPU { return SavedVCPU(index: v.index, emulator: v.snapshot()) }
+            guard let k = cpu as? KVMVCPU else { throw VMMError.machine("vCPU \(cpu.index) has no saved state") }
+            return SavedVCPU(index: k.index, kvm: try k.saveState(msrIndices: msrIndices))
         }
+        let kvmState = try kvmVM?.saveState()
         let devices = self.devices, virtio = self.virtio
         let saved = deviceLock.withLock {
             SavedDevices(com1: devices.com1.snapshot(), keyboardController: devices.keyboardController.snapshot(),
                          rtc: devices.rtc.snapshot(), pciHost: devices.pciHost.snapshot(),
                          acpiPM: devices.acpiPM.snapshot(), pic: devices.irqChip?.pic.snapshot(),
                          ioapic: devices.irqChip?.ioapic.snapshot(), pit: devices.pit?.snapshot(),
-                         virtio: virtio.all.map { $0.snapshot() })
+                         virtio: virtio.all.map { $0.snapshot() }, kvm: kvmState)
         }
         let conf = SavedMachineConfig(kernelPath: config.kernelPath, initrdPath: config.initrdPath, cmdline: config.cmdline,
                                       memorySize: config.memorySize, vcpus: config.vcpus, diskPaths: config.diskPaths,
-                                      backend: "emulator", cpuLevel: (config.cpuLevel ?? .default).rawValue,
+                                      backend: kvmVM == nil ? "emulator" : "kvm", cpuLevel: (config.cpuLevel ?? .default).rawValue,
                                       ram: memory.regions.map { [$0.guestBase, UInt64($0.size)] })
         let w = try StateStreamWriter(fd: fd)
         try w.section(StateStream.config, Array(try encoder.encode(conf)))
         try w.section(StateStream.devices, Array(try encoder.encode(saved)))
-        for (i, cpu) in cpus.enumerated() {
-            try w.section(StateStream.vcpu, Array(try encoder.encode(SavedVCPU(index: i, emulator: cpu))))
-        }
+        for cpu in cpus { try w.section(StateStream.vcpu, Array(try encoder.encode(cpu))) }
         let pages = try writeMemory(w)
         try w.finish()
         return SnapshotStatistics(bytes: w.bytesWritten, memoryPages: pages)
@@ -147,13 +153,15 @@ extension Machine {
             throw StateStreamError.malformed("the stream does not start with the machine configuration")
         }
         let conf = try decode(SavedMachineConfig.self, first.payload, "configuration")
-        guard conf.backend == "emulator" else { throw StateStreamError.malformed("unknown backend \(conf.backend)") }
+        guard let accel = ["emulator": Accelerator.emulator, "kvm": .kvm][conf.backend] else {
+            throw StateStreamError.malformed("unknown backend \(conf.backend)")
+        }
         guard let level = X86CPULevel(rawValue: conf.cpuLevel ?? X86CPULevel.default.rawValue) else {
             throw StateStreamError.malformed("unknown CPU level")
         }
         var config = MachineConfig(kernelPath: conf.kernelPath, initrdPath: conf.initrdPath, cmdline: conf.cmdline,
                                    memorySize: conf.memorySize, vcpus: conf.vcpus, diskPaths: conf.diskPaths,
-                                   accelerator: .emulator, console: console)
+                                   accelerator: accel, console: console)
         config.cpuLevel = level
         guard !config.kernelPath.isEmpty else { throw StateStreamError.malformed("no kernel in the configuration") }
         try config.validateSettings()
@@ -166,7 +174,7 @@ extension Machine {
             memset(region.host, 0, region.size)
         }
         var devices: SavedDevices?
-        var cpus = [X86CPUSnapshot?](repeating: nil, count: config.vcpus)
+        var cpus = [SavedVCPU?](repeating: nil, count: config.vcpus)
         while let (tag, payload) = try reader.next() {
             switch tag {
             case StateStream.devices:
@@ -177,7 +185,10 @@ extension Machine {
                 guard v.index >= 0 && v.index < cpus.count, cpus[v.index] == nil else {
                     throw StateStreamError.malformed("vCPU section for vCPU \(v.index) (the machine has \(cpus.count); each once)")
                 }
-                cpus[v.index] = v.emulator
+                guard (v.emulator == nil) != (v.kvm == nil), (v.kvm != nil) == (accel == .kvm) else {
+                    throw StateStreamError.malformed("vCPU \(v.index)'s state is not for the \(conf.backend) backend")
+                }
+                cpus[v.index] = v
             case StateStream.memory:
                 try machine.applyMemory(payload)
             default:
@@ -188,11 +199,20 @@ extension Machine {
         let saved = cpus.compactMap { $0 }
         guard saved.count == cpus.count else { throw StateStreamError.malformed("a vCPU's state is missing") }
         try machine.applyDevices(devices)
-        guard let vm = machine.backend as? EmulatorVirtualMachine else { throw VMMError.machine("not a software CPU machine") }
-        let vcpus = vm.vcpus
+        let vcpus = machine.runner.vcpus
         guard vcpus.count == saved.count else { throw VMMError.machine("vCPU count differs") }
-        for (v, s) in zip(vcpus, saved) {
-            do { try v.restore(s) } catch { throw StateStreamError.malformed("\(error)") }
+        do {
+            if let vm = machine.backend as? KVMVirtualMachine {
+                guard let k = devices.kvm else { throw StateStreamError.malformed("no in-kernel device state for a KVM machine") }
+                try vm.restoreState(k)
+            }
+            for (v, s) in zip(vcpus, saved) {
+                if let e = v as? EmulatorVCPU, let state = s.emulator { try e.restore(state) }
+                else if let k = v as? KVMVCPU, let state = s.kvm { try k.restoreState(state) }
+                else { throw StateStreamError.malformed("vCPU \(v.index)'s state does not fit its backend") }
+            }
+        } catch let error as StateStreamError { throw error } catch {
+            throw StateStreamError.malformed("\(error)")
         }
         machine.runner.discardInitialStates()
         return machine

@@ -21,11 +21,11 @@ import VMM
 
     /// A counter guest run until it printed `lines` lines, paused and saved to a file.
     /// Returns the file, the console text so far and the counter page's address.
-    static func savedCounter(lines: Int = 2, file: String) throws -> (text: String, page: UInt64, ram: RAMImage, regs: [CPUState]) {
+    static func savedCounter(lines: Int = 2, file: String, accel: Accelerator = .emulator) throws -> (text: String, page: UInt64, ram: RAMImage, regs: [CPUState]) {
         let kernel = try Harness.testGuest("counter")
         let capture = ConsoleCapture()
         let machine = try Machine(config: MachineConfig(kernelPath: kernel, memorySize: 32 << 20,
-                                                        accelerator: .emulator, console: capture.sink))
+                                                        accelerator: accel, console: capture.sink))
         try machine.start()
         defer { machine.stop(reason: "test over"); _ = machine.wait() }
         #expect(waitUntil { capture.text.contains("count \(lines)\r\n") }, "\(capture.text)")
@@ -40,9 +40,14 @@ import VMM
         return (capture.text, page, RAMImage(machine.memory), regs)
     }
 
-    @Test func aRestoredSoftwareCPUGuestCountsOnFromWhereItWas() throws {
-        let file = try Self.scratchFile("inproc.state")
-        let saved = try Self.savedCounter(file: file)
+    @Test func aRestoredSoftwareCPUGuestCountsOnFromWhereItWas() throws { try restoreInProcess(.emulator) }
+
+    @Test(.enabled(if: PauseGuestTests.kvmUsable, "KVM is not usable here"))
+    func aRestoredKVMGuestCountsOnFromWhereItWas() throws { try restoreInProcess(.kvm) }
+
+    func restoreInProcess(_ accel: Accelerator) throws {
+        let file = try Self.scratchFile("inproc-\(accel).state")
+        let saved = try Self.savedCounter(file: file, accel: accel)
         let savedCount = try #require(PauseGuestTests.countLines(saved.text).last)
 
         let fd = open(file, O_RDONLY)
@@ -65,10 +70,15 @@ import VMM
     }
 
     /// `vmm --save-to FILE` and SIGUSR2, then `vmm --restore FILE` in a new process.
-    @Test func saveInOneVMMProcessAndRestoreInAnother() throws {
+    @Test func saveInOneVMMProcessAndRestoreInAnother() throws { try restoreInNewProcess(.emulator) }
+
+    @Test(.enabled(if: PauseGuestTests.kvmUsable, "KVM is not usable here"))
+    func saveInOneVMMProcessAndRestoreInAnotherOnKVM() throws { try restoreInNewProcess(.kvm) }
+
+    func restoreInNewProcess(_ accel: Accelerator) throws {
         let kernel = try Harness.testGuest("counter")
-        let file = try Self.scratchFile("vmm.state")
-        let first = try RunningVMM(["-k", kernel, "-m", "32M", "--accel", "emulator", "--save-to", file])
+        let file = try Self.scratchFile("vmm-\(accel).state")
+        let first = try RunningVMM(["-k", kernel, "-m", "32M", "--accel", accel.rawValue, "--save-to", file])
         #expect(first.waitForOutput { $0.contains("count 3\r\n") }, "\(first.stdout)")
         kill(first.pid, SIGUSR2)
         let status = first.wait()
