@@ -594,6 +594,14 @@ public final class ConfigParser {
             } else {
                 error(at, "unknown accel \(a): use kvm, emulator or auto")
             }
+        case .keyword(.cpuLevel):
+            let (l, lt) = try string()
+            once(vm.cpuLevel, "cpu-level", t)
+            if let level = CPULevel(rawValue: l) {
+                vm.cpuLevel = level
+            } else {
+                error(lt, "unknown cpu-level \(l): use \(CPULevel.allCases.map(\.rawValue).joined(separator: " or "))")
+            }
         default:
             throw syntaxError(t)
         }
