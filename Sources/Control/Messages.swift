@@ -45,6 +45,8 @@ public struct StartRequest: Codable, Hashable, Sendable {
     public var initrd: String?
     public var cmdline: String?
     public var accel: Accelerator?
+    /// --cpu-level: the software CPU's instruction-set level.
+    public var cpuLevel: CPULevel?
     /// -c: the reply carries the console's pty as a file descriptor.
     public var attachConsole = false
     public init(target: VMIdentifier) { self.target = target }

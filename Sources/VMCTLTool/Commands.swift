@@ -23,11 +23,15 @@ struct Start: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Kernel command line.", valueName: "text")) var cmdline: String?
     @Option(name: .long, help: ArgumentHelp("Number of virtual CPUs.", valueName: "n")) var vcpus: Int?
     @Option(name: .long, help: ArgumentHelp("kvm, emulator or auto.", valueName: "accel")) var accel: String?
+    @Option(name: .customLong("cpu-level"), help: ArgumentHelp("Software CPU level: baseline or v2.", valueName: "level")) var cpuLevel: String?
     @Argument(help: ArgumentHelp("The VM's id or name.", valueName: "id|name")) var target: String
 
     func validate() throws {
         if let b = bootDevice, BootDevice(rawValue: b) == nil { throw ValidationError("invalid boot device: \(b) (cdrom, disk or net)") }
         if let a = accel, VMConfig.Accelerator(rawValue: a) == nil { throw ValidationError("invalid accel: \(a) (kvm, emulator or auto)") }
+        if let l = cpuLevel, CPULevel(rawValue: l) == nil {
+            throw ValidationError("invalid cpu level: \(l) (\(CPULevel.allCases.map(\.rawValue).joined(separator: " or ")))")
+        }
         if let i = interfaces, i < 0 || i > VMLimits.maxInterfaces { throw ValidationError("invalid interface count: \(i)") }
         if let v = vcpus, v < 1 || v > VMLimits.maxVCPUs { throw ValidationError("invalid vcpus: \(v)") }
         if disks.count > VMLimits.maxDisks { throw ValidationError("too many disks") }
@@ -54,6 +58,7 @@ struct Start: ParsableCommand {
         r.initrd = initrd.map(absolute)
         r.cmdline = cmdline
         r.accel = accel.flatMap(VMConfig.Accelerator.init(rawValue:))
+        r.cpuLevel = cpuLevel.flatMap(CPULevel.init(rawValue:))
         r.attachConsole = console
         let (reply, fds) = try request(.start(r))
         guard case .vm(let s) = reply else { return }

@@ -7,6 +7,7 @@ import Logging
 import VMConfig
 import Storage
 import VMM
+import X86Emulator
 
 /// What runs a guest inside a VM process.
 protocol GuestRunner: AnyObject, Sendable {
@@ -124,6 +125,8 @@ final class MachineGuest: GuestRunner, @unchecked Sendable {
             accelerator: VMM.Accelerator(rawValue: (vm.accel ?? .auto).rawValue) ?? .auto,
             console: .pty)
         config.cdromPath = vm.cdrom
+        // vm.conf's `cpu-level` names the emulator's levels (a test keeps the two lists equal).
+        config.cpuLevel = vm.cpuLevel.flatMap { X86CPULevel(rawValue: $0.rawValue) }
         config.bootDevice = vm.bootDevice.map { VMM.BootDevice(rawValue: $0.rawValue) ?? .disk }
         config.passedFiles = passed
         for (k, i) in spec.interfaces.enumerated() {

@@ -8,7 +8,14 @@ import X86Emulator
 
 extension Accelerator: ExpressibleByArgument {}
 extension BootDevice: ExpressibleByArgument {}
-extension X86CPULevel: ExpressibleByArgument {}
+/// Only the complete levels: `v3` exists for tests until AVX/AVX2/FMA/F16C do.
+extension X86CPULevel: ExpressibleByArgument {
+    public init?(argument: String) {
+        guard let l = X86CPULevel(rawValue: argument), X86CPULevel.selectable.contains(l) else { return nil }
+        self = l
+    }
+    public static var allValueStrings: [String] { selectable.map(\.rawValue) }
+}
 
 /// `vmm`: runs exactly one VM in the foreground with its serial console on this terminal.
 /// It is also what vmd starts for each VM.
@@ -70,7 +77,7 @@ struct VMMCommand: ParsableCommand {
     var accel: Accelerator = .auto
 
     @Option(name: .customLong("cpu-level"), help: ArgumentHelp(
-        "The software CPU's instruction-set level: baseline (x86-64: SSE2) or v2 (x86-64-v2: + SSE3, SSSE3, SSE4.1, SSE4.2, POPCNT, CMPXCHG16B, LAHF/SAHF). KVM ignores it.",
+        "The software CPU's instruction-set level: baseline (x86-64: SSE2) or v2 (x86-64-v2: + SSE3, SSSE3, SSE4.1, SSE4.2, POPCNT, CMPXCHG16B, LAHF/SAHF; the default). KVM ignores it.",
         valueName: "baseline|v2"))
     var cpuLevel: X86CPULevel?
 

@@ -43,8 +43,7 @@ extension X86CPU {
             break
         case 0x20, 0x22:
             if cpl != 0 { throw gpFault() }
-            var n = Int((d.modrm >> 3) & 7) | (d.reg & 8)
-            if d.lock && n == 0 { n = 8 }
+            let n = Int((d.modrm >> 3) & 7) | (d.reg & 8)
             let rmReg = Int(d.modrm & 7) | (d.rm & 8)
             if b == 0x20 {
                 let v = try readCR(n)
@@ -145,6 +144,9 @@ extension X86CPU {
             setReg(d.reg, d.opSize, UInt64(v.nonzeroBitCount))
             setEager(v == 0 ? Flag.zf : 0)
         case 0xBC, 0xBD:
+            // F3: TZCNT/LZCNT where the level has them; below it the prefix is ignored
+            // (BSF/BSR), as on hardware.
+            if d.rep == 0xF3 && cpuLevelHas(b == 0xBC ? .bmi1 : .lzcnt) { try countZeros(trailing: b == 0xBC); break }
             let s = d.opSize
             let v = try readRM(s)
             var f = arithFlags() & ~Flag.zf
@@ -494,6 +496,9 @@ public enum CPUIDTable {
             let edx: UInt32 = (1 << 0) | (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 8) | (1 << 9)
                 | (1 << 11) | (1 << 13) | (1 << 15) | (1 << 16) | (1 << 19) | (1 << 23) | (1 << 24) | (1 << 25) | (1 << 26)
             return (eax, ebx, ecx, edx)
+        case 7:
+            // Structured extended features, subleaf 0 only (EAX = 0: the last subleaf).
+            return (0, subleaf == 0 ? level.leaf7EBX : 0, 0, 0)
         case 0x15:
             // TSC = crystal (25 MHz) * 40 / 1.
             return (1, UInt32(tscHz / 25_000_000), 25_000_000, 0)
@@ -503,7 +508,7 @@ public enum CPUIDTable {
         case 0x8000_0000:
             return (0x8000_0008, 0, 0, 0)
         case 0x8000_0001:
-            // ECX: the level's (LAHF/SAHF in 64-bit mode at v2). EDX: SYSCALL, NX, LM.
+            // ECX: the level's (LAHF/SAHF in 64-bit mode at v2, ABM at v3). EDX: SYSCALL, NX, LM.
             return (0, 0, level.extLeaf1ECX, (1 << 11) | (1 << 20) | (1 << 29))
         case 0x8000_0002, 0x8000_0003, 0x8000_0004:
             let name = Array("swiftvmm software x86-64 CPU".utf8) + [UInt8](repeating: 0, count: 48)
