@@ -7,8 +7,8 @@ public enum X86CPULevel: String, Sendable, CaseIterable, Comparable, CustomStrin
     case baseline
     /// x86-64-v2: + SSE3, SSSE3, SSE4.1, SSE4.2, POPCNT, CMPXCHG16B, LAHF/SAHF in 64-bit mode.
     case v2
-    /// x86-64-v3 as far as it is implemented: v2 + MOVBE, LZCNT, BMI1, BMI2 (and CPUID
-    /// offers exactly those bits). AVX, AVX2, FMA, F16C and XSAVE are missing, so this is
+    /// x86-64-v3 as far as it is implemented: v2 + MOVBE, LZCNT, BMI1, BMI2, XSAVE for
+    /// x87/SSE state (and CPUID offers exactly those bits). AVX, AVX2, FMA and F16C are missing, so this is
     /// not v3 yet and not `selectable`: only tests use it.
     case v3
 
@@ -31,13 +31,14 @@ public enum X86CPULevel: String, Sendable, CaseIterable, Comparable, CustomStrin
 enum ISAExtension {
     /// `lahf64`: LAHF/SAHF in 64-bit mode (outside it they are always there).
     case sse3, ssse3, sse41, sse42, popcnt, cx16, lahf64
-    /// v3 (`lzcnt` is CPUID's ABM bit; `bmi1` includes TZCNT).
-    case movbe, lzcnt, bmi1, bmi2
+    /// v3 (`lzcnt` is CPUID's ABM bit; `bmi1` includes TZCNT; `xsave`: XSAVE/XRSTOR/
+    /// XGETBV/XSETBV and CR4.OSXSAVE).
+    case movbe, lzcnt, bmi1, bmi2, xsave
 
     var level: X86CPULevel {
         switch self {
         case .sse3, .ssse3, .sse41, .sse42, .popcnt, .cx16, .lahf64: return .v2
-        case .movbe, .lzcnt, .bmi1, .bmi2: return .v3
+        case .movbe, .lzcnt, .bmi1, .bmi2, .xsave: return .v3
         }
     }
 }
@@ -54,7 +55,7 @@ extension X86CPULevel {
         switch self {
         case .baseline: return 0
         case .v2: return v2
-        case .v3: return v2 | (1 << 22)   // MOVBE
+        case .v3: return v2 | (1 << 22) | (1 << 26)   // MOVBE, XSAVE (OSXSAVE, 27, follows CR4)
         }
     }
 

@@ -291,7 +291,7 @@ extension X86CPU {
                 r[0] = t & 0xFFFF_FFFF; r[2] = t >> 32; r[1] = tscAux & 0xFFFF_FFFF
                 return
             case 0xCA, 0xCB: throw udFault() // clac/stac: no SMAP
-            case 0xD0: throw udFault() // xgetbv: no XSAVE
+            case 0xD0, 0xD1: try xgetbvXsetbv(set: d.modrm == 0xD1); return
             case 0xC8, 0xC9: throw udFault() // monitor/mwait not advertised
             default: break
             }
@@ -379,6 +379,8 @@ extension X86CPU {
         switch k {
         case 0: try fxsave(ea)
         case 1: try fxrstor(ea)
+        case 4: try xsave(ea)
+        case 5: try xrstor(ea)
         case 2:
             if cr4 & X86Bits.cr4OSFXSR == 0 { throw udFault() }
             let v = UInt32(try readMem(d.seg, ea, 4))
@@ -492,6 +494,7 @@ public enum CPUIDTable {
             let ebx: UInt32 = (apicID << 24) | (1 << 16) | (8 << 8)
             // ECX: the level's features (CPUIDLevel.swift), TSC-deadline(24), hypervisor(31).
             let ecx: UInt32 = level.leaf1ECX | (1 << 24) | (1 << 31)
+                | (cr4 & X86Bits.cr4OSXSAVE != 0 ? 1 << 27 : 0)   // OSXSAVE
             // EDX: FPU PSE TSC MSR PAE CX8 APIC SEP PGE CMOV PAT CLFSH MMX FXSR SSE SSE2
             let edx: UInt32 = (1 << 0) | (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 8) | (1 << 9)
                 | (1 << 11) | (1 << 13) | (1 << 15) | (1 << 16) | (1 << 19) | (1 << 23) | (1 << 24) | (1 << 25) | (1 << 26)
@@ -499,6 +502,10 @@ public enum CPUIDTable {
         case 7:
             // Structured extended features, subleaf 0 only (EAX = 0: the last subleaf).
             return (0, subleaf == 0 ? level.leaf7EBX : 0, 0, 0)
+        case 0xD where level >= .v3:
+            // XSAVE: x87 and SSE, 576-byte standard area; no XSAVEOPT/XSAVEC/XGETBV1/XSAVES.
+            let size = X86CPU.xsaveAreaSize
+            return subleaf == 0 ? (UInt32(X86CPU.xcr0Supported), size, size, 0) : (0, 0, 0, 0)
         case 0x15:
             // TSC = crystal (25 MHz) * 40 / 1.
             return (1, UInt32(tscHz / 25_000_000), 25_000_000, 0)

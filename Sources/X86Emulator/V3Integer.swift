@@ -3,6 +3,7 @@
 /// BMI1 (ANDN, BEXTR, BLSI, BLSMSK, BLSR) and BMI2 (BZHI, MULX, PDEP, PEXT, RORX, SARX,
 /// SHLX, SHRX), the last two groups VEX-encoded (`VEX.swift`). Flags the SDM leaves
 /// undefined are cleared. None of them depends on CR0.EM/TS, CR4.OSFXSR/OSXSAVE or XCR0.
+/// (XSAVE, also v3, is in `XSave.swift`.)
 extension X86CPU {
     /// MOVBE r, m (F0) / MOVBE m, r (F1): a load or store with the bytes reversed; 16, 32
     /// or 64 bits. The register form and an F3 prefix raise #UD (F2 is CRC32).
