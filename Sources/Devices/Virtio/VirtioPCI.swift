@@ -571,7 +571,11 @@ extension VirtioPCIDevice {
             queueSelect = s.queueSelect; configVector = s.configVector; isr = s.isr
             intxAsserted = false
             if s.intxAsserted { raiseINTx() }
-            if status & VirtioStatus.driverOK != 0 { model.activate(features: driverFeatures) }
+            if status & VirtioStatus.driverOK != 0 {
+                model.activate(features: driverFeatures)
+                // The VMM's fast notify path (ioeventfds) learns the restored notify regions.
+                if let hook = onNotifyRegionsChanged { hook(notifyRegionsLocked()) }
+            }
             return true
         }
     }
