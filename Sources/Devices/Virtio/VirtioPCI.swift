@@ -593,7 +593,8 @@ extension VirtioPCIDevice {
     }
 
     /// Restores a snapshot taken from a function of the same device type and queue count;
-    /// returns false (and changes nothing) otherwise. Re-asserts INTx when it was asserted.
+    /// returns false (and changes nothing) otherwise. Re-asserts INTx when it was asserted,
+    /// and re-programs the ioeventfds (`onNotifyRegionsChanged`) for the restored state.
     @discardableResult
     public func restore(_ s: Snapshot) -> Bool {
         lock.withLock { _ in
@@ -607,6 +608,10 @@ extension VirtioPCIDevice {
             intxAsserted = false
             if s.intxAsserted { raiseINTx() }
             if status & VirtioStatus.driverOK != 0 { model.activate(features: driverFeatures) }
+            // The ioeventfds follow the restored state, as at DRIVER_OK and reset.
+            if let hook = onNotifyRegionsChanged {
+                hook(status & VirtioStatus.driverOK != 0 ? notifyRegionsLocked() : [])
+            }
             return true
         }
     }
