@@ -62,6 +62,7 @@ let package = Package(
         .target(name: "VMDCore", dependencies: ["CKVM", "Storage", "VMConfig", "Control"]),
         .executableTarget(name: "VMDTool", dependencies: [
             "VMM", "VMConfig", "Control", "Storage", "VMDCore", "LocalNet", "HostNet",
+            "X86Emulator",   // X86CPULevel, for vm.conf's cpu-level
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),

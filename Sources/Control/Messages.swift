@@ -45,6 +45,8 @@ public struct StartRequest: Codable, Hashable, Sendable {
     public var initrd: String?
     public var cmdline: String?
     public var accel: Accelerator?
+    /// --cpu-level: the software CPU's instruction-set level.
+    public var cpuLevel: CPULevel?
     /// -c: the reply carries the console's pty as a file descriptor.
     public var attachConsole = false
     public init(target: VMIdentifier) { self.target = target }
@@ -69,6 +71,9 @@ public enum ControlRequest: Codable, Hashable, Sendable {
     case reload
     case reset(ResetScope)
     case log(verbose: Bool)
+    /// `vmctl send`: the reply carries a descriptor from which the VM's state stream
+    /// (docs/snapshot.md) is read; the VM stops once the stream is written.
+    case send(target: VMIdentifier)
 
     /// The vmctl command name, for logs and errors.
     public var commandName: String {
@@ -84,6 +89,7 @@ public enum ControlRequest: Codable, Hashable, Sendable {
         case .reload: return "reload"
         case .reset: return "reset"
         case .log: return "log"
+        case .send: return "send"
         }
     }
 }

@@ -31,6 +31,7 @@ public struct KVMCapability: Hashable, Sendable, CustomStringConvertible {
     public static let pit2 = KVMCapability(Int32(CKVM_CAP_PIT2), "PIT2")
     public static let signalMSI = KVMCapability(Int32(CKVM_CAP_SIGNAL_MSI), "SIGNAL_MSI")
     public static let vcpuEvents = KVMCapability(Int32(CKVM_CAP_VCPU_EVENTS), "VCPU_EVENTS")
+    public static let xcrs = KVMCapability(Int32(CKVM_CAP_XCRS), "XCRS")
     public static let enableCap = KVMCapability(Int32(CKVM_CAP_ENABLE_CAP), "ENABLE_CAP")
     public static let immediateExit = KVMCapability(Int32(CKVM_CAP_IMMEDIATE_EXIT), "IMMEDIATE_EXIT")
     public static let tscDeadlineTimer = KVMCapability(Int32(CKVM_CAP_TSC_DEADLINE_TIMER), "TSC_DEADLINE_TIMER")

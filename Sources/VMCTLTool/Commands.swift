@@ -23,11 +23,15 @@ struct Start: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Kernel command line.", valueName: "text")) var cmdline: String?
     @Option(name: .long, help: ArgumentHelp("Number of virtual CPUs.", valueName: "n")) var vcpus: Int?
     @Option(name: .long, help: ArgumentHelp("kvm, emulator or auto.", valueName: "accel")) var accel: String?
+    @Option(name: .customLong("cpu-level"), help: ArgumentHelp("Software CPU level: baseline or v2.", valueName: "level")) var cpuLevel: String?
     @Argument(help: ArgumentHelp("The VM's id or name.", valueName: "id|name")) var target: String
 
     func validate() throws {
         if let b = bootDevice, BootDevice(rawValue: b) == nil { throw ValidationError("invalid boot device: \(b) (cdrom, disk or net)") }
         if let a = accel, VMConfig.Accelerator(rawValue: a) == nil { throw ValidationError("invalid accel: \(a) (kvm, emulator or auto)") }
+        if let l = cpuLevel, CPULevel(rawValue: l) == nil {
+            throw ValidationError("invalid cpu level: \(l) (\(CPULevel.allCases.map(\.rawValue).joined(separator: " or ")))")
+        }
         if let i = interfaces, i < 0 || i > VMLimits.maxInterfaces { throw ValidationError("invalid interface count: \(i)") }
         if let v = vcpus, v < 1 || v > VMLimits.maxVCPUs { throw ValidationError("invalid vcpus: \(v)") }
         if disks.count > VMLimits.maxDisks { throw ValidationError("too many disks") }
@@ -54,6 +58,7 @@ struct Start: ParsableCommand {
         r.initrd = initrd.map(absolute)
         r.cmdline = cmdline
         r.accel = accel.flatMap(VMConfig.Accelerator.init(rawValue:))
+        r.cpuLevel = cpuLevel.flatMap(CPULevel.init(rawValue:))
         r.attachConsole = console
         let (reply, fds) = try request(.start(r))
         guard case .vm(let s) = reply else { return }
@@ -117,6 +122,39 @@ struct Console: ParsableCommand {
         let (reply, fds) = try request(.console(target: VMIdentifier(parsing: target)))
         guard case .vm(let s) = reply, let fd = fds.first else { throw fail("vm \(target): no console") }
         ConsoleSession.run(fd: fd, tty: s.tty ?? "console")
+    }
+}
+
+struct Send: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Write a VM's state to standard output and stop it.",
+        discussion: "The stream (docs/snapshot.md) can be run again with `vmm --restore FILE`. Only root or the VM's owner may send it.")
+    @Argument(help: ArgumentHelp("The VM's id or name.", valueName: "id|name")) var target: String
+    func run() throws {
+        if isatty(STDOUT_FILENO) != 0 { throw fail("send: standard output is a terminal; redirect it to a file or a pipe") }
+        let (reply, fds) = try request(.send(target: VMIdentifier(parsing: target)))
+        guard case .vm = reply, let fd = fds.first else { throw fail("vm \(target): no state stream") }
+        defer { close(fd) }
+        var buf = [UInt8](repeating: 0, count: 1 << 16)
+        var total = 0
+        while true {
+            let n = read(fd, &buf, buf.count)
+            if n < 0 && errno == EINTR { continue }
+            if n < 0 { throw fail("send: reading the state stream: \(String(cString: strerror(errno)))") }
+            if n == 0 { break }
+            var done = 0
+            while done < n {
+                // SAFETY: writes from inside buf, n - done bytes after done.
+                let w = buf.withUnsafeBytes { write(STDOUT_FILENO, $0.baseAddress! + done, n - done) }
+                if w < 0 && errno == EINTR { continue }
+                if w < 0 { throw fail("send: writing standard output: \(String(cString: strerror(errno)))") }
+                done += w
+            }
+            total += n
+        }
+        // A complete stream ends with the 16-byte END section; an empty one means the VM refused.
+        if total == 0 { throw fail("vm \(target): the VM could not be sent (see vmd's log)") }
+        FileHandle.standardError.write(Data("vmctl: sent vm \(target) successfully (\(total) bytes)\n".utf8))
     }
 }
 

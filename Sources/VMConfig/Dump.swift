@@ -51,6 +51,7 @@ extension VMConfiguration {
             if let i = vm.initrd { out.append("\tinitrd \(q(i))") }
             if let c = vm.cmdline { out.append("\tcmdline \(q(c))") }
             if let a = vm.accel { out.append("\taccel \(a.rawValue)") }
+            if let l = vm.cpuLevel { out.append("\tcpu-level \(l.rawValue)") }
             if let s = vm.sev { out.append("\t\(s.rawValue)") }
             let a = vm.allowInstance
             if !a.isEmpty {

@@ -55,6 +55,13 @@ public enum Accelerator: String, Codable, Hashable, Sendable, CaseIterable {
     case kvm, emulator, auto
 }
 
+/// The software CPU's instruction-set level (`cpu-level`), the emulator's `X86CPULevel`
+/// names: `baseline` (x86-64: SSE2) or `v2` (x86-64-v2: SSE3 to SSE4.2, POPCNT, CX16,
+/// LAHF/SAHF). KVM guests see the CPUID KVM offers, whatever this says.
+public enum CPULevel: String, Codable, Hashable, Sendable, CaseIterable {
+    case baseline, v2
+}
+
 public struct DiskSpec: Codable, Hashable, Sendable {
     public var path: String
     /// nil: not given; derived from the image's signature when the VM starts (raw otherwise).
@@ -140,6 +147,8 @@ public struct VMDefinition: Codable, Hashable, Sendable {
     public var initrd: String?
     public var cmdline: String?
     public var accel: Accelerator?
+    /// nil: the software CPU's default level.
+    public var cpuLevel: CPULevel?
     /// `sev` / `seves`: accepted; a start fails with one line, SEV is not available here.
     public var sev: SEVMode?
 
@@ -169,6 +178,7 @@ public struct VMDefinition: Codable, Hashable, Sendable {
         r.initrd = initrd ?? parent.initrd
         r.cmdline = cmdline ?? parent.cmdline
         r.accel = accel ?? parent.accel
+        r.cpuLevel = cpuLevel ?? parent.cpuLevel
         r.sev = sev ?? parent.sev
         r.interfaceCount = interfaceCount ?? parent.interfaceCount
         if interfaces.isEmpty {

@@ -479,6 +479,19 @@ public final class ConfigParser {
         if value != nil { error(t, "\(what) specified more than once") }
     }
 
+    /// The word after keyword `t` as one of `T`'s names; nil (after an error naming them
+    /// all) when it is none of them.
+    private func choice<T: RawRepresentable & CaseIterable>(_ current: T?, _ what: String, _ t: Token)
+        throws(ConfigDiagnostic) -> T? where T.RawValue == String {
+        let (word, wt) = try string()
+        once(current, what, t)
+        if let v = T(rawValue: word) { return v }
+        let names = T.allCases.map(\.rawValue)
+        let list = names.count > 1 ? names.dropLast().joined(separator: ", ") + " or " + names.last! : names.joined()
+        error(wt, "unknown \(what) \(word): use \(list)")
+        return nil
+    }
+
     private func vmOption(_ vm: inout VMDefinition) throws(ConfigDiagnostic) {
         let t = try advance()
         switch t.kind {
@@ -587,13 +600,9 @@ public final class ConfigParser {
             once(vm.cmdline, "cmdline", t)
             vm.cmdline = text
         case .keyword(.accel):
-            let (a, at) = try string()
-            once(vm.accel, "accel", t)
-            if let acc = Accelerator(rawValue: a) {
-                vm.accel = acc
-            } else {
-                error(at, "unknown accel \(a): use kvm, emulator or auto")
-            }
+            vm.accel = try choice(vm.accel, "accel", t) ?? vm.accel
+        case .keyword(.cpuLevel):
+            vm.cpuLevel = try choice(vm.cpuLevel, "cpu-level", t) ?? vm.cpuLevel
         default:
             throw syntaxError(t)
         }

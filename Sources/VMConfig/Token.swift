@@ -1,7 +1,8 @@
-/// Reserved words of vm.conf: OpenBSD's list plus ours (accel, cmdline, initrd, vcpus).
+/// Reserved words of vm.conf: OpenBSD's list plus ours (accel, cmdline, cpu-level, initrd, vcpus).
 /// A reserved word can only be used as a name when quoted.
 public enum Keyword: String, CaseIterable, Sendable {
     case accel, add, agentx, allow, boot, cdrom, cmdline, context, delay, device, disable, disk
+    case cpuLevel = "cpu-level"
     case down, enable, format, group, id, include, inet6, initrd, instance, interface
     case interfaces, lladdr, local, locked, memory, net, owner, parallel, path, prefix, rdomain
     case sev, seves, size, socket, staggered, start, `switch`, up, vcpus, vm

@@ -49,6 +49,8 @@ public struct StartOverride: Sendable {
                       apply: { r, d in if let c = r.cmdline { d.cmdline = c } }),
         StartOverride(name: "accel (--accel)", permission: nil, isSet: { $0.accel != nil },
                       apply: { r, d in if let a = r.accel { d.accel = a } }),
+        StartOverride(name: "cpu-level (--cpu-level)", permission: nil, isSet: { $0.cpuLevel != nil },
+                      apply: { r, d in if let l = r.cpuLevel { d.cpuLevel = l } }),
     ]
 
     /// The overrides a request sets.

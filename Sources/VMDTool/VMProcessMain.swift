@@ -7,12 +7,15 @@ import Logging
 import VMConfig
 import Storage
 import VMM
+import X86Emulator
 
 /// What runs a guest inside a VM process.
 protocol GuestRunner: AnyObject, Sendable {
     func start() throws
     func pause() throws
     func resume() throws
+    /// Pauses, writes the state stream to `fd`, stops the guest (on failure it resumes).
+    func send(to fd: Int32) throws
     /// Asks the guest to stop; `wait` then returns.
     func stop()
     /// Blocks until the guest has stopped; the process exit status to report.
@@ -54,7 +57,7 @@ enum VMProcessMain {
         }
         let commands = Thread {
             while true {
-                guard let (msg, _) = try? channel.receive(ParentMessage.self) else {
+                guard let (msg, fds) = try? channel.receive(ParentMessage.self) else {
                     runner.stop()  // vmd is gone: do not leave an orphan guest running
                     return
                 }
@@ -64,6 +67,10 @@ enum VMProcessMain {
                     case .pause: try runner.pause(); reply = .ok
                     case .unpause: try runner.resume(); reply = .ok
                     case .shutdown: runner.stop(); reply = .ok
+                    case .send:
+                        guard let fd = fds.first else { reply = .error("no descriptor for the state stream"); break }
+                        defer { for f in fds { close(f) } }
+                        try runner.send(to: fd); reply = .ok
                     case .spec, .files: reply = .error("already running")
                     }
                 } catch {
@@ -124,6 +131,8 @@ final class MachineGuest: GuestRunner, @unchecked Sendable {
             accelerator: VMM.Accelerator(rawValue: (vm.accel ?? .auto).rawValue) ?? .auto,
             console: .pty)
         config.cdromPath = vm.cdrom
+        // vm.conf's `cpu-level` names the emulator's levels (a test keeps the two lists equal).
+        config.cpuLevel = vm.cpuLevel.flatMap { X86CPULevel(rawValue: $0.rawValue) }
         config.bootDevice = vm.bootDevice.map { VMM.BootDevice(rawValue: $0.rawValue) ?? .disk }
         config.passedFiles = passed
         for (k, i) in spec.interfaces.enumerated() {
@@ -145,6 +154,18 @@ final class MachineGuest: GuestRunner, @unchecked Sendable {
     func start() throws { try machine.start() }
     func pause() throws { machine.pause() }
     func resume() throws { machine.resume() }
+
+    func send(to fd: Int32) throws {
+        let wasPaused = machine.state == .paused
+        if !wasPaused { machine.pause() }
+        do {
+            try machine.saveState(to: fd)
+        } catch {
+            if !wasPaused { machine.resume() }
+            throw error
+        }
+        machine.stop(reason: "sent")
+    }
 
     /// How long a graceful stop waits for the guest to power off after the power-button
     /// press before it forces the stop: 30 s, or `VMD_STOP_TIMEOUT` seconds from vmd's
@@ -324,6 +345,8 @@ final class FakeGuest: GuestRunner, @unchecked Sendable {
         cond.broadcast()
         cond.unlock()
     }
+
+    func send(to fd: Int32) throws { throw GuestError(description: "a stand-in guest has no state to send") }
 
     func pause() throws {
         cond.lock(); paused = true; cond.unlock()

@@ -97,3 +97,20 @@ public final class ACPIPMBlock {
 
     static func mask(_ size: Int) -> UInt32 { size >= 4 ? 0xFFFF_FFFF : (UInt32(1) << (size * 8)) - 1 }
 }
+
+extension ACPIPMBlock {
+    /// PM1 status, enable and control (for snapshots); the SCI level follows from them.
+    public struct Snapshot: Codable, Sendable, Equatable {
+        public var status: UInt16, enable: UInt16, control: UInt16
+    }
+
+    public func snapshot() -> Snapshot { Snapshot(status: status, enable: enable, control: control) }
+
+    /// Restores a snapshot and drives the SCI to match. Call with the device lock held.
+    public func restore(_ s: Snapshot) {
+        status = s.status & Self.sciSources
+        enable = s.enable
+        control = s.control | ACPIPowerManagement.sciEnable
+        updateSCI()
+    }
+}

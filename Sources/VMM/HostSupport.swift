@@ -27,7 +27,8 @@ public struct VMMLogHandler: LogHandler {
     }
 }
 
-/// Turns SIGINT, SIGTERM and SIGHUP into a clean stop: `blockSignals()` blocks them in
+/// Turns SIGINT, SIGTERM and SIGHUP into a clean stop (and hands SIGUSR2, `vmm --save-to`'s
+/// save request, to the same handler): `blockSignals()` blocks them in
 /// the calling thread (and so in every thread started after it; call it before starting
 /// the machine), and a watcher thread waits for them with sigwait.
 public final class SignalWatcher: @unchecked Sendable {
@@ -36,7 +37,7 @@ public final class SignalWatcher: @unchecked Sendable {
     static var watchedSignals: sigset_t {
         var set = sigset_t()
         sigemptyset(&set)
-        for s in [SIGINT, SIGTERM, SIGHUP] { sigaddset(&set, s) }
+        for s in [SIGINT, SIGTERM, SIGHUP, SIGUSR2] { sigaddset(&set, s) }
         return set
     }
 
@@ -63,6 +64,7 @@ public final class SignalWatcher: @unchecked Sendable {
         case SIGINT: return "SIGINT"
         case SIGTERM: return "SIGTERM"
         case SIGHUP: return "SIGHUP"
+        case SIGUSR2: return "SIGUSR2"
         default: return "signal \(sig)"
         }
     }

@@ -39,7 +39,7 @@ public final class MachineRunner: @unchecked Sendable {
 
     /// Register state set on a vCPU's own thread before it first runs (the boot vCPU's
     /// entry state from the loader).
-    private let initialStates: [Int: X86CPUState]
+    private var initialStates: [Int: X86CPUState]
 
     public init(vcpus: [any VirtualCPU], handler: ExitHandler, initialStates: [Int: X86CPUState] = [:]) {
         self.vcpus = vcpus
@@ -48,6 +48,10 @@ public final class MachineRunner: @unchecked Sendable {
         self.events = handler.events
         events.setHandler { [weak self] _ in self?.stopAll() }
     }
+
+    /// Forgets the loader's entry states (a machine restored from a snapshot has its own).
+    /// Call before `start()`.
+    func discardInitialStates() { initialStates = [:] }
 
     public var state: State {
         control.withLock {

@@ -8,7 +8,14 @@ import X86Emulator
 
 extension Accelerator: ExpressibleByArgument {}
 extension BootDevice: ExpressibleByArgument {}
-extension X86CPULevel: ExpressibleByArgument {}
+/// Only the complete levels: `v3` exists for tests until AVX/AVX2/FMA/F16C do.
+extension X86CPULevel: ExpressibleByArgument {
+    public init?(argument: String) {
+        guard let l = X86CPULevel(rawValue: argument), X86CPULevel.selectable.contains(l) else { return nil }
+        self = l
+    }
+    public static var allValueStrings: [String] { selectable.map(\.rawValue) }
+}
 
 /// `vmm`: runs exactly one VM in the foreground with its serial console on this terminal.
 /// It is also what vmd starts for each VM.
@@ -26,7 +33,18 @@ struct VMMCommand: ParsableCommand {
             Exit status: 0 when the guest powers off or resets (the VM is not rebooted) or \
             is stopped with Ctrl-] or a signal; (value << 1) | 1 when the guest writes value \
             to the debug-exit port 0xf4 (always odd); 2 with a one-line message on any error.
+
+            Snapshots (docs/snapshot.md): with --save-to FILE, SIGUSR2 pauses the machine, \
+            writes its state stream to FILE and stops it (exit 0). --restore FILE builds the \
+            machine the stream describes and runs it from the saved state (the kernel, initrd \
+            and disks named in it must still be there); no other machine flags are taken.
             """)
+
+    @Option(name: .customLong("save-to"), help: ArgumentHelp("On SIGUSR2: pause, save the machine's state to this file, stop.", valueName: "file"))
+    var saveTo: String?
+
+    @Option(name: .long, help: ArgumentHelp("Run the machine saved in this state file (from --save-to).", valueName: "file"))
+    var restore: String?
 
     @Option(name: [.customShort("k"), .long], help: ArgumentHelp("The kernel to boot directly (without it: boot through the firmware).", valueName: "file"))
     var kernel: String?
@@ -59,7 +77,7 @@ struct VMMCommand: ParsableCommand {
     var accel: Accelerator = .auto
 
     @Option(name: .customLong("cpu-level"), help: ArgumentHelp(
-        "The software CPU's instruction-set level: baseline (x86-64: SSE2) or v2 (x86-64-v2: + SSE3, SSSE3, SSE4.1, SSE4.2, POPCNT, CMPXCHG16B, LAHF/SAHF). KVM ignores it.",
+        "The software CPU's instruction-set level: baseline (x86-64: SSE2) or v2 (x86-64-v2: + SSE3, SSSE3, SSE4.1, SSE4.2, POPCNT, CMPXCHG16B, LAHF/SAHF; the default). KVM ignores it.",
         valueName: "baseline|v2"))
     var cpuLevel: X86CPULevel?
 
@@ -111,11 +129,23 @@ struct VMMCommand: ParsableCommand {
 
         let status: Int32
         do {
-            let config = try machineConfig()
-            let machine = try Machine(config: config, log: log)
+            let machine: Machine
+            if let restore {
+                if kernel != nil || initrd != nil || cmdline != nil || !disk.isEmpty || !net.isEmpty || cdrom != nil {
+                    throw VMMError.unsupported("--restore takes the machine from the state file; give no machine flags with it")
+                }
+                machine = try Self.restoreMachine(path: restore, log: log)
+            } else {
+                machine = try Machine(config: try machineConfig(), log: log)
+            }
             SignalWatcher.blockSignals()   // before any thread starts, so all inherit the mask
             try machine.start()
+            let saveTo = self.saveTo
             let watcher = try SignalWatcher { [machine] sig in
+                if sig == SIGUSR2 {
+                    if let saveTo { Self.save(machine, to: saveTo, log: log) }
+                    return
+                }
                 machine.stop(reason: "received \(SignalWatcher.name(sig))")
             }
             defer { withExtendedLifetime(watcher) {} }
@@ -133,5 +163,51 @@ struct VMMCommand: ParsableCommand {
             status = MachineOutcome.error("").exitStatus
         }
         if status != 0 { throw ExitCode(status) }
+    }
+
+    static func restoreMachine(path: String, log: Logger) throws -> Machine {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw VMMError.machine("cannot open the state file \(path): \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        let start = DispatchClock.now()
+        let machine = try Machine.restore(fd: fd, console: .standardIO, log: log)
+        log.info("restored \(path) in \(DispatchClock.milliseconds(since: start)) ms")
+        return machine
+    }
+
+    /// Pauses, writes the state to `path` (through a temporary file renamed into place),
+    /// stops the machine. On failure the machine resumes.
+    static func save(_ machine: Machine, to path: String, log: Logger) {
+        let start = DispatchClock.now()
+        machine.pause()
+        let tmp = path + ".partial"
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        do {
+            guard fd >= 0 else { throw VMMError.machine("cannot create \(tmp): \(String(cString: strerror(errno)))") }
+            let stats = try machine.saveState(to: fd)
+            guard fsync(fd) == 0, close(fd) == 0, rename(tmp, path) == 0 else {
+                throw VMMError.machine("cannot write \(path): \(String(cString: strerror(errno)))")
+            }
+            log.info("saved to \(path): \(stats.bytes) bytes, \(stats.memoryPages) pages, \(DispatchClock.milliseconds(since: start)) ms")
+            machine.stop(reason: "saved to \(path)")
+        } catch {
+            if fd >= 0 { close(fd) }
+            unlink(tmp)
+            log.error("cannot save the machine: \(error); it runs on")
+            machine.resume()
+        }
+    }
+}
+
+/// Monotonic milliseconds for the save/restore log lines.
+enum DispatchClock {
+    static func now() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+    }
+    static func milliseconds(since t: UInt64) -> String {
+        let ns = now() - t
+        return String(ns / 1_000_000) + "." + String((ns / 100_000) % 10)
     }
 }

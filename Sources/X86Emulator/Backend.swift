@@ -148,7 +148,7 @@ public final class EmulatorVCPU: VirtualCPU, @unchecked Sendable {
     public let cpu: X86CPU
     let vm: EmulatorVirtualMachine
     let parker = Parker()
-    private var waitingForSIPI: Bool
+    var waitingForSIPI: Bool
     // SAFETY: 64-byte scratch buffer for exit data, owned by this vCPU.
     private let exitBuffer = UnsafeMutableRawPointer.allocate(byteCount: 64, alignment: 16)
     /// Key of the read the VMM is completing (port | 1<<62, or the MMIO address).

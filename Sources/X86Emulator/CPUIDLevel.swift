@@ -7,10 +7,19 @@ public enum X86CPULevel: String, Sendable, CaseIterable, Comparable, CustomStrin
     case baseline
     /// x86-64-v2: + SSE3, SSSE3, SSE4.1, SSE4.2, POPCNT, CMPXCHG16B, LAHF/SAHF in 64-bit mode.
     case v2
+    /// x86-64-v3 as far as it is implemented: v2 + MOVBE, LZCNT, BMI1, BMI2, XSAVE for
+    /// x87/SSE state (and CPUID offers exactly those bits). AVX, AVX2, FMA and F16C are missing, so this is
+    /// not v3 yet and not `selectable`: only tests use it.
+    case v3
 
-    /// The default is the baseline, like QEMU's default `qemu64` model: a guest gets v2
-    /// only when the machine asks for it (`vmm --cpu-level v2`).
-    public static let `default`: X86CPULevel = .baseline
+    /// The default is v2: current distributions (RHEL 9 and its rebuilds) refuse to start
+    /// below it, and every x86-64 host of the last decade has it. `--cpu-level baseline`
+    /// (vm.conf `cpu-level baseline`) pins a VM to plain x86-64.
+    public static let `default`: X86CPULevel = .v2
+
+    /// The levels a machine may ask for (`vmm --cpu-level`, vm.conf `cpu-level`): the
+    /// complete ones.
+    public static let selectable: [X86CPULevel] = [.baseline, .v2]
 
     public var description: String { rawValue }
 
@@ -22,10 +31,14 @@ public enum X86CPULevel: String, Sendable, CaseIterable, Comparable, CustomStrin
 enum ISAExtension {
     /// `lahf64`: LAHF/SAHF in 64-bit mode (outside it they are always there).
     case sse3, ssse3, sse41, sse42, popcnt, cx16, lahf64
+    /// v3 (`lzcnt` is CPUID's ABM bit; `bmi1` includes TZCNT; `xsave`: XSAVE/XRSTOR/
+    /// XGETBV/XSETBV and CR4.OSXSAVE).
+    case movbe, lzcnt, bmi1, bmi2, xsave
 
     var level: X86CPULevel {
         switch self {
         case .sse3, .ssse3, .sse41, .sse42, .popcnt, .cx16, .lahf64: return .v2
+        case .movbe, .lzcnt, .bmi1, .bmi2, .xsave: return .v3
         }
     }
 }
@@ -37,18 +50,27 @@ extension X86CPU {
 extension X86CPULevel {
     /// CPUID.1:ECX feature bits of the level (besides TSC-deadline and hypervisor).
     var leaf1ECX: UInt32 {
+        // SSE3(0) SSSE3(9) CX16(13) SSE4.1(19) SSE4.2(20) POPCNT(23)
+        let v2: UInt32 = (1 << 0) | (1 << 9) | (1 << 13) | (1 << 19) | (1 << 20) | (1 << 23)
         switch self {
         case .baseline: return 0
-        // SSE3(0) SSSE3(9) CX16(13) SSE4.1(19) SSE4.2(20) POPCNT(23)
-        case .v2: return (1 << 0) | (1 << 9) | (1 << 13) | (1 << 19) | (1 << 20) | (1 << 23)
+        case .v2: return v2
+        case .v3: return v2 | (1 << 22) | (1 << 26)   // MOVBE, XSAVE (OSXSAVE, 27, follows CR4)
         }
     }
 
-    /// CPUID.80000001H:ECX feature bits of the level: LAHF/SAHF in 64-bit mode (0).
+    /// CPUID.80000001H:ECX feature bits of the level: LAHF/SAHF in 64-bit mode (0), ABM
+    /// (LZCNT, 5).
     var extLeaf1ECX: UInt32 {
         switch self {
         case .baseline: return 0
         case .v2: return 1 << 0
+        case .v3: return (1 << 0) | (1 << 5)
         }
+    }
+
+    /// CPUID.(EAX=7,ECX=0):EBX feature bits of the level: BMI1 (3), BMI2 (8).
+    var leaf7EBX: UInt32 {
+        self >= .v3 ? (1 << 3) | (1 << 8) : 0
     }
 }

@@ -9,8 +9,8 @@ import Synchronization
 
 /// One decoded instruction: prefixes, opcode, ModRM/SIB operands and immediates.
 ///
-/// Opcodes are numbered 0x000-0x0FF (one byte), 0x100-0x1FF (0F xx), 0x200-0x2FF (0F 38 xx)
-/// and 0x300-0x3FF (0F 3A xx).
+/// Opcodes are numbered 0x000-0x0FF (one byte), 0x100-0x1FF (0F xx), 0x200-0x2FF (0F 38 xx),
+/// 0x300-0x3FF (0F 3A xx) and 0x400-0x6FF (VEX maps 1-3, `VEX.swift`).
 struct Insn {
     // Stored compactly (40 bytes) so a decoded-instruction cache hit is a cheap copy; the
     // accessors keep the natural types for the interpreter.
@@ -168,7 +168,11 @@ extension X86CPU {
         n &+= 1
         var op = Int(b)
         var attr: UInt8
-        if b == 0x0F {
+        var vex: VEXPrefix? = nil
+        if b == 0xC4 || b == 0xC5,
+           let v = try decodeVEX(b, &n, prefixed: has66 || rep != 0 || lock || rex != 0) {
+            vex = v; op = v.op; attr = v.attr; rex = v.rex
+        } else if b == 0x0F {
             let b2 = try fetch8(n); n &+= 1
             if b2 == 0x38 {
                 op = 0x200 | Int(try fetch8(n)); n &+= 1
@@ -195,6 +199,7 @@ extension X86CPU {
             d.opSize = has66 ? (defaultSize == 4 ? 2 : 4) : defaultSize
             d.addrSize = has67 ? (defaultSize == 4 ? 2 : 4) : defaultSize
         }
+        if let v = vex { d.applyVEX(v, mode64: mode64) }
         d.base = -1; d.index = -1; d.scale = 0; d.disp = 0; d.ripRelative = false
         d.segOverride = segOv >= 0
         d.seg = segOv >= 0 ? segOv : SReg.ds
@@ -291,6 +296,7 @@ extension X86CPU {
             d.imm2 = UInt64(try fetch8(n)) | UInt64(try fetch8(n &+ 1)) << 8; n &+= 2
         }
         if n > 15 { throw gpFault() }
+        if lock { try checkLockPrefix(op, hasModRM: attr & 0x80 != 0) }
         d.len = n
     }
 

@@ -43,8 +43,7 @@ extension X86CPU {
             break
         case 0x20, 0x22:
             if cpl != 0 { throw gpFault() }
-            var n = Int((d.modrm >> 3) & 7) | (d.reg & 8)
-            if d.lock && n == 0 { n = 8 }
+            let n = Int((d.modrm >> 3) & 7) | (d.reg & 8)
             let rmReg = Int(d.modrm & 7) | (d.rm & 8)
             if b == 0x20 {
                 let v = try readCR(n)
@@ -145,6 +144,9 @@ extension X86CPU {
             setReg(d.reg, d.opSize, UInt64(v.nonzeroBitCount))
             setEager(v == 0 ? Flag.zf : 0)
         case 0xBC, 0xBD:
+            // F3: TZCNT/LZCNT where the level has them; below it the prefix is ignored
+            // (BSF/BSR), as on hardware.
+            if d.rep == 0xF3 && cpuLevelHas(b == 0xBC ? .bmi1 : .lzcnt) { try countZeros(trailing: b == 0xBC); break }
             let s = d.opSize
             let v = try readRM(s)
             var f = arithFlags() & ~Flag.zf
@@ -289,7 +291,7 @@ extension X86CPU {
                 r[0] = t & 0xFFFF_FFFF; r[2] = t >> 32; r[1] = tscAux & 0xFFFF_FFFF
                 return
             case 0xCA, 0xCB: throw udFault() // clac/stac: no SMAP
-            case 0xD0: throw udFault() // xgetbv: no XSAVE
+            case 0xD0, 0xD1: try xgetbvXsetbv(set: d.modrm == 0xD1); return
             case 0xC8, 0xC9: throw udFault() // monitor/mwait not advertised
             default: break
             }
@@ -377,6 +379,8 @@ extension X86CPU {
         switch k {
         case 0: try fxsave(ea)
         case 1: try fxrstor(ea)
+        case 4: try xsave(ea)
+        case 5: try xrstor(ea)
         case 2:
             if cr4 & X86Bits.cr4OSFXSR == 0 { throw udFault() }
             let v = UInt32(try readMem(d.seg, ea, 4))
@@ -490,10 +494,18 @@ public enum CPUIDTable {
             let ebx: UInt32 = (apicID << 24) | (1 << 16) | (8 << 8)
             // ECX: the level's features (CPUIDLevel.swift), TSC-deadline(24), hypervisor(31).
             let ecx: UInt32 = level.leaf1ECX | (1 << 24) | (1 << 31)
+                | (cr4 & X86Bits.cr4OSXSAVE != 0 ? 1 << 27 : 0)   // OSXSAVE
             // EDX: FPU PSE TSC MSR PAE CX8 APIC SEP PGE CMOV PAT CLFSH MMX FXSR SSE SSE2
             let edx: UInt32 = (1 << 0) | (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 8) | (1 << 9)
                 | (1 << 11) | (1 << 13) | (1 << 15) | (1 << 16) | (1 << 19) | (1 << 23) | (1 << 24) | (1 << 25) | (1 << 26)
             return (eax, ebx, ecx, edx)
+        case 7:
+            // Structured extended features, subleaf 0 only (EAX = 0: the last subleaf).
+            return (0, subleaf == 0 ? level.leaf7EBX : 0, 0, 0)
+        case 0xD where level >= .v3:
+            // XSAVE: x87 and SSE, 576-byte standard area; no XSAVEOPT/XSAVEC/XGETBV1/XSAVES.
+            let size = X86CPU.xsaveAreaSize
+            return subleaf == 0 ? (UInt32(X86CPU.xcr0Supported), size, size, 0) : (0, 0, 0, 0)
         case 0x15:
             // TSC = crystal (25 MHz) * 40 / 1.
             return (1, UInt32(tscHz / 25_000_000), 25_000_000, 0)
@@ -503,7 +515,7 @@ public enum CPUIDTable {
         case 0x8000_0000:
             return (0x8000_0008, 0, 0, 0)
         case 0x8000_0001:
-            // ECX: the level's (LAHF/SAHF in 64-bit mode at v2). EDX: SYSCALL, NX, LM.
+            // ECX: the level's (LAHF/SAHF in 64-bit mode at v2, ABM at v3). EDX: SYSCALL, NX, LM.
             return (0, 0, level.extLeaf1ECX, (1 << 11) | (1 << 20) | (1 << 29))
         case 0x8000_0002, 0x8000_0003, 0x8000_0004:
             let name = Array("swiftvmm software x86-64 CPU".utf8) + [UInt8](repeating: 0, count: 48)

@@ -558,7 +558,37 @@ extension X86CPU {
         let la = try linear(d.seg, ea)
         if la & 15 != 0 { throw gpFault() }
         for off in stride(from: UInt64(0), to: 512, by: 8) { _ = try rmwPointer((la &+ off) & linearMask, 8) }
-        func w(_ off: UInt64, _ size: Int, _ v: UInt64) throws(X86Fault) { try writeLinear((la &+ off) & linearMask, size, v, user: cpl == 3) }
+        try saveX87Image(la)
+        try saveMXCSRImage(la)
+        if cr4 & X86Bits.cr4OSFXSR != 0 { try saveXMMImage(la) }
+    }
+
+    func fxrstor(_ ea: UInt64) throws(X86Fault) {
+        let la = try linear(d.seg, ea)
+        if la & 15 != 0 { throw gpFault() }
+        _ = try imageRead(la, 511, 1)    // both pages readable before anything changes
+        let newMXCSR = try loadMXCSRImage(la)
+        var f = try loadX87Image(la)
+        if cr4 & X86Bits.cr4OSFXSR != 0 { try loadXMMImage(la) }
+        f.updateSummary()
+        fpu = f
+        mxcsr = newMXCSR
+    }
+
+    // The FXSAVE image's parts, also the XSAVE area's legacy region (`XSave.swift`): the
+    // x87 state (bytes 0-23, 32-159; REX.W: 64-bit FIP/FDP), MXCSR and MXCSR_MASK (24-31),
+    // the XMM registers (160-415; XMM8-15 in 64-bit mode only). `la` is checked already.
+
+    private func imageWrite(_ la: UInt64, _ off: UInt64, _ size: Int, _ v: UInt64) throws(X86Fault) {
+        try writeLinear((la &+ off) & linearMask, size, v, user: cpl == 3)
+    }
+
+    func imageRead(_ la: UInt64, _ off: UInt64, _ size: Int) throws(X86Fault) -> UInt64 {
+        try readLinear((la &+ off) & linearMask, size, user: cpl == 3)
+    }
+
+    func saveX87Image(_ la: UInt64) throws(X86Fault) {
+        func w(_ off: UInt64, _ size: Int, _ v: UInt64) throws(X86Fault) { try imageWrite(la, off, size, v) }
         try w(0, 2, UInt64(fpu.fcw))
         try w(2, 2, UInt64(fpu.fsw))
         try w(4, 1, UInt64(fpu.ftw))
@@ -570,28 +600,35 @@ extension X86CPU {
             try w(8, 4, fpu.fip & 0xFFFF_FFFF); try w(12, 4, UInt64(fpu.fcs))
             try w(16, 4, fpu.fdp & 0xFFFF_FFFF); try w(20, 4, UInt64(fpu.fds))
         }
-        try w(24, 4, UInt64(mxcsr))
-        try w(28, 4, 0xFFFF)   // MXCSR_MASK: DAZ supported
         for i in 0..<8 {
             let r = (fpu.top + i) & 7
             try w(32 + UInt64(i) * 16, 8, fpu.mant[r])
             try w(40 + UInt64(i) * 16, 8, UInt64(fpu.sexp[r]))
         }
-        if cr4 & X86Bits.cr4OSFXSR != 0 {
-            for i in 0..<(mode64 ? 16 : 8) {
-                try w(160 + UInt64(i) * 16, 8, xmm[i * 2])
-                try w(168 + UInt64(i) * 16, 8, xmm[i * 2 + 1])
-            }
+    }
+
+    func saveMXCSRImage(_ la: UInt64) throws(X86Fault) {
+        try imageWrite(la, 24, 4, UInt64(mxcsr))
+        try imageWrite(la, 28, 4, 0xFFFF)   // MXCSR_MASK: DAZ supported
+    }
+
+    func saveXMMImage(_ la: UInt64) throws(X86Fault) {
+        for i in 0..<(mode64 ? 16 : 8) {
+            try imageWrite(la, 160 + UInt64(i) * 16, 8, xmm[i * 2])
+            try imageWrite(la, 168 + UInt64(i) * 16, 8, xmm[i * 2 + 1])
         }
     }
 
-    func fxrstor(_ ea: UInt64) throws(X86Fault) {
-        let la = try linear(d.seg, ea)
-        if la & 15 != 0 { throw gpFault() }
-        func rd(_ off: UInt64, _ size: Int) throws(X86Fault) -> UInt64 { try readLinear((la &+ off) & linearMask, size, user: cpl == 3) }
-        _ = try rd(511, 1)    // both pages readable before anything changes
-        let newMXCSR = UInt32(try rd(24, 4))
-        if newMXCSR & 0xFFFF_0000 != 0 { throw gpFault() }
+    /// The image's MXCSR; #GP for reserved bits.
+    func loadMXCSRImage(_ la: UInt64) throws(X86Fault) -> UInt32 {
+        let v = UInt32(try imageRead(la, 24, 4))
+        if v & 0xFFFF_0000 != 0 { throw gpFault() }
+        return v
+    }
+
+    /// The x87 state of the image (the caller stores it and updates its summary).
+    func loadX87Image(_ la: UInt64) throws(X86Fault) -> X87State {
+        func rd(_ off: UInt64, _ size: Int) throws(X86Fault) -> UInt64 { try imageRead(la, off, size) }
         var f = fpu
         f.fcw = X87State.loadedFCW(try rd(0, 2)); f.fsw = UInt16(try rd(2, 2)); f.ftw = UInt8(try rd(4, 1))
         f.fop = UInt16(try rd(6, 2) & 0x7FF)
@@ -605,14 +642,13 @@ extension X86CPU {
             f.mant[r] = try rd(32 + UInt64(i) * 16, 8)
             f.sexp[r] = UInt16(try rd(40 + UInt64(i) * 16, 2))
         }
-        if cr4 & X86Bits.cr4OSFXSR != 0 {
-            for i in 0..<(mode64 ? 16 : 8) {
-                xmm[i * 2] = try rd(160 + UInt64(i) * 16, 8)
-                xmm[i * 2 + 1] = try rd(168 + UInt64(i) * 16, 8)
-            }
+        return f
+    }
+
+    func loadXMMImage(_ la: UInt64) throws(X86Fault) {
+        for i in 0..<(mode64 ? 16 : 8) {
+            xmm[i * 2] = try imageRead(la, 160 + UInt64(i) * 16, 8)
+            xmm[i * 2 + 1] = try imageRead(la, 168 + UInt64(i) * 16, 8)
         }
-        f.updateSummary()
-        fpu = f
-        mxcsr = newMXCSR
     }
 }

@@ -12,7 +12,7 @@ extension X86CPU {
 
     func sse42(_ op: Int) throws(X86Fault) {
         if op == 0x2F0 || op == 0x2F1 {
-            // CRC32 needs F2; without it 0F 38 F0/F1 is MOVBE, which v2 does not include.
+            // CRC32 (F2; without it 0F 38 F0/F1 is MOVBE, `V3Integer.swift`).
             // CR0.EM/TS and CR4.OSFXSR do not apply.
             if !cpuLevelHas(.sse42) || d.rep != 0xF2 { throw udFault() }
             try crc32(op == 0x2F0 ? 1 : d.opSize)

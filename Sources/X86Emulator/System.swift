@@ -437,7 +437,7 @@ extension X86CPU {
             flushTLB()
         case 4:
             let allowed: UInt64 = 0x1 | 0x2 | 0x8 | X86Bits.cr4PSE | X86Bits.cr4PAE | 0x40 | X86Bits.cr4PGE | 0x100
-                | X86Bits.cr4OSFXSR | X86Bits.cr4OSXMMEXCPT
+                | X86Bits.cr4OSFXSR | X86Bits.cr4OSXMMEXCPT | (cpuLevelHas(.xsave) ? X86Bits.cr4OSXSAVE : 0)
             if v & ~allowed != 0 { throw gpFault() }
             if efer & X86Bits.eferLMA != 0 && v & X86Bits.cr4PAE == 0 { throw gpFault() }
             cr4 = v

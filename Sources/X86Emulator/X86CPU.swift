@@ -139,7 +139,7 @@ public final class X86CPU {
     var cr4: UInt64 = 0
     var efer: UInt64 = 0
     var dr = [UInt64](repeating: 0, count: 8)
-    var xcr0: UInt64 = 1
+    var xcr0: UInt64 = 1   // `XSave.swift`
 
     // MSRs
     var star: UInt64 = 0, lstar: UInt64 = 0, cstar: UInt64 = 0, sfmask: UInt64 = 0
@@ -277,7 +277,7 @@ public final class X86CPU {
         idtr = X86DescriptorTable(base: 0, limit: 0x3FF)
         cr0 = 0x6000_0010; cr2 = 0; cr3 = 0; cr4 = 0; efer = 0
         for i in 0..<32 { xmm[i] = 0 }
-        mxcsr = 0x1F80; fpu = X87State()
+        mxcsr = 0x1F80; fpu = X87State(); xcr0 = 1
         halted = false; interruptShadow = false
         updateMode()
     }

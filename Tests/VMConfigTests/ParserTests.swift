@@ -93,10 +93,12 @@ import Testing
              interface tap4 { switch "lan" lladdr 1:2:3:4:5:6 }
              owner joe
              vcpus 2
+             cpu-level baseline
             }
             vm p instance c {
              disk "/c.img"
             }
+            vm p instance d { cpu-level v2 }
 
             """)
         let r = ConfigValidator.resolvedVMs(c)
@@ -108,6 +110,7 @@ import Testing
         #expect(r[1].interfaces[0].lladdr == nil)
         #expect(r[1].owner == OwnerSpec(user: "joe"))
         #expect(r[1].vcpus == 2)
+        #expect(r[1].cpuLevel == .baseline && r[2].cpuLevel == .v2)
     }
 
     @Test func includeCyclesStop() {

@@ -30,7 +30,8 @@ import VMConfig
         chmod(dir + "/kernel", 0o644)
         let d = try TestDaemon(config: Self.conf(dir + "/kernel"))
         defer { d.stop() }
-        for (i, args) in [["--initrd", dir + "/kernel"], ["--cmdline", "init=/bin/sh"], ["--vcpus", "2"], ["--accel", "emulator"]].enumerated() {
+        for (i, args) in [["--initrd", dir + "/kernel"], ["--cmdline", "init=/bin/sh"], ["--vcpus", "2"], ["--accel", "emulator"],
+                                    ["--cpu-level", "baseline"]].enumerated() {
             let r = try d.vmctl(args: ["start", "-t", "tmpl"] + args + ["i\(i)"], as: "vmdtest2")
             #expect(r.status == 1, "\(args)")
             #expect(r.stderr == "vmctl: vm tmpl: instances may not change that setting\n", "\(args): \(r.stderr)")

@@ -7,6 +7,7 @@ import Testing
 @testable import VMM
 @testable import VMMTool
 import X86Emulator
+import VMConfig
 
 @Suite struct MemorySizeTests {
     static let sizes: [(String, UInt64)] = [
@@ -148,6 +149,11 @@ import X86Emulator
         // The emulator backend gives every vCPU the level (CPUID and #UD gating follow it).
         let vm = EmulatorMachineGlue.makeBackend(memory: try GuestMemory(size: 1 << 20), cpuLevel: .v2)
         #expect(try vm.createEmulatorVCPU(index: 0, startState: .runnable).cpu.cpuLevel == .v2)
+        // Without a level the default is v2; the VM process maps vm.conf's names onto the
+        // emulator's, so the two lists must be the same.
+        #expect(X86CPULevel.default == .v2)
+        #expect(EmulatorMachineGlue.makeBackend(memory: try GuestMemory(size: 1 << 20), cpuLevel: .default).cpuLevel == .v2)
+        #expect(VMConfig.CPULevel.allCases.map(\.rawValue) == X86CPULevel.selectable.map(\.rawValue))
     }
 
     @Test func rejectsBadFlags() {

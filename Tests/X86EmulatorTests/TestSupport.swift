@@ -63,7 +63,7 @@ final class TestMachine {
         memory = try GuestMemory(size: memorySize)
         vm = EmulatorVirtualMachine(memory: memory)
         vcpu = try vm.createEmulatorVCPU(index: 0, startState: .runnable)
-        vcpu.cpu.cpuLevel = .v2
+        vcpu.cpu.cpuLevel = .v3   // everything implemented; tests of lower levels set theirs
     }
 
     /// Long mode with flat segments, SSE enabled, paging identity map.

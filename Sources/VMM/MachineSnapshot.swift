@@ -1,0 +1,258 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Devices
+import Foundation
+import GuestMemory
+import Hypervisor
+import KVM
+import Logging
+import X86Emulator
+
+// The machine state stream's content (docs/snapshot.md, "The state stream"): which
+// sections a paused machine writes, and how a fresh machine is rebuilt from them. The
+// framing (magic, version, tag/length/checksum) is StateStream.swift's.
+
+/// The machine settings a stream carries (the CONF section, JSON): enough to build the
+/// same machine again. The console is the restoring process's own.
+public struct SavedMachineConfig: Codable, Sendable, Equatable {
+    public var kernelPath: String
+    public var initrdPath: String?
+    public var cmdline: String
+    public var memorySize: UInt64
+    public var vcpus: Int
+    public var diskPaths: [String]
+    /// The backend the state was taken on ("emulator" or "kvm"); it is restored on the same one.
+    public var backend: String
+    public var cpuLevel: String?
+    /// The RAM layout (base, size) the memory sections must fall in.
+    public var ram: [[UInt64]]
+}
+
+/// The DEVS section (JSON): every device's state.
+struct SavedDevices: Codable {
+    var com1: NS8250.Snapshot
+    var keyboardController: I8042.Snapshot
+    var rtc: MC146818.Snapshot
+    var pciHost: PCIHost.Snapshot
+    var acpiPM: ACPIPMBlock.Snapshot
+    var pic: I8259.Snapshot?
+    var ioapic: IOAPIC.Snapshot?
+    var pit: I8254.Snapshot?
+    /// The virtio transports (PCI config, MSI-X, queue state, features, status) in
+    /// `VirtioMachineSet.all` order.
+    var virtio: [VirtioPCIDevice.Snapshot]
+    /// KVM: the in-kernel PIC pair, IOAPIC, PIT and kvmclock (the user-space chips above are nil).
+    var kvm: KVMVMSnapshot?
+}
+
+/// A VCPU section (JSON).
+struct SavedVCPU: Codable {
+    var index: Int
+    /// Exactly one of these, by the backend.
+    var emulator: X86CPUSnapshot?
+    var kvm: KVMVCPUSnapshot?
+}
+
+/// What a save wrote.
+public struct SnapshotStatistics: Sendable {
+    public var bytes: UInt64
+    public var memoryPages: Int
+}
+
+extension Machine {
+    /// Why this machine cannot be saved yet, or nil.
+    var snapshotBlocker: String? {
+        if config.bootsFirmware { return "saving a firmware-booted machine is not supported yet (fw_cfg and the ISA bridge have no saved state)" }
+        if !config.networkInterfaces.isEmpty || config.vsock != nil || config.cdromPath != nil {
+            return "saving a machine with network interfaces, vsock or a CD-ROM is not supported yet"
+        }
+        return nil
+    }
+
+    /// Writes the paused machine's complete state to `fd` (docs/snapshot.md). The machine
+    /// stays paused; the caller resumes or stops it.
+    @discardableResult
+    public func saveState(to fd: Int32) throws -> SnapshotStatistics {
+        if let why = snapshotBlocker { throw VMMError.unsupported(why) }
+        guard state == .paused else { throw VMMError.machine("the machine must be paused to be saved") }
+        let encoder = JSONEncoder()
+        let kvmVM = backend as? KVMVirtualMachine
+        let msrIndices = try kvmVM?.system.msrIndexList() ?? []
+        let cpus = try runner.onEachPausedVCPU { cpu -> SavedVCPU in
+            if let v = cpu as? EmulatorVCPU { return SavedVCPU(index: v.index, emulator: v.snapshot()) }
+            guard let k = cpu as? KVMVCPU else { throw VMMError.machine("vCPU \(cpu.index) has no saved state") }
+            return SavedVCPU(index: k.index, kvm: try k.saveState(msrIndices: msrIndices))
+        }
+        let kvmState = try kvmVM?.saveState()
+        let devices = self.devices, virtio = self.virtio
+        let saved = deviceLock.withLock {
+            SavedDevices(com1: devices.com1.snapshot(), keyboardController: devices.keyboardController.snapshot(),
+                         rtc: devices.rtc.snapshot(), pciHost: devices.pciHost.snapshot(),
+                         acpiPM: devices.acpiPM.snapshot(), pic: devices.irqChip?.pic.snapshot(),
+                         ioapic: devices.irqChip?.ioapic.snapshot(), pit: devices.pit?.snapshot(),
+                         virtio: virtio.all.map { $0.snapshot() }, kvm: kvmState)
+        }
+        let conf = SavedMachineConfig(kernelPath: config.kernelPath, initrdPath: config.initrdPath, cmdline: config.cmdline,
+                                      memorySize: config.memorySize, vcpus: config.vcpus, diskPaths: config.diskPaths,
+                                      backend: kvmVM == nil ? "emulator" : "kvm", cpuLevel: (config.cpuLevel ?? .default).rawValue,
+                                      ram: memory.regions.map { [$0.guestBase, UInt64($0.size)] })
+        let w = try StateStreamWriter(fd: fd)
+        try w.section(StateStream.config, Array(try encoder.encode(conf)))
+        try w.section(StateStream.devices, Array(try encoder.encode(saved)))
+        for cpu in cpus { try w.section(StateStream.vcpu, Array(try encoder.encode(cpu))) }
+        let pages = try writeMemory(w)
+        try w.finish()
+        return SnapshotStatistics(bytes: w.bytesWritten, memoryPages: pages)
+    }
+
+    /// MEM sections: each a guest-physical address (u64) and a run of non-zero pages
+    /// (at most `StateStream.memoryChunk` bytes). Pages not written are zero.
+    private func writeMemory(_ w: StateStreamWriter) throws -> Int {
+        let page = StateStream.pageSize, chunk = StateStream.memoryChunk
+        var pages = 0
+        for region in memory.regions {
+            // SAFETY: the region's host mapping is `size` bytes and lives as long as `memory`;
+            // the machine is paused, so nothing writes it meanwhile.
+            let base = UnsafeRawBufferPointer(start: region.host, count: region.size)
+            func isZero(_ o: Int) -> Bool {
+                let words = UnsafeRawBufferPointer(rebasing: base[o..<o + page]).bindMemory(to: UInt64.self)
+                return !words.contains { $0 != 0 }
+            }
+            var o = 0
+            while o + page <= region.size {
+                if isZero(o) { o += page; continue }
+                var end = o + page
+                while end + page <= region.size && end - o < chunk && !isZero(end) { end += page }
+                var payload = le(region.guestBase + UInt64(o))
+                payload.append(contentsOf: base[o..<end])
+                try w.section(StateStream.memory, payload)
+                pages += (end - o) / page
+                o = end
+            }
+        }
+        return pages
+    }
+
+    /// Rebuilds a machine from a stream: reads and checks every section, builds the machine
+    /// from the CONF section, applies memory, devices and vCPUs. Any error throws before
+    /// anything runs; the machine returned is not started.
+    public static func restore(fd: Int32, console: ConsoleSink, log: Logger = Logger(label: "vmm")) throws -> Machine {
+        try restore(reader: try StateStreamReader(fd: fd), console: console, log: log)
+    }
+
+    public static func restore(reader: StateStreamReader, console: ConsoleSink,
+                               log: Logger = Logger(label: "vmm")) throws -> Machine {
+        let decoder = JSONDecoder()
+        func decode<T: Decodable>(_ t: T.Type, _ payload: [UInt8], _ what: String) throws -> T {
+            do { return try decoder.decode(t, from: Data(payload)) } catch {
+                throw StateStreamError.malformed("the \(what) section does not decode")
+            }
+        }
+        guard let first = try reader.next(), first.tag == StateStream.config else {
+            throw StateStreamError.malformed("the stream does not start with the machine configuration")
+        }
+        let conf = try decode(SavedMachineConfig.self, first.payload, "configuration")
+        guard let accel = ["emulator": Accelerator.emulator, "kvm": .kvm][conf.backend] else {
+            throw StateStreamError.malformed("unknown backend \(conf.backend)")
+        }
+        guard let level = X86CPULevel(rawValue: conf.cpuLevel ?? X86CPULevel.default.rawValue) else {
+            throw StateStreamError.malformed("unknown CPU level")
+        }
+        var config = MachineConfig(kernelPath: conf.kernelPath, initrdPath: conf.initrdPath, cmdline: conf.cmdline,
+                                   memorySize: conf.memorySize, vcpus: conf.vcpus, diskPaths: conf.diskPaths,
+                                   accelerator: accel, console: console)
+        config.cpuLevel = level
+        guard !config.kernelPath.isEmpty else { throw StateStreamError.malformed("no kernel in the configuration") }
+        try config.validateSettings()
+        let machine = try Machine(config: config, log: log)
+        guard machine.memory.regions.map({ [$0.guestBase, UInt64($0.size)] }) == conf.ram else {
+            throw StateStreamError.malformed("the RAM layout differs from the saved one")
+        }
+        for region in machine.memory.regions {
+            // SAFETY: the region's mapping is `size` bytes; no vCPU runs yet.
+            memset(region.host, 0, region.size)
+        }
+        var devices: SavedDevices?
+        var cpus = [SavedVCPU?](repeating: nil, count: config.vcpus)
+        while let (tag, payload) = try reader.next() {
+            switch tag {
+            case StateStream.devices:
+                guard devices == nil else { throw StateStreamError.malformed("two device sections") }
+                devices = try decode(SavedDevices.self, payload, "device")
+            case StateStream.vcpu:
+                let v = try decode(SavedVCPU.self, payload, "vCPU")
+                guard v.index >= 0 && v.index < cpus.count, cpus[v.index] == nil else {
+                    throw StateStreamError.malformed("vCPU section for vCPU \(v.index) (the machine has \(cpus.count); each once)")
+                }
+                guard (v.emulator == nil) != (v.kvm == nil), (v.kvm != nil) == (accel == .kvm) else {
+                    throw StateStreamError.malformed("vCPU \(v.index)'s state is not for the \(conf.backend) backend")
+                }
+                cpus[v.index] = v
+            case StateStream.memory:
+                try machine.applyMemory(payload)
+            default:
+                throw StateStreamError.malformed("section \(StateStream.tagName(tag)) out of place")
+            }
+        }
+        guard let devices else { throw StateStreamError.malformed("no device section") }
+        let saved = cpus.compactMap { $0 }
+        guard saved.count == cpus.count else { throw StateStreamError.malformed("a vCPU's state is missing") }
+        try machine.applyDevices(devices)
+        let vcpus = machine.runner.vcpus
+        guard vcpus.count == saved.count else { throw VMMError.machine("vCPU count differs") }
+        do {
+            if let vm = machine.backend as? KVMVirtualMachine {
+                guard let k = devices.kvm else { throw StateStreamError.malformed("no in-kernel device state for a KVM machine") }
+                try vm.restoreState(k)
+            }
+            for (v, s) in zip(vcpus, saved) {
+                if let e = v as? EmulatorVCPU, let state = s.emulator { try e.restore(state) }
+                else if let k = v as? KVMVCPU, let state = s.kvm { try k.restoreState(state) }
+                else { throw StateStreamError.malformed("vCPU \(v.index)'s state does not fit its backend") }
+            }
+        } catch let error as StateStreamError { throw error } catch {
+            throw StateStreamError.malformed("\(error)")
+        }
+        machine.runner.discardInitialStates()
+        return machine
+    }
+
+    private func applyMemory(_ payload: [UInt8]) throws {
+        let page = StateStream.pageSize
+        guard payload.count > 8, (payload.count - 8) % page == 0 else {
+            throw StateStreamError.malformed("a memory section is not a whole number of pages")
+        }
+        let gpa = u64(payload, 0), count = payload.count - 8
+        guard gpa % UInt64(page) == 0,
+              let region = memory.regions.first(where: { gpa >= $0.guestBase && gpa < $0.guestEnd }),
+              UInt64(count) <= region.guestEnd - gpa else {
+            throw StateStreamError.malformed("memory range 0x\(String(gpa, radix: 16))+\(count) is outside guest RAM")
+        }
+        payload.withUnsafeBytes { p in
+            // SAFETY: [gpa, gpa + count) lies inside this region (checked above).
+            memcpy(region.host + Int(gpa - region.guestBase), p.baseAddress! + 8, count)
+        }
+    }
+
+    private func applyDevices(_ s: SavedDevices) throws {
+        let devices = self.devices, virtio = self.virtio.all
+        guard s.virtio.count == virtio.count, (s.pic == nil) == (devices.irqChip == nil),
+              (s.pit == nil) == (devices.pit == nil) else {
+            throw StateStreamError.malformed("the saved devices do not match the machine's")
+        }
+        try deviceLock.withLock {
+            for (fn, snap) in zip(virtio, s.virtio) where !fn.restore(snap) {
+                throw StateStreamError.malformed("a virtio device's saved state does not fit")
+            }
+            devices.com1.restore(s.com1)
+            devices.keyboardController.restore(s.keyboardController)
+            devices.rtc.restore(s.rtc)
+            devices.acpiPM.restore(s.acpiPM)
+            if let pic = s.pic { devices.irqChip?.pic.restore(pic) }
+            if let io = s.ioapic { devices.irqChip?.ioapic.restore(io) }
+            if let pit = s.pit { devices.pit?.restore(pit) }
+            devices.pciHost.restore(s.pciHost)   // last: remaps every BAR the functions hold
+        }
+    }
+}
