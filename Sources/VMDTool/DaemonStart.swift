@@ -122,17 +122,6 @@ extension Daemon {
         return nil
     }
 
-    /// Who a VM's process becomes once it holds its files (vmd running as root): the
-    /// `--vm-user` for all, else uid = gid = vmUIDBase + the VM's id, its own, so VM
-    /// processes cannot signal or ptrace each other. nil when vmd is not root.
-    func processIdentity(_ e: VMEntry) -> DropIdentity? {
-        guard geteuid() == 0 else { return nil }
-        if let vmIdentity { return vmIdentity }
-        let (id, overflow) = options.vmUIDBase.addingReportingOverflow(UInt32(truncatingIfNeeded: e.id))
-        guard !overflow, id != UInt32.max else { return nil }
-        return DropIdentity(user: "uid \(id)", uid: id, gid: id)
-    }
-
     /// Whose rights open a VM's files: its owner user (with that user's groups); for an
     /// owner group alone, the VM process's uid in that group only; nil (vmd's own rights)
     /// for a VM without a non-root owner.
@@ -189,7 +178,11 @@ extension Daemon {
         // vmd opens every guest file; the VM process gets descriptors only. A VM with a
         // non-root owner gets only files that owner could open (UserFileAccess).
         var files: OpenedGuestFiles
-        let processIdentity = self.processIdentity(e)
+        let processIdentity: DropIdentity?
+        switch self.processIdentity(e) {
+        case .failure(let m): return failStart("vm \(d.name): \(m)")
+        case .success(let id): processIdentity = id
+        }
         let owner = state.withLock { _ in e.owner }
         switch GuestFiles.open(d, as: fileIdentity(owner, vmUID: processIdentity?.uid ?? 65534)) {
         case .failure(let m): return failStart(m.description)
@@ -231,6 +224,16 @@ extension Daemon {
         }
         close(pty.slave)
         close(pair.1)
+        let cgroup: String?
+        switch placeInCgroup(pid, e, d) {
+        case .success(let dir): cgroup = dir
+        case .failure(let p):
+            kill(pid, SIGKILL)
+            var st: Int32 = 0
+            while waitpid(pid, &st, 0) < 0 && errno == EINTR {}
+            close(pty.master); close(pair.0)
+            return failStart("vm \(d.name): \(p)")
+        }
         let ch = ControlChannel(fd: pair.0)
         // The VM process has 30 s to say it started.
         UnixSocket.setTimeouts(pair.0, receive: 30, send: 30)
@@ -242,6 +245,7 @@ extension Daemon {
             e.channel = ch
             e.running = d
             e.interfaces = interfaces
+            e.cgroup = cgroup
         }
         monitor(e, pid)
 
