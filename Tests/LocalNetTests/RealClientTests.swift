@@ -51,7 +51,7 @@ import Testing
         let passed = Atomic<Int>(0)
         var thread: Thread?
 
-        init(tag: String) throws {
+        init(tag: String, inet6: LocalInet6? = nil) throws {
             ns = "svmm-dhcp-\(tag)-\(getpid())"
             let t = try TapInterface.open(name: "svd\(tag.prefix(4))%d")
             fd = t.fd; tap = t.name
@@ -61,11 +61,15 @@ import Testing
             mac = addr.trimmingCharacters(in: .whitespacesAndNewlines).split(separator: ":").compactMap { UInt8($0, radix: 16) }
             try run(["ip", "netns", "add", ns])
             try run(["ip", "link", "set", tap, "netns", ns])
+            // No duplicate address detection: the link-local address is usable at once
+            // (dhclient -6 waits for a non-tentative one).
+            try run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", "net.ipv6.conf.\(tap).accept_dad=0"])
             try run(["ip", "-n", ns, "link", "set", tap, "up"])
             try run(["ip", "-n", ns, "link", "set", "lo", "up"])
-            let lease = LocalLease(link: link, guestMAC: mac, serverMAC: serverMAC, hostName: "vm-\(tag)", leaseSeconds: 600)
+            var lease = LocalLease(link: link, guestMAC: mac, serverMAC: serverMAC, hostName: "vm-\(tag)", leaseSeconds: 600)
+            lease.inet6 = inet6
             _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
-            let th = Thread { [self] in serve(lease) }
+            let th = Thread { [self, lease] in serve(lease) }
             thread = th
             th.start()
         }
@@ -74,6 +78,7 @@ import Testing
         /// (as `LocalInterfaceBackend.send` does), answers are written back.
         private func serve(_ lease: LocalLease) {
             var server = LocalDHCPServer(lease: lease)
+            var ipv6 = LocalIPv6Server(lease: lease)
             var buf = [UInt8](repeating: 0, count: 65536)
             while running.load(ordering: .relaxed) {
                 var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
@@ -81,7 +86,12 @@ import Testing
                 let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
                 guard n > 0 else { continue }
                 let now = UInt64(DispatchTime.now().uptimeNanoseconds)
-                switch buf.withUnsafeBytes({ server.handle(frame: UnsafeRawBufferPointer(rebasing: $0[0..<n]), now: now) }) {
+                let verdict = buf.withUnsafeBytes { b -> LocalDHCPServer.Verdict in
+                    let f = UnsafeRawBufferPointer(rebasing: b[0..<n])
+                    let v = server.handle(frame: f, now: now)
+                    return v == .pass && ipv6 != nil ? ipv6!.handle(frame: f, now: now) : v
+                }
+                switch verdict {
                 case .pass: passed.add(1, ordering: .relaxed)
                 case .consumed(nil): break
                 case let .consumed(reply?):
@@ -91,8 +101,8 @@ import Testing
             }
         }
 
-        func addresses() throws -> String { try run(["ip", "-n", ns, "-4", "addr", "show", "dev", tap]).output }
-        func routes() throws -> String { try run(["ip", "-n", ns, "-4", "route", "show"]).output }
+        func addresses(_ family: String = "-4") throws -> String { try run(["ip", "-n", ns, family, "addr", "show", "dev", tap]).output }
+        func routes(_ family: String = "-4") throws -> String { try run(["ip", "-n", ns, family, "route", "show"]).output }
 
         func stop() {
             running.store(false, ordering: .relaxed)
@@ -154,5 +164,43 @@ import Testing
                      "serverid=100.64.1.2", "lease=600", "hostname=vm-bbx"] {
             #expect(got.split(separator: "\n").contains(Substring(line)), "\(line) in \(got)")
         }
+    }
+
+    /// ISC dhclient in stateless mode (-6 -S: Information-Request, RFC 8415 18.2.6) against
+    /// LocalIPv6Server; its script records the Reply's DNS servers. The namespace's kernel
+    /// meanwhile solicits and takes our RA (SLAAC address, default route via the router).
+    @Test(.enabled(if: problem == nil && dhclient != nil, "needs root, taps and isc-dhcp-client"))
+    func iscDhclientStatelessDHCPv6GetsTheDNSServer() throws {
+        let inet6 = try #require(LocalInet6(prefix: LocalInet6.address("fd5e:1:2:100::")!))
+        let b = try Bench(tag: "v6", inet6: inet6)
+        defer { b.stop() }
+        let script = b.dir.appendingPathComponent("script").path
+        let env = b.dir.appendingPathComponent("env").path
+        // Only the reply's data is recorded; nothing of the host (resolv.conf) is touched.
+        // dhclient 4.4 names a stateless reply RENEW6 (INFORM6 in other versions).
+        try "#!/bin/sh\ncase \"$reason\" in INFORM6|RENEW6) env > \(env).tmp && mv \(env).tmp \(env);; esac\nexit 0\n"
+            .write(toFile: script, atomically: true, encoding: .utf8)
+        chmod(script, 0o755)
+        let lf = b.dir.appendingPathComponent("lease6").path, pf = b.dir.appendingPathComponent("pid6").path
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = ["ip", "netns", "exec", b.ns, Self.dhclient!, "-6", "-S", "-d", "-v", "-sf", script, "-lf", lf, "-pf", pf, b.tap]
+        p.standardOutput = FileHandle.nullDevice; p.standardError = FileHandle.nullDevice
+        try p.run()
+        defer { p.terminate(); p.waitUntilExit() }
+        // Waits for the script's record (dhclient retransmits on its own if a reply is lost).
+        let deadline = Date().addingTimeInterval(30)
+        while Date() < deadline, !FileManager.default.fileExists(atPath: env) { usleep(50_000) }
+        let got = ((try? String(contentsOfFile: env, encoding: .utf8)) ?? "").split(separator: "\n")
+        #expect(got.contains("new_dhcp6_name_servers=fd5e:1:2:100::1"), "\(got)")
+        #expect(got.contains(where: { $0.hasPrefix("new_dhcp6_server_id=") && $0.lowercased().contains("0:3:0:1:fe:e1:ba:d1:12:34") }), "\(got)")
+        #expect(b.answers.load(ordering: .relaxed) >= 1)
+        // The kernel's SLAAC from our RA (sent on its solicitation at link-up).
+        let slaacDeadline = Date().addingTimeInterval(20)
+        while Date() < slaacDeadline, !((try? b.addresses("-6")) ?? "").contains("inet6 fd5e:1:2:100:") { usleep(50_000) }
+        let addr = try b.addresses("-6")
+        #expect(addr.contains("inet6 fd5e:1:2:100:") && addr.contains("scope global"), "\(addr)")
+        let routes = try b.routes("-6")
+        #expect(routes.contains("default via fe80::fce1:baff:fed1:1234"), "\(routes)")
     }
 }
