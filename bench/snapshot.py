@@ -9,13 +9,13 @@ import os, re, signal, socket, statistics, subprocess, sys, tempfile, time
 vmm, guest, runs, mems = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
 tmp = tempfile.mkdtemp(prefix="snapbench-")
 
-def wait_for(pred, timeout=120):
+def wait_for(pred, timeout=60):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         v = pred()
         if v: return v
         time.sleep(0.001)
-    raise SystemExit("timed out")
+    raise RuntimeError("timed out")
 
 def last_count(text):
     m = re.findall(r"count (\d+)\r?\n", text)
@@ -67,13 +67,15 @@ def qemu(mem):
     qmp_hmp(s, "stop"); qmp_hmp(s, 'migrate "exec:cat > %s"' % f)
     # Completion: poll `info migrate` until it says completed.
     buf = b""; s.settimeout(0.01)
+    end = time.monotonic() + 120
     while b"completed" not in buf:
+        if time.monotonic() > end: raise RuntimeError("qemu migrate did not complete")
         qmp_hmp(s, "info migrate")
         try: buf += s.recv(65536)
         except socket.timeout: pass
     save = (time.monotonic() - t0) * 1000
     saved = last_count(open(serial, errors="replace").read()); size = os.path.getsize(f)
-    p.kill(); p.wait(); os.unlink(serial)
+    s.close(); p.kill(); p.wait(); os.unlink(serial); os.unlink(mon)
     t0 = time.monotonic()
     q = subprocess.Popen([a for a in base if a] + ["-incoming", "exec:cat %s" % f],
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -87,7 +89,10 @@ for mem in mems:
     rows = {}
     for name, fn in (("ours", ours), ("qemu", qemu)):
         if name == "qemu" and not have_qemu: continue
-        r = [fn(mem) for _ in range(runs)]
+        try:
+            r = [fn(mem) for _ in range(runs)]
+        except RuntimeError as e:
+            print("snapshot %s: %s failed: %s" % (mem, name, e)); continue
         rows[name] = tuple(statistics.median(x[i] for x in r) for i in range(3))
     o = rows["ours"]
     print("snapshot %s: ours %.0f KiB, save %.1f ms, restore to counting %.1f ms" % (mem, o[0] / 1024, o[1], o[2]))

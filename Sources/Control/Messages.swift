@@ -71,6 +71,9 @@ public enum ControlRequest: Codable, Hashable, Sendable {
     case reload
     case reset(ResetScope)
     case log(verbose: Bool)
+    /// `vmctl send`: the reply carries a descriptor from which the VM's state stream
+    /// (docs/snapshot.md) is read; the VM stops once the stream is written.
+    case send(target: VMIdentifier)
 
     /// The vmctl command name, for logs and errors.
     public var commandName: String {
@@ -86,6 +89,7 @@ public enum ControlRequest: Codable, Hashable, Sendable {
         case .reload: return "reload"
         case .reset: return "reset"
         case .log: return "log"
+        case .send: return "send"
         }
     }
 }

@@ -125,6 +125,39 @@ struct Console: ParsableCommand {
     }
 }
 
+struct Send: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Write a VM's state to standard output and stop it.",
+        discussion: "The stream (docs/snapshot.md) can be run again with `vmm --restore FILE`. Only root or the VM's owner may send it.")
+    @Argument(help: ArgumentHelp("The VM's id or name.", valueName: "id|name")) var target: String
+    func run() throws {
+        if isatty(STDOUT_FILENO) != 0 { throw fail("send: standard output is a terminal; redirect it to a file or a pipe") }
+        let (reply, fds) = try request(.send(target: VMIdentifier(parsing: target)))
+        guard case .vm = reply, let fd = fds.first else { throw fail("vm \(target): no state stream") }
+        defer { close(fd) }
+        var buf = [UInt8](repeating: 0, count: 1 << 16)
+        var total = 0
+        while true {
+            let n = read(fd, &buf, buf.count)
+            if n < 0 && errno == EINTR { continue }
+            if n < 0 { throw fail("send: reading the state stream: \(String(cString: strerror(errno)))") }
+            if n == 0 { break }
+            var done = 0
+            while done < n {
+                // SAFETY: writes from inside buf, n - done bytes after done.
+                let w = buf.withUnsafeBytes { write(STDOUT_FILENO, $0.baseAddress! + done, n - done) }
+                if w < 0 && errno == EINTR { continue }
+                if w < 0 { throw fail("send: writing standard output: \(String(cString: strerror(errno)))") }
+                done += w
+            }
+            total += n
+        }
+        // A complete stream ends with the 16-byte END section; an empty one means the VM refused.
+        if total == 0 { throw fail("vm \(target): the VM could not be sent (see vmd's log)") }
+        FileHandle.standardError.write(Data("vmctl: sent vm \(target) successfully (\(total) bytes)\n".utf8))
+    }
+}
+
 struct Pause: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Pause a running VM.")
     @Argument(help: ArgumentHelp("The VM's id or name.", valueName: "id|name")) var target: String

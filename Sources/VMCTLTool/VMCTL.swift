@@ -15,7 +15,7 @@ struct VMCTL: ParsableCommand {
         subcommands: commandList)
 
     static var commandList: [any ParsableCommand.Type] {
-        [Start.self, Stop.self, Status.self, Console.self, Pause.self, Unpause.self, Wait.self,
+        [Start.self, Stop.self, Status.self, Console.self, Pause.self, Unpause.self, Send.self, Wait.self,
          Load.self, Reload.self, Reset.self, Log.self, Create.self]
     }
 }

@@ -13,6 +13,9 @@ enum ParentMessage: Codable {
     case pause
     case unpause
     case shutdown
+    /// Pause, write the machine's state stream to the descriptor that comes with the
+    /// message, stop (`vmctl send`).
+    case send
 }
 
 /// VM process -> vmd replies.

@@ -30,6 +30,7 @@ extension Daemon {
             return (reload(), [])
         case .reset(let scope): return handleReset(scope, c)
         case .log(let verbose): return handleLog(verbose, c)
+        case .send(let id): return handleSend(id, c)
         }
     }
 
@@ -146,11 +147,41 @@ extension Daemon {
         return (.ok(message: nil), [])
     }
 
+    /// `vmctl send`: only root or the VM's owner (`target`). The reply carries the read end
+    /// of a pipe; the VM process gets the write end, writes its state stream and stops. The
+    /// VM process's answer is awaited on a thread of its own (the client reads meanwhile).
+    func handleSend(_ id: VMIdentifier, _ c: PeerCredentials) -> (ControlReply, [Int32]) {
+        let found: Result<(VMEntry, ControlChannel), ControlFailure> = state.withLock { s in
+            target(s, id, c).flatMap { e in
+                guard e.state == .running || e.state == .paused, let ch = e.channel else {
+                    return .failure(ControlFailure(.notRunning, "vm \(e.definition.name): not running"))
+                }
+                return .success((e, ch))
+            }
+        }
+        let e: VMEntry, ch: ControlChannel
+        switch found {
+        case .failure(let f): return (.failure(f), [])
+        case .success(let (entry, channel)): e = entry; ch = channel
+        }
+        var p: [Int32] = [0, 0]
+        guard pipe(&p) == 0 else { return Self.fail(.failed, "send: \(SystemError("pipe"))") }
+        for fd in p { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        let writeEnd = p[1], name = e.definition.name, log = self.log
+        let sender = Thread { [self] in
+            let answer = talk(e, ch, .send, fds: [writeEnd])
+            close(writeEnd)
+            if case .failed(let m) = answer { log.error("vm \(name): send failed: \(m)") } else { log.info("vm \(name) sent") }
+        }
+        sender.start()
+        return state.withLock { _ in (.vm(status(e)), [p[0]]) }
+    }
+
     /// One message to a VM process and its answer (one at a time per VM).
-    func talk(_ e: VMEntry, _ ch: ControlChannel, _ m: ParentMessage) -> ChildAnswer {
+    func talk(_ e: VMEntry, _ ch: ControlChannel, _ m: ParentMessage, fds: [Int32] = []) -> ChildAnswer {
         e.opLock.withLock {
             do {
-                try ch.send(m)
+                try ch.send(m, fds: fds)
                 guard let (reply, fds) = try ch.receive(ChildMessage.self) else { return .failed("vm process went away") }
                 for f in fds { close(f) }
                 switch reply {

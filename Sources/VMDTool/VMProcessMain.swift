@@ -14,6 +14,8 @@ protocol GuestRunner: AnyObject, Sendable {
     func start() throws
     func pause() throws
     func resume() throws
+    /// Pauses, writes the state stream to `fd`, stops the guest (on failure it resumes).
+    func send(to fd: Int32) throws
     /// Asks the guest to stop; `wait` then returns.
     func stop()
     /// Blocks until the guest has stopped; the process exit status to report.
@@ -55,7 +57,7 @@ enum VMProcessMain {
         }
         let commands = Thread {
             while true {
-                guard let (msg, _) = try? channel.receive(ParentMessage.self) else {
+                guard let (msg, fds) = try? channel.receive(ParentMessage.self) else {
                     runner.stop()  // vmd is gone: do not leave an orphan guest running
                     return
                 }
@@ -65,6 +67,10 @@ enum VMProcessMain {
                     case .pause: try runner.pause(); reply = .ok
                     case .unpause: try runner.resume(); reply = .ok
                     case .shutdown: runner.stop(); reply = .ok
+                    case .send:
+                        guard let fd = fds.first else { reply = .error("no descriptor for the state stream"); break }
+                        defer { for f in fds { close(f) } }
+                        try runner.send(to: fd); reply = .ok
                     case .spec, .files: reply = .error("already running")
                     }
                 } catch {
@@ -148,6 +154,18 @@ final class MachineGuest: GuestRunner, @unchecked Sendable {
     func start() throws { try machine.start() }
     func pause() throws { machine.pause() }
     func resume() throws { machine.resume() }
+
+    func send(to fd: Int32) throws {
+        let wasPaused = machine.state == .paused
+        if !wasPaused { machine.pause() }
+        do {
+            try machine.saveState(to: fd)
+        } catch {
+            if !wasPaused { machine.resume() }
+            throw error
+        }
+        machine.stop(reason: "sent")
+    }
 
     /// How long a graceful stop waits for the guest to power off after the power-button
     /// press before it forces the stop: 30 s, or `VMD_STOP_TIMEOUT` seconds from vmd's
@@ -327,6 +345,8 @@ final class FakeGuest: GuestRunner, @unchecked Sendable {
         cond.broadcast()
         cond.unlock()
     }
+
+    func send(to fd: Int32) throws { throw GuestError(description: "a stand-in guest has no state to send") }
 
     func pause() throws {
         cond.lock(); paused = true; cond.unlock()

@@ -21,6 +21,11 @@ import Synchronization
 ///   falls back to `signalMSI` (KVM_SIGNAL_MSI).
 ///
 /// If a registration fails, the MMIO exit path (`barWrite`) still reaches the same code.
+///
+/// A notify runs one pass of at most a ring's worth of chains; when chains are left, the
+/// device's `onMorePending` signals the queue's own eventfd, so a guest that keeps refilling
+/// one queue gets one pass per poll round, interleaved with every other queue and with the
+/// quiesce gate (pause), instead of holding this thread.
 public final class VirtioEventLoop: @unchecked Sendable {
     private struct Entry {
         let device: VirtioPCIDevice
@@ -78,7 +83,23 @@ public final class VirtioEventLoop: @unchecked Sendable {
                 guard let self, let device else { return }
                 self.update(device: device, regions: regions)
             }
+            // A pass that stopped at its budget (a ring's worth) continues in the next poll
+            // round, after the other ready queues and through the gate again.
+            device.onMorePending = { [weak self, weak device] queue in
+                guard let self, let device else { return false }
+                return self.requeue(device: device, queue: queue)
+            }
         }
+    }
+
+    /// Signals the eventfd of `device`'s `queue`, if it has one; false otherwise.
+    func requeue(device: VirtioPCIDevice, queue: Int) -> Bool {
+        let entry = state.withLock { s in
+            s.entries.values.first { $0.device === device && $0.queue == queue }
+        }
+        guard let entry else { return false }
+        entry.eventfd.signal()
+        return true
     }
 
     /// Makes the registrations for `device` match `regions`.

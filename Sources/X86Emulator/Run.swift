@@ -178,6 +178,7 @@ extension X86CPU {
     /// profiling are looked at every 2048 instructions.
     public func run(budget: Int) -> X86StopReason {
         if let stop = serviceAttention() { return stop }
+        if tier == .block { return runBlocks(budget: budget) }
         let apic = self.apic
         var left = budget
         while left > 0 {

@@ -225,6 +225,13 @@ public final class X86CPU {
     /// Decoded-instruction cache statistics (hits, misses) for benchmarks.
     public internal(set) var icacheHits: UInt64 = 0
     public internal(set) var icacheMisses: UInt64 = 0
+    /// The execution tier (`SWIFTVMM_CPU_TIER`); tests may set it per CPU.
+    public var tier = CPUTier.fromEnvironment
+    /// Decoded basic blocks for the block tier (`Blocks.swift`).
+    let blocks = BlockCache()
+    /// Block-tier statistics for benchmarks: block entries that hit, blocks built.
+    public var blockHits: UInt64 { blocks.hits }
+    public var blockBuilds: UInt64 { blocks.builds }
 
     /// Retired instructions (for benchmarks and timer polling).
     public internal(set) var instructions: UInt64 = 0

@@ -1,3 +1,4 @@
+import Synchronization
 import Foundation
 import Devices
 import GuestMemory
@@ -299,5 +300,20 @@ import Testing
         // A snapshot of another device type is refused.
         let rng = VirtioPCIDevice(model: VirtioEntropy(), memory: rig.memory, interrupts: rig.irq)
         #expect(!rng.restore(decoded))
+    }
+
+    @Test func restoreReprogramsTheNotifyRegions() throws {
+        let rig = try BlockRig()
+        let live = rig.device.notifyRegions()
+        #expect(!live.isEmpty)
+        let seen = Mutex<[[VirtioNotifyRegion]]>([])
+        let fresh = VirtioPCIDevice(model: VirtioBlock(disk: rig.disk), memory: rig.memory, interrupts: rig.irq)
+        fresh.onNotifyRegionsChanged = { regions in seen.withLock { $0.append(regions) } }
+        #expect(fresh.restore(rig.device.snapshot()))
+        #expect(seen.withLock { $0 } == [live], "ioeventfds for a restored running device")
+        // Restoring a device that was reset drops them again.
+        let idle = VirtioPCIDevice(model: VirtioBlock(disk: rig.disk), memory: rig.memory, interrupts: rig.irq)
+        #expect(fresh.restore(idle.snapshot()))
+        #expect(seen.withLock { $0 } == [live, []])
     }
 }

@@ -62,6 +62,13 @@ public final class VirtioPCIDevice: PCIDevice, @unchecked Sendable {
     /// an empty list when the device is reset. Optional: MMIO notify writes always work.
     public var onNotifyRegionsChanged: (@Sendable ([VirtioNotifyRegion]) -> Void)?
 
+    /// A pass over a queue takes at most the queue's size in chains. When one stops with
+    /// chains left, this is called (without the device lock) with the queue: true means the
+    /// hook scheduled the next pass itself (the KVM event loop signals the queue's ioeventfd,
+    /// so the next pass comes after the other devices' notifies and the quiesce gate);
+    /// false or no hook: the notifying thread runs the next passes, one lock hold each.
+    public var onMorePending: (@Sendable (Int) -> Bool)?
+
     private let lock = Mutex<Void>(())
     /// Type-0 config space: header, BARs and the capability list.
     public private(set) var header: PCIConfigHeader
@@ -73,6 +80,8 @@ public final class VirtioPCIDevice: PCIDevice, @unchecked Sendable {
     public private(set) var status: UInt8 = 0
     public private(set) var configGeneration: UInt8 = 0
     fileprivate(set) var queueSelect: UInt16 = 0
+    /// Queues whose last pass stopped at its budget with chains left.
+    private var overBudget: [Int] = []
     fileprivate(set) var configVector: UInt16 = noVector
     public private(set) var isr: UInt8 = 0
     public private(set) var queues: [SplitVirtqueue]
@@ -225,7 +234,11 @@ public final class VirtioPCIDevice: PCIDevice, @unchecked Sendable {
     }
 
     public func barWrite(index: Int, offset: UInt64, size: Int, value: UInt64) {
-        lock.withLock { _ in barWriteLocked(index: index, offset: offset, size: size, value: value) }
+        let more = lock.withLock { _ in
+            barWriteLocked(index: index, offset: offset, size: size, value: value)
+            return !overBudget.isEmpty
+        }
+        if more { runDeferredPasses() }
     }
 
     private func barReadLocked(index: Int, offset: UInt64, size: Int) -> UInt64 {
@@ -431,6 +444,7 @@ public final class VirtioPCIDevice: PCIDevice, @unchecked Sendable {
         isr = 0
         lastError = nil
         for i in queues.indices { queues[i].reset() }
+        overBudget.removeAll()
         lowerINTx()
         model.reset()
         if wasActive, let hook = onNotifyRegionsChanged { hook([]) }
@@ -441,16 +455,33 @@ public final class VirtioPCIDevice: PCIDevice, @unchecked Sendable {
     /// Processes `queue` as if the driver had written its notify register: the entry point
     /// for an ioeventfd on the VMM's event thread. Safe from any thread.
     public func notify(queue: Int) {
-        lock.withLock { _ in processLocked(queue: queue) }
+        let more = lock.withLock { _ in
+            processLocked(queue: queue)
+            return !overBudget.isEmpty
+        }
+        if more { runDeferredPasses() }
     }
 
     /// Runs `body` under the device lock, then processes `queue` (backends delivering
     /// input, such as console bytes, from their own thread).
     public func withLock<T>(processing queue: Int?, _ body: () -> T) -> T {
-        lock.withLock { _ in
+        let (result, more) = lock.withLock { _ in
             let result = body()
             if let queue { processLocked(queue: queue) }
-            return result
+            return (result, !overBudget.isEmpty)
+        }
+        if more { runDeferredPasses() }
+        return result
+    }
+
+    /// The queues whose pass stopped at its budget: each goes to `onMorePending`, or gets
+    /// its next pass here (the lock is released between passes).
+    private func runDeferredPasses() {
+        while true {
+            let next: Int? = lock.withLock { _ in overBudget.isEmpty ? nil : overBudget.removeFirst() }
+            guard let q = next else { return }
+            if let hook = onMorePending, hook(q) { continue }
+            lock.withLock { _ in processLocked(queue: q) }
         }
     }
 
@@ -463,13 +494,17 @@ public final class VirtioPCIDevice: PCIDevice, @unchecked Sendable {
     private func processOne(queue q: Int) -> Bool {
         guard q >= 0, q < queues.count, queues[q].isReady,
               status & VirtioStatus.driverOK != 0, status & VirtioStatus.needsReset == 0 else { return false }
+        queues[q].beginPass()
         do {
             try model.process(queueIndex: q, queue: &queues[q], memory: memory)
+            if queues[q].endPass(), !overBudget.contains(q) { overBudget.append(q) }
             if try queues[q].shouldInterrupt(memory: memory) { signalQueue(q) }
             return true
         } catch let error as VirtioError {
+            _ = queues[q].endPass()
             enterNeedsReset(error)
         } catch {
+            _ = queues[q].endPass()
             enterNeedsReset(.malformedRequest("\(error)"))
         }
         return false
@@ -558,7 +593,8 @@ extension VirtioPCIDevice {
     }
 
     /// Restores a snapshot taken from a function of the same device type and queue count;
-    /// returns false (and changes nothing) otherwise. Re-asserts INTx when it was asserted.
+    /// returns false (and changes nothing) otherwise. Re-asserts INTx when it was asserted,
+    /// and re-programs the ioeventfds (`onNotifyRegionsChanged`) for the restored state.
     @discardableResult
     public func restore(_ s: Snapshot) -> Bool {
         lock.withLock { _ in
@@ -572,6 +608,10 @@ extension VirtioPCIDevice {
             intxAsserted = false
             if s.intxAsserted { raiseINTx() }
             if status & VirtioStatus.driverOK != 0 { model.activate(features: driverFeatures) }
+            // The ioeventfds follow the restored state, as at DRIVER_OK and reset.
+            if let hook = onNotifyRegionsChanged {
+                hook(status & VirtioStatus.driverOK != 0 ? notifyRegionsLocked() : [])
+            }
             return true
         }
     }

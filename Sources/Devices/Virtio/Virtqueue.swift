@@ -105,6 +105,15 @@ public struct SplitVirtqueue: Sendable, Codable, Equatable {
     public var signalledUsed: UInt16 = 0
     public var eventIndex = false
     public var indirect = false
+    /// The pass in progress (`beginPass`/`endPass`): nil outside one, so it is never part
+    /// of a snapshot (an optional nil is not encoded, and decodes as absent).
+    private var pass: Pass?
+
+    /// How many chains `pop` may still take in this pass, and whether it refused one.
+    struct Pass: Sendable, Codable, Equatable {
+        var budget: Int
+        var stoppedAtBudget = false
+    }
 
     public init(index: Int, maxSize: UInt16) {
         self.index = index
@@ -156,6 +165,13 @@ public struct SplitVirtqueue: Sendable, Codable, Equatable {
     /// publishing avail_event.
     public mutating func pop(into chain: inout DescriptorChain, memory: GuestMemory) throws -> Bool {
         var pending = try pendingCount(memory: memory)
+        if let p = pass, p.budget <= 0 {
+            // The pass has taken a queue's worth: stop here (no avail_event published, the
+            // transport schedules another pass), so a guest that keeps refilling cannot hold
+            // the notifying thread.
+            if pending > 0 { pass?.stoppedAtBudget = true }
+            return false
+        }
         if pending == 0 {
             guard eventIndex else { return false }
             // Ask to be notified when the driver adds the next buffer, then look again in
@@ -170,8 +186,21 @@ public struct SplitVirtqueue: Sendable, Codable, Equatable {
         let slot = availRing &+ 4 &+ 2 &* UInt64(lastAvailIndex % size)
         let head = try read16(memory, slot, "available ring")
         lastAvailIndex &+= 1
+        pass?.budget -= 1
         try walk(head: head, into: &chain, memory: memory)
         return true
+    }
+
+    /// Starts a pass in which `pop` takes at most `size` chains (one ring's worth); outside
+    /// a pass it is unbounded.
+    public mutating func beginPass() {
+        pass = Pass(budget: Int(size))
+    }
+
+    /// Ends the pass; true when it stopped at its budget with chains left for another pass.
+    public mutating func endPass() -> Bool {
+        defer { pass = nil }
+        return pass?.stoppedAtBudget ?? false
     }
 
     /// Walks the chain starting at `head`, bounded and checked (see the type's comment).
