@@ -31,7 +31,8 @@ let package = Package(
                 swiftSettings: [.unsafeFlags(["-O", "-enforce-exclusivity=unchecked", "-wmo", "-num-threads", "2"])]),
         // Benchmark driver for bench/emulator-callgrind.sh (a fixed guest loop, no threads).
         .executableTarget(name: "EmulatorBench", dependencies: ["X86Emulator", "Hypervisor", "GuestMemory"]),
-        // System zlib (zlib1g-dev) through a module map only: inflates compressed qcow2 clusters.
+        // System zlib (zlib1g-dev) through a module map only: inflates compressed qcow2 clusters
+        // (Storage) and checksums the state stream's sections (VMM).
         .systemLibrary(name: "CZlib", path: "Sources/CZlib"),
         .target(name: "Storage", dependencies: ["CZlib"]),
         // Test helper: writes to a qcow2 image until killed (crash-consistency test).
@@ -52,6 +53,7 @@ let package = Package(
         .target(name: "Control", dependencies: ["VMConfig"]),
         .target(name: "VMM", dependencies: [
             "KVM", "X86Emulator", "Hypervisor", "GuestMemory", "Devices", "Storage", "Boot", "LocalNet", "HostNet",
+            "CZlib",     // crc32 for the state stream's section checksums
             "Control",   // UnixSocket, for the vsock's host sockets
             .product(name: "Logging", package: "swift-log"),
         ]),

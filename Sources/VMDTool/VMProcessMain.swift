@@ -156,15 +156,7 @@ final class MachineGuest: GuestRunner, @unchecked Sendable {
     func resume() throws { machine.resume() }
 
     func send(to fd: Int32) throws {
-        let wasPaused = machine.state == .paused
-        if !wasPaused { machine.pause() }
-        do {
-            try machine.saveState(to: fd)
-        } catch {
-            if !wasPaused { machine.resume() }
-            throw error
-        }
-        machine.stop(reason: "sent")
+        try machine.saveThenStop(reason: "sent") { try machine.saveState(to: fd) }
     }
 
     /// How long a graceful stop waits for the guest to power off after the power-button

@@ -106,6 +106,25 @@ extension Machine {
         return SnapshotStatistics(bytes: w.bytesWritten, memoryPages: pages)
     }
 
+    /// Pauses the machine (unless it is paused already), runs `save` (which writes the
+    /// state, e.g. with `saveState(to:)`), then stops the machine with `reason`. When `save`
+    /// throws, a machine this call paused resumes and the error is rethrown: a failed save
+    /// never loses the VM. `vmm --save-to` and `vmctl send` both go through here.
+    @discardableResult
+    public func saveThenStop<T>(reason: String, _ save: () throws -> T) throws -> T {
+        let wasPaused = state == .paused
+        if !wasPaused { pause() }
+        let result: T
+        do {
+            result = try save()
+        } catch {
+            if !wasPaused { resume() }
+            throw error
+        }
+        stop(reason: reason)
+        return result
+    }
+
     /// MEM sections: each a guest-physical address (u64) and a run of non-zero pages
     /// (at most `StateStream.memoryChunk` bytes). Pages not written are zero.
     private func writeMemory(_ w: StateStreamWriter) throws -> Int {

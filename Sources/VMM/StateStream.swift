@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CZlib
 
 // The machine state stream's framing (docs/snapshot.md, "The state stream"): the file
 // header, then tagged, length-prefixed, checksummed sections. What the sections mean is
@@ -67,20 +68,13 @@ public enum StateStream {
     }
 }
 
-/// CRC-32 (IEEE 802.3, reflected, polynomial 0xEDB88320) over section payloads.
+/// CRC-32 (IEEE 802.3, reflected, polynomial 0xEDB88320) over section payloads: zlib's.
 enum CRC32 {
-    static let table: [UInt32] = (0..<256).map { n -> UInt32 in
-        var c = UInt32(n)
-        for _ in 0..<8 { c = c & 1 != 0 ? 0xEDB8_8320 ^ (c >> 1) : c >> 1 }
-        return c
-    }
-
     static func checksum(_ data: UnsafeRawBufferPointer) -> UInt32 {
-        var c: UInt32 = 0xFFFF_FFFF
-        table.withUnsafeBufferPointer { t in
-            for b in data { c = t[Int((c ^ UInt32(b)) & 0xFF)] ^ (c >> 8) }
-        }
-        return c ^ 0xFFFF_FFFF
+        guard let base = data.baseAddress, data.count > 0 else { return 0 }
+        // SAFETY: zlib reads exactly `count` bytes from `base`; sections are at most
+        // `StateStream.structuredLimit` (16 MiB), well inside zlib's 32-bit length.
+        return UInt32(truncatingIfNeeded: crc32(0, base.assumingMemoryBound(to: UInt8.self), UInt32(data.count)))
     }
 
     static func checksum(_ data: [UInt8]) -> UInt32 { data.withUnsafeBytes { checksum($0) } }

@@ -169,45 +169,46 @@ struct VMMCommand: ParsableCommand {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw VMMError.machine("cannot open the state file \(path): \(String(cString: strerror(errno)))") }
         defer { close(fd) }
-        let start = DispatchClock.now()
+        let start = HostClock.nanoseconds()
         let machine = try Machine.restore(fd: fd, console: .standardIO, log: log)
-        log.info("restored \(path) in \(DispatchClock.milliseconds(since: start)) ms")
+        log.info("restored \(path) in \(milliseconds(since: start)) ms")
         return machine
     }
 
     /// Pauses, writes the state to `path` (through a temporary file renamed into place),
-    /// stops the machine. On failure the machine resumes.
+    /// stops the machine. On failure the machine resumes and the temporary file is removed.
     static func save(_ machine: Machine, to path: String, log: Logger) {
-        let start = DispatchClock.now()
-        machine.pause()
+        let start = HostClock.nanoseconds()
         let tmp = path + ".partial"
-        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         do {
-            guard fd >= 0 else { throw VMMError.machine("cannot create \(tmp): \(String(cString: strerror(errno)))") }
-            let stats = try machine.saveState(to: fd)
-            guard fsync(fd) == 0, close(fd) == 0, rename(tmp, path) == 0 else {
-                throw VMMError.machine("cannot write \(path): \(String(cString: strerror(errno)))")
+            let stats = try machine.saveThenStop(reason: "saved to \(path)") {
+                let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+                guard fd >= 0 else { throw VMMError.machine("cannot create \(tmp): \(String(cString: strerror(errno)))") }
+                let stats: SnapshotStatistics
+                do {
+                    stats = try machine.saveState(to: fd)
+                    guard fsync(fd) == 0 else { throw VMMError.machine("cannot write \(tmp): \(String(cString: strerror(errno)))") }
+                } catch {
+                    close(fd)
+                    unlink(tmp)
+                    throw error
+                }
+                guard close(fd) == 0, rename(tmp, path) == 0 else {
+                    let why = String(cString: strerror(errno))
+                    unlink(tmp)
+                    throw VMMError.machine("cannot write \(path): \(why)")
+                }
+                return stats
             }
-            log.info("saved to \(path): \(stats.bytes) bytes, \(stats.memoryPages) pages, \(DispatchClock.milliseconds(since: start)) ms")
-            machine.stop(reason: "saved to \(path)")
+            log.info("saved to \(path): \(stats.bytes) bytes, \(stats.memoryPages) pages, \(milliseconds(since: start)) ms")
         } catch {
-            if fd >= 0 { close(fd) }
-            unlink(tmp)
             log.error("cannot save the machine: \(error); it runs on")
-            machine.resume()
         }
     }
-}
 
-/// Monotonic milliseconds for the save/restore log lines.
-enum DispatchClock {
-    static func now() -> UInt64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-    }
-    static func milliseconds(since t: UInt64) -> String {
-        let ns = now() - t
+    /// Milliseconds (one decimal) since `start` (`HostClock` nanoseconds), for the log lines.
+    static func milliseconds(since start: UInt64) -> String {
+        let ns = HostClock.nanoseconds() - start
         return String(ns / 1_000_000) + "." + String((ns / 100_000) % 10)
     }
 }

@@ -12,8 +12,12 @@ import Testing
 /// advertisement of the VM's network path gives it a global address and a default route.
 /// Needs root (taps) and the built guest files.
 @Suite(.serialized) struct LocalGuestTests {
+    /// Where guests/debian/build.sh puts the guest files: SWIFTVMM_GUEST_CACHE, else the
+    /// package's .build/guests/debian (found from this file, not from the binaries, whose
+    /// directory is .build/<triple>/debug).
     static let cache = ProcessInfo.processInfo.environment["SWIFTVMM_GUEST_CACHE"]
-        ?? URL(fileURLWithPath: Binaries.directory).appendingPathComponent("../guests/debian").standardized.path
+        ?? URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent(".build/guests/debian").path
     static let kernel = "\(cache)/amd64/vmlinux"
     static let initrd = "\(cache)/amd64/initramfs-net.cpio.gz"
 
