@@ -209,12 +209,18 @@ import Testing
         #expect(got.contains(where: { $0.hasPrefix("new_dhcp6_server_id=") && $0.lowercased().contains("0:3:0:1:fe:e1:ba:d1:12:34") }), "\(got)")
         #expect(b.answers.load(ordering: .relaxed) >= 1)
         // The kernel's SLAAC from our RA (sent on its solicitation at link-up).
-        let slaacDeadline = Date().addingTimeInterval(20)
-        while Date() < slaacDeadline, !((try? b.addresses("-6")) ?? "").contains("inet6 fd5e:1:2:100:") { usleep(50_000) }
+        try expectSLAAC(b)
+    }
+
+    /// Waits (20 s at most) for the namespace kernel's global fd5e:1:2:100::/64 address from
+    /// our RA, then checks it and the default route via the router's link-local address.
+    func expectSLAAC(_ b: Bench, sourceLocation: SourceLocation = #_sourceLocation) throws {
+        let deadline = Date().addingTimeInterval(20)
+        while Date() < deadline, !((try? b.addresses("-6")) ?? "").contains("inet6 fd5e:1:2:100:") { usleep(50_000) }
         let addr = try b.addresses("-6")
-        #expect(addr.contains("inet6 fd5e:1:2:100:") && addr.contains("scope global"), "\(addr)")
+        #expect(addr.contains("inet6 fd5e:1:2:100:") && addr.contains("scope global"), "\(addr)", sourceLocation: sourceLocation)
         let routes = try b.routes("-6")
-        #expect(routes.contains("default via fe80::fce1:baff:fed1:1234"), "\(routes)")
+        #expect(routes.contains("default via fe80::fce1:baff:fed1:1234"), "\(routes)", sourceLocation: sourceLocation)
     }
 
     /// Unsolicited advertisements alone (RFC 4861 6.2.4): the namespace's kernel never
@@ -227,12 +233,7 @@ import Testing
                                                              initialMaximum: .milliseconds(100), initialCount: 3))
         let b = try Bench(tag: "ra", inet6: inet6, advertisements: fast, solicit: false)
         defer { b.stop() }
-        let deadline = Date().addingTimeInterval(20)
-        while Date() < deadline, !((try? b.addresses("-6")) ?? "").contains("inet6 fd5e:1:2:100:") { usleep(50_000) }
-        let addr = try b.addresses("-6")
-        #expect(addr.contains("inet6 fd5e:1:2:100:") && addr.contains("scope global"), "\(addr)")
-        let routes = try b.routes("-6")
-        #expect(routes.contains("default via fe80::fce1:baff:fed1:1234"), "\(routes)")
+        try expectSLAAC(b)
         #expect(b.solicitations.load(ordering: .relaxed) == 0, "the kernel sent no solicitation")
         #expect(b.backend.unsolicitedAdvertisements >= 1)
     }
