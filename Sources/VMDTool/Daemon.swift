@@ -86,6 +86,8 @@ final class Daemon: @unchecked Sendable {
     static let defaultVMUIDBase: UInt32 = 1 << 30
     let options: DaemonOptions
     let users: any UserDatabase
+    /// Who may act on a VM, what a start request starts (VMDCore/AccessRules.swift).
+    let rules: AccessRules
     /// Written only by `vmctl log` (under `state`'s lock).
     var log: Logger
     let state = Guarded(DaemonState())
@@ -100,6 +102,7 @@ final class Daemon: @unchecked Sendable {
     init(options: DaemonOptions, users: any UserDatabase = SystemUserDatabase(), log: Logger) {
         self.options = options
         self.users = users
+        rules = AccessRules(users: users, userName: { Daemon.userName($0) })
         self.log = log
         vmIdentity = options.vmUser.flatMap { GuestFiles.dropIdentity(user: $0) }
         gate = ConnectionGate(options.limits)
@@ -116,10 +119,7 @@ final class Daemon: @unchecked Sendable {
     // MARK: rules (called with the state lock held)
 
     func mayControl(_ e: VMEntry, _ c: PeerCredentials) -> Bool {
-        if c.uid == 0 { return true }
-        if let u = e.owner.uid, u == c.uid, u != 0 { return true }
-        if let g = e.owner.gid, c.gid == g || users.groups(ofUID: c.uid).contains(g) { return true }
-        return false
+        rules.mayControl(e.owner, c)
     }
 
     func status(_ e: VMEntry) -> VMStatus {

@@ -9,63 +9,24 @@ import VMDCore
 // Starting VMs: which entry a start request means (an existing VM, a new instance, a VM
 // made from the command line), the identities involved, and the VM process's start.
 extension Daemon {
-    /// The entry a start request starts (creating it for -t or a new name), or why not;
-    /// with the request to run it with (an instance's settings are its own, so its start
-    /// request is plain).
+    /// The entry a start request starts (creating it for -t or a new name, by the rules of
+    /// VMDCore/AccessRules.swift), or why not; with the request to run it with (an
+    /// instance's settings are its own, so its start request is plain).
     private func entryToStart(_ s: inout DaemonState, _ req: StartRequest, _ c: PeerCredentials)
         -> Result<(VMEntry, StartRequest, created: Bool), ControlFailure> {
-        func fail(_ code: ControlFailure.Code, _ m: String) -> Result<(VMEntry, StartRequest, created: Bool), ControlFailure> {
-            .failure(ControlFailure(code, m))
-        }
-        if let template = req.template {
-            // -t: a new VM `target` as an instance of `template`.
-            guard case .name(let name) = req.target else { return fail(.invalidRequest, "start -t: give the new instance a name") }
-            guard let parent = s.vms.first(where: { $0.definition.name == template }) else {
-                return fail(.unknownVM, "vm \(template): no such vm")
-            }
-            guard s.find(.name(name)) == nil else { return fail(.alreadyRunning, "vm \(name): already exists") }
-            guard ConfigValidator.isValidVMName(name) else { return fail(.invalidRequest, "vm \(name): invalid name") }
-            let allow = parent.definition.allowInstance
-            if c.uid != 0 {
-                let permitted: Bool = {
-                    guard let o = allow.owner, let r = try? users.resolve(o) else { return false }
-                    if let u = r.uid, u == c.uid { return true }
-                    if let g = r.gid, c.gid == g || users.groups(ofUID: c.uid).contains(g) { return true }
-                    return false
-                }()
-                guard permitted else { return fail(.permissionDenied, "vm \(template): permission denied to create instances") }
-                // initrd, cmdline, vcpus and accel have no `allow instance` keyword: root's only.
-                if StartOverride.denied(req, by: allow) != nil {
-                    return fail(.permissionDenied, "vm \(template): instances may not change that setting")
-                }
-            }
-            var d = VMDefinition(name: name, parent: template, location: parent.definition.location)
-            d = d.inheriting(from: parent.definition)
-            // The instance keeps the request's settings as its own (a later plain start of
-            // it runs them again).
-            d = StartOverride.effective(d, req)
-            if c.uid != 0 { d.owner = OwnerSpec(user: Self.userName(c.uid)) }
-            let e = s.add(d, fromConfig: false, owner: c.uid == 0 ? parent.owner : ResolvedOwner(uid: c.uid, gid: nil))
+        let known = s.vms.map { AccessRules.Known(id: $0.id, definition: $0.definition, owner: $0.owner) }
+        switch rules.startTarget(req, c, among: known) {
+        case .failure(let f): return .failure(f)
+        case .success(.existing(let id)):
+            guard let e = s.find(.id(id)) else { return .failure(ControlFailure(.unknownVM, "vm \(req.target): no such vm")) }
+            return .success((e, req, false))
+        case .success(.new(let d, let owner, let instance)):
+            let e = s.add(d, fromConfig: false, owner: owner)
+            guard instance else { return .success((e, req, false)) }
             var plain = StartRequest(target: .id(e.id))
             plain.attachConsole = req.attachConsole
             return .success((e, plain, true))
         }
-        if let e = s.find(req.target) {
-            guard mayControl(e, c) else { return fail(.permissionDenied, "vm \(e.definition.name): permission denied") }
-            if !StartOverride.given(in: req).isEmpty && c.uid != 0 {
-                return fail(.permissionDenied, "vm \(e.definition.name): only root may change its settings at start")
-            }
-            return .success((e, req, false))
-        }
-        // A VM not in the configuration: root may create one from the options alone.
-        guard case .name(let name) = req.target else { return fail(.unknownVM, "vm \(req.target): no such vm") }
-        guard c.uid == 0 else { return fail(.permissionDenied, "vm \(name): permission denied (only root may create vms)") }
-        guard req.boot != nil || req.cdrom != nil || !req.disks.isEmpty else {
-            return fail(.unknownVM, "vm \(name): no such vm (give -b, -r or -d to create one)")
-        }
-        guard ConfigValidator.isValidVMName(name) else { return fail(.invalidRequest, "vm \(name): invalid name") }
-        let d = VMDefinition(name: name, location: SourceLocation(file: "vmctl", line: 0))
-        return .success((s.add(d, fromConfig: false, owner: ResolvedOwner(uid: 0, gid: nil)), req, false))
     }
 
     func startRequest(_ req: StartRequest, _ c: PeerCredentials) -> (ControlReply, [Int32]) {
