@@ -9,10 +9,42 @@ public struct AccessRules: Sendable {
     public let users: any UserDatabase
     /// A user's name for an instance's `owner` (the number when it has none).
     public let userName: @Sendable (UInt32) -> String
+    /// A user's primary group (passwd), nil when the uid has no entry.
+    public let primaryGID: @Sendable (UInt32) -> UInt32?
 
-    public init(users: any UserDatabase, userName: @escaping @Sendable (UInt32) -> String) {
+    public init(users: any UserDatabase, userName: @escaping @Sendable (UInt32) -> String,
+                primaryGID: @escaping @Sendable (UInt32) -> UInt32? = { _ in nil }) {
         self.users = users
         self.userName = userName
+        self.primaryGID = primaryGID
+    }
+
+    /// Requests only root may make (`load`, `reload`, `reset`, `log`): the refusal, or nil.
+    public static func rootOnly(_ request: ControlRequest, _ c: PeerCredentials) -> ControlFailure? {
+        guard c.uid != 0 else { return nil }
+        switch request {
+        case .load, .reload, .reset, .log:
+            return ControlFailure(.permissionDenied, "\(request.commandName): permission denied")
+        default:
+            return nil
+        }
+    }
+
+    /// Whose rights open a VM's files (UserFileAccess): its owner user, with that user's
+    /// primary (65534 without a passwd entry) and supplementary groups; for an owner group
+    /// alone, the VM process's uid `vmUID` in that group only; nil (vmd's own rights) for a
+    /// VM without a non-root owner. Who asks does not matter.
+    public func fileIdentity(_ o: ResolvedOwner, vmUID: UInt32) -> FileIdentity? {
+        if let uid = o.uid, uid != 0 {
+            let gid = primaryGID(uid) ?? 65534
+            var groups = users.groups(ofUID: uid)
+            if !groups.contains(gid) { groups.insert(gid, at: 0) }
+            return FileIdentity(uid: uid, gid: gid, groups: groups, name: userName(uid))
+        }
+        if let gid = o.gid, gid != 0 {
+            return FileIdentity(uid: vmUID, gid: gid, groups: [gid], name: "group \(gid)")
+        }
+        return nil
     }
 
     /// What the rules need to know of one VM.

@@ -102,7 +102,7 @@ final class Daemon: @unchecked Sendable {
     init(options: DaemonOptions, users: any UserDatabase = SystemUserDatabase(), log: Logger) {
         self.options = options
         self.users = users
-        rules = AccessRules(users: users, userName: { Daemon.userName($0) })
+        rules = AccessRules(users: users, userName: { Daemon.userName($0) }, primaryGID: { Daemon.primaryGID($0) })
         self.log = log
         vmIdentity = options.vmUser.flatMap { GuestFiles.dropIdentity(user: $0) }
         gate = ConnectionGate(options.limits)

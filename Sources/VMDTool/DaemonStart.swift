@@ -51,17 +51,21 @@ extension Daemon {
         return r
     }
 
-    /// A user's name for display (the number when it has none).
-    static func userName(_ uid: UInt32) -> String {
+    /// A user's name and primary group from passwd; nil without an entry.
+    static func passwdEntry(_ uid: UInt32) -> (name: String, gid: UInt32)? {
         var pw = passwd()
         var result: UnsafeMutablePointer<passwd>?
         var buf = [CChar](repeating: 0, count: 16384)
         // SAFETY: buf outlives the call; pw's strings point into it and are copied at once.
-        if getpwuid_r(uid, &pw, &buf, buf.count, &result) == 0, result != nil, let n = pw.pw_name {
-            return String(cString: n)
-        }
-        return String(uid)
+        guard getpwuid_r(uid, &pw, &buf, buf.count, &result) == 0, result != nil, let n = pw.pw_name else { return nil }
+        return (String(cString: n), pw.pw_gid)
     }
+
+    /// A user's name for display (the number when it has none).
+    static func userName(_ uid: UInt32) -> String { passwdEntry(uid)?.name ?? String(uid) }
+
+    /// A user's primary group; nil without a passwd entry.
+    static func primaryGID(_ uid: UInt32) -> UInt32? { passwdEntry(uid)?.gid }
 
     /// Checks the settings of a VM before its files are opened (GuestFiles.open).
     static func checkFiles(_ d: VMDefinition) -> String? {
@@ -80,26 +84,6 @@ extension Daemon {
         }
         if let m = d.memory, m < 1 << 20 { return "vm \(d.name): memory must be at least 1M" }
         if let v = d.vcpus, v < 1 || v > VMLimits.maxVCPUs { return "vm \(d.name): invalid vcpus \(v)" }
-        return nil
-    }
-
-    /// Whose rights open a VM's files: its owner user (with that user's groups); for an
-    /// owner group alone, the VM process's uid in that group only; nil (vmd's own rights)
-    /// for a VM without a non-root owner.
-    func fileIdentity(_ o: ResolvedOwner, vmUID: UInt32) -> FileIdentity? {
-        if let uid = o.uid, uid != 0 {
-            var pw = passwd()
-            var result: UnsafeMutablePointer<passwd>?
-            var buf = [CChar](repeating: 0, count: 16384)
-            // SAFETY: buf outlives the call; the fields used are copied at once.
-            let gid = getpwuid_r(uid, &pw, &buf, buf.count, &result) == 0 && result != nil ? pw.pw_gid : 65534
-            var groups = users.groups(ofUID: uid)
-            if !groups.contains(gid) { groups.insert(gid, at: 0) }
-            return FileIdentity(uid: uid, gid: gid, groups: groups, name: Self.userName(uid))
-        }
-        if let gid = o.gid, gid != 0 {
-            return FileIdentity(uid: vmUID, gid: gid, groups: [gid], name: "group \(gid)")
-        }
         return nil
     }
 
@@ -145,7 +129,7 @@ extension Daemon {
         case .success(let id): processIdentity = id
         }
         let owner = state.withLock { _ in e.owner }
-        switch GuestFiles.open(d, as: fileIdentity(owner, vmUID: processIdentity?.uid ?? 65534)) {
+        switch GuestFiles.open(d, as: rules.fileIdentity(owner, vmUID: processIdentity?.uid ?? 65534)) {
         case .failure(let m): return failStart(m.description)
         case .success(let f): files = f
         }

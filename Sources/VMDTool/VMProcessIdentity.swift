@@ -54,12 +54,7 @@ enum HostIDs {
 
     /// "user NAME" when `uid` has a passwd entry.
     static func owner(ofUID uid: UInt32) -> String? {
-        var pw = passwd()
-        var result: UnsafeMutablePointer<passwd>?
-        var buf = [CChar](repeating: 0, count: 16384)
-        // SAFETY: buf outlives the call; the name is copied at once.
-        guard getpwuid_r(uid, &pw, &buf, buf.count, &result) == 0, result != nil else { return nil }
-        return "user \(String(cString: pw.pw_name))"
+        Daemon.passwdEntry(uid).map { "user \($0.name)" }
     }
 
     /// "group NAME" when `gid` has a group entry.
@@ -67,7 +62,7 @@ enum HostIDs {
         var gr = group()
         var result: UnsafeMutablePointer<group>?
         var buf = [CChar](repeating: 0, count: 65536)
-        // SAFETY: as in owner(ofUID:).
+        // SAFETY: buf outlives the call; the name is copied at once.
         guard getgrgid_r(gid, &gr, &buf, buf.count, &result) == 0, result != nil else { return nil }
         return "group \(String(cString: gr.gr_name))"
     }

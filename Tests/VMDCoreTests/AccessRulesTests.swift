@@ -108,4 +108,29 @@ import VMConfig
         #expect(failure(start("-x", Self.ann) { $0.template = "tmpl" })?.code == .invalidRequest)
         #expect(failure(start("y", Self.ann) { $0.template = "nope" }) == ControlFailure(.unknownVM, "vm nope: no such vm"))
     }
+
+    @Test func loadReloadResetAndLogAreRootsOnly() {
+        for r: ControlRequest in [.load(path: "/etc/vm.conf"), .reload, .reset(.all), .log(verbose: true)] {
+            #expect(AccessRules.rootOnly(r, Self.joe) == ControlFailure(.permissionDenied, "\(r.commandName): permission denied"))
+            #expect(AccessRules.rootOnly(r, Self.root) == nil)
+        }
+        // The others are checked against the VM they name.
+        #expect(AccessRules.rootOnly(.status(target: nil), Self.joe) == nil)
+        #expect(AccessRules.rootOnly(.stop(target: .name("joes"), force: false, wait: false), Self.joe) == nil)
+    }
+
+    @Test func filesOpenWithTheOwnersRightsNeverTheRequesters() {
+        let withGroups = AccessRules(users: Users(), userName: { String($0) }, primaryGID: { $0 == 1000 ? 1000 : nil })
+        // joe: his primary group first, then his others.
+        #expect(withGroups.fileIdentity(ResolvedOwner(uid: 1000, gid: nil), vmUID: 5) == FileIdentity(uid: 1000, gid: 1000, groups: [1000, 50], name: "1000"))
+        // A uid without a passwd entry gets nogroup (65534) as primary group.
+        #expect(withGroups.fileIdentity(ResolvedOwner(uid: 1001, gid: nil), vmUID: 5)?.gid == 65534)
+        #expect(withGroups.fileIdentity(ResolvedOwner(uid: 1001, gid: nil), vmUID: 5)?.groups == [65534, 1001])
+        // An owner group alone: the VM process's uid, in that group only.
+        #expect(withGroups.fileIdentity(ResolvedOwner(uid: nil, gid: 50), vmUID: 1_073_741_825) == FileIdentity(uid: 1_073_741_825, gid: 50, groups: [50], name: "group 50"))
+        // Root's VMs (and root as group) open with vmd's own rights.
+        #expect(withGroups.fileIdentity(ResolvedOwner(uid: 0, gid: nil), vmUID: 5) == nil)
+        #expect(withGroups.fileIdentity(ResolvedOwner(uid: nil, gid: 0), vmUID: 5) == nil)
+        #expect(withGroups.fileIdentity(ResolvedOwner(uid: nil, gid: nil), vmUID: 5) == nil)
+    }
 }
