@@ -16,7 +16,9 @@ extension Daemon {
                 if errno != EINTR { st = 0; break }
             }
             let (why, code) = describeWaitStatus(st)
+            removeCgroup(state.withLock { _ in e.cgroup })
             let wasStopping = state.withLock { _ in
+                e.cgroup = nil
                 let stopping = e.state == .stopping
                 e.state = .stopped
                 e.pid = nil
