@@ -186,6 +186,23 @@ public struct VMCgroupTree: Sendable {
         return Problem("cannot remove cgroup \(dir): \(String(cString: strerror(errno)))")
     }
 
+    /// The `oom_kill` count of a group's memory.events (0 without one).
+    public static func oomKills(memoryEvents text: String) -> Int {
+        for line in text.split(separator: "\n") {
+            let f = line.split(separator: " ")
+            if f.count == 2, f[0] == "oom_kill", let n = Int(f[1]) { return n }
+        }
+        return 0
+    }
+
+    /// Why a VM process that died of SIGKILL was killed, when its group's memory limit did
+    /// it: the words to add to its exit, or nil. Read before the group is removed.
+    public static func oomNote(_ dir: String) -> String? {
+        guard let text = read(dir + "/memory.events"), oomKills(memoryEvents: text) > 0 else { return nil }
+        let limit = read(dir + "/memory.max")?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "?"
+        return "the kernel's OOM killer, at its cgroup's memory.max (\(limit) bytes: the VM's memory + its overhead)"
+    }
+
     static func read(_ path: String) -> String? {
         try? String(contentsOfFile: path, encoding: .utf8)
     }

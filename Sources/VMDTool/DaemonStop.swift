@@ -15,8 +15,10 @@ extension Daemon {
             while waitpid(pid, &st, 0) < 0 {
                 if errno != EINTR { st = 0; break }
             }
-            let (why, code) = describeWaitStatus(st)
-            removeCgroup(state.withLock { _ in e.cgroup })
+            var (why, code) = describeWaitStatus(st)
+            let cgroup = state.withLock { _ in e.cgroup }
+            if let cgroup, st & 0x7f == SIGKILL, let oom = VMCgroupTree.oomNote(cgroup) { why += ": " + oom }
+            removeCgroup(cgroup)
             let wasStopping = state.withLock { _ in
                 e.cgroup = nil
                 let stopping = e.state == .stopping

@@ -89,4 +89,15 @@ import Testing
         #expect(try FileManager.default.contentsOfDirectory(atPath: bare) == ["cgroup.procs"])
         #expect(VMCgroupTree.groupName(id: 3, name: "web.1", pid: 99) == "vm3-web.1-99")
     }
+
+    @Test func anOOMKillIsToldFromMemoryEvents() throws {
+        #expect(VMCgroupTree.oomKills(memoryEvents: "low 0\nhigh 0\nmax 12\noom 1\noom_kill 1\noom_group_kill 0\n") == 1)
+        #expect(VMCgroupTree.oomKills(memoryEvents: "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n") == 0)
+        #expect(VMCgroupTree.oomKills(memoryEvents: "") == 0)
+        let dir = try Self.standIn(["memory.events": "oom 1\noom_kill 2\n", "memory.max": "211812352\n"])
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        #expect(VMCgroupTree.oomNote(dir) == "the kernel's OOM killer, at its cgroup's memory.max (211812352 bytes: the VM's memory + its overhead)")
+        try "oom_kill 0\n".write(toFile: dir + "/memory.events", atomically: false, encoding: .utf8)
+        #expect(VMCgroupTree.oomNote(dir) == nil)
+    }
 }
