@@ -97,7 +97,7 @@ import Testing
 
     @Test func seededRandomHeadersNeverTrapAndWhatPassesIsInBounds() throws {
         let (r, b) = try rig(memory: 16 << 20)   // the test driver never frees
-        var rng = SeededGenerator(seed: 0x5EED)
+        var rng = LegacyHostileGuestTests.SplitMix(state: 0x5EED)
         let sizes = [14, 60, 1514, 9000]
         let frames = sizes.map { tcpFrame(payload: max(0, $0 - 54)).prefix($0) }.map(Array.init)
         var sent = 0
@@ -152,15 +152,5 @@ import Testing
     }
 }
 
-/// A small deterministic generator (SplitMix64): reproducible "random" headers.
-struct SeededGenerator: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
+/// The suite's reproducible generator, for seeded headers.
+extension LegacyHostileGuestTests.SplitMix: RandomNumberGenerator {}
