@@ -83,9 +83,16 @@ enum Differential {
         fn(records, count)
     }
 
-    static func runEmulated(_ code: [UInt8], _ records: [UInt8], _ count: Int) throws -> [UInt8] {
+    /// `avx`: CR4.OSXSAVE set and XCR0 = x87 | SSE | AVX, as an AVX-using OS leaves them.
+    static func runEmulated(_ code: [UInt8], _ records: [UInt8], _ count: Int, avx: Bool = false) throws -> [UInt8] {
         let m = try TestMachine()
         try m.setupLongMode()
+        if avx {
+            var s = m.cpu.specialRegisters()
+            s.cr4 |= X86Bits.cr4OSXSAVE
+            m.cpu.setSpecialRegisters(s)
+            m.cpu.xcr0 = 7
+        }
         let recBase: UInt64 = 0x40_0000
         try m.load(code)
         try m.memory.write(bytes: records, at: recBase)
@@ -346,7 +353,7 @@ enum DiffCases {
 }
 
 @Suite struct DifferentialTests {
-    func check(_ cases: [DiffCase], perCase: Int = 100, seed: UInt64) throws {
+    func check(_ cases: [DiffCase], perCase: Int = 100, seed: UInt64, avx: Bool = false) throws {
         var g = SplitMix(state: seed)
         var failures: [String] = []
         for dc in cases {
@@ -372,7 +379,7 @@ enum DiffCases {
                 dc.record?(&records, base, &g)
             }
             let emulated: [UInt8]
-            do { emulated = try Differential.runEmulated(code, records, perCase) } catch {
+            do { emulated = try Differential.runEmulated(code, records, perCase, avx: avx) } catch {
                 failures.append("\(dc): \(error)"); continue
             }
             var native = records
