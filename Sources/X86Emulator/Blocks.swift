@@ -6,10 +6,11 @@ import Glibc
 
 /// Which execution tier `X86CPU.run(budget:)` uses: `interp` decodes one instruction at a
 /// time through the decoded-instruction cache; `block` runs decoded basic blocks
-/// (`BlockCache`). Chosen once per process from `SWIFTVMM_CPU_TIER` (default `interp`
-/// until the block tier has passed the Linux boot tests).
+/// (`BlockCache`); `jit` runs the same blocks, with hot ones compiled to host code
+/// (`JIT.swift`). Chosen once per process from `SWIFTVMM_CPU_TIER` (default `interp`
+/// until the other tiers have passed the Linux boot tests).
 public enum CPUTier: String, Sendable {
-    case interp, block
+    case interp, block, jit
 
     public static let fromEnvironment: CPUTier = {
         if let p = getenv("SWIFTVMM_CPU_TIER"), let t = CPUTier(rawValue: String(cString: p)) { return t }
@@ -112,7 +113,8 @@ extension X86CPU {
     /// Per instruction it still tests the attention word (one load), so a queued exit, a
     /// kick, IF 0 -> 1 or a posted interrupt are seen after the same instruction as in the
     /// interpreter; the block lookup, its byte check and the fetch/TLB check are per block.
-    func runBlocks(budget: Int) -> X86StopReason {
+    @inline(__always)
+    func runBlocks(budget: Int, jit: Bool) -> X86StopReason {
         let apic = self.apic
         var left = budget
         var untilTimer = 0
@@ -122,7 +124,7 @@ extension X86CPU {
                 if let p = ripProfile, instructions &- profiledAt >= 2048 { profiledAt = instructions; p.sample(rip, cpl: cpl) }
                 untilTimer = 2048
             }
-            let n = runBlock(limit: min(left, untilTimer))
+            let n = runBlock(limit: min(left, untilTimer), jit: jit)
             left &-= n
             untilTimer &-= n
             if apic.attention.load(ordering: .relaxed) != 0, let stop = serviceAttention() { return stop }
@@ -132,9 +134,10 @@ extension X86CPU {
 
     /// Runs the block at CS:RIP (building it on a miss), at most `limit` instructions, and
     /// stops early when the attention word is set, an instruction faults or exits, or a
-    /// store changed the block's own bytes. Returns the instructions attempted.
+    /// store changed the block's own bytes. Returns the instructions attempted. With `jit`,
+    /// a compiled prefix of the block (`runCompiled`) runs first, the rest as usual.
     @inline(__always)
-    func runBlock(limit: Int) -> Int {
+    func runBlock(limit: Int, jit: Bool) -> Int {
         let ip = rip & ipMask
         let startLA = (segBase(SReg.cs) &+ ip) & linearMask
         let off = Int(startLA & 0xFFF)
@@ -165,6 +168,11 @@ extension X86CPU {
         let apic = self.apic
         var done = 0
         var pos = 0
+        if jit {
+            interruptShadow = false
+            (done, pos) = runCompiled(slot: slot, insns: insns, count: Int(h.pointee.count), limit: count)
+            if done != 0 && (done >= count || apic.attention.load(ordering: .relaxed) != 0) { return done }
+        }
         while done < count {
             interruptShadow = false
             let exitsBefore = exitCount
@@ -225,6 +233,7 @@ extension X86CPU {
         if memcmp(p, copy, len) != 0 { h.pointee = BlockHeader(); return false }
         h.pointee = BlockHeader(key: key, mayStore: mayStore, count: UInt16(count), byteLen: UInt16(len))
         bc.builds &+= 1
+        jitState?.forget(slot)
         return true
     }
 }
