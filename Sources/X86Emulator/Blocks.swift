@@ -40,8 +40,7 @@ final class BlockCache {
     let headers: UnsafeMutablePointer<BlockHeader>
     let insns: UnsafeMutablePointer<Insn>
     let bytes: UnsafeMutableRawPointer
-    /// Statistics for benchmarks: block entries that hit, blocks built.
-    var hits: UInt64 = 0
+    /// Statistics for benchmarks: blocks built (hits are counted in `X86CPU.blockHitCount`).
     var builds: UInt64 = 0
 
     init() {
@@ -56,9 +55,18 @@ final class BlockCache {
         headers.deallocate(); insns.deallocate(); bytes.deallocate()
     }
 
+    var view: BlockCacheView { BlockCacheView(headers: headers, insns: insns, bytes: bytes) }
+
     @inline(__always) static func slot(_ key: UInt) -> Int {
         Int(truncatingIfNeeded: (key ^ (key >> UInt(slotBits)) ^ (key >> 24)) & UInt(slots - 1))
     }
+}
+
+/// `BlockCache`'s arrays (kept in the CPU, so the per-block path does no reference counting).
+struct BlockCacheView {
+    let headers: UnsafeMutablePointer<BlockHeader>
+    let insns: UnsafeMutablePointer<Insn>
+    let bytes: UnsafeMutableRawPointer
 }
 
 extension Insn {
@@ -113,6 +121,11 @@ extension X86CPU {
     /// Per instruction it still tests the attention word (one load), so a queued exit, a
     /// kick, IF 0 -> 1 or a posted interrupt are seen after the same instruction as in the
     /// interpreter; the block lookup, its byte check and the fetch/TLB check are per block.
+    /// The two block loops are out of line so `run`'s interpreter loop stays small enough
+    /// for `step` to inline into it.
+    @inline(never) func runBlockTier(budget: Int) -> X86StopReason { runBlocks(budget: budget, jit: false) }
+    @inline(never) func runJITTier(budget: Int) -> X86StopReason { runBlocks(budget: budget, jit: true) }
+
     @inline(__always)
     func runBlocks(budget: Int, jit: Bool) -> X86StopReason {
         let apic = self.apic
@@ -149,7 +162,7 @@ extension X86CPU {
         let p = page + off
         let mode: UInt = mode64 ? 8 : UInt(truncatingIfNeeded: defaultSize)
         let key = UInt(bitPattern: p) | (mode << 56)
-        let bc = blocks
+        let bc = blockView ?? makeBlockView()
         let slot = BlockCache.slot(key)
         let h = bc.headers + slot
         let copy = bc.bytes + slot &* BlockCache.maxBytes
@@ -159,7 +172,7 @@ extension X86CPU {
         if h.pointee.key != key || memcmp(p, copy, Int(h.pointee.byteLen)) != 0 {
             guard buildBlock(p, off: off, key: key, slot: slot) else { interruptShadow = false; step(); return 1 }
         } else {
-            bc.hits &+= 1
+            blockHitCount &+= 1
         }
         let count = min(Int(h.pointee.count), limit)
         let mayStore = h.pointee.mayStore
@@ -203,6 +216,12 @@ extension X86CPU {
     /// Decodes the basic block at host address `p` (page offset `off`, CS:RIP) into `slot`.
     /// Returns false when not even its first instruction can be cached (the interpreter
     /// then runs it, raising whatever fault it has).
+    @inline(never) func makeBlockView() -> BlockCacheView {
+        let v = blocks.view
+        blockView = v
+        return v
+    }
+
     @inline(never)
     func buildBlock(_ p: UnsafeMutableRawPointer, off: Int, key: UInt, slot: Int) -> Bool {
         let bc = blocks

@@ -40,7 +40,6 @@ final class JITState {
     /// Statistics for tests and benchmarks.
     var compiled: UInt64 = 0
     var unsupported: UInt64 = 0
-    var runs: UInt64 = 0
 
     init(cacheSize: Int, threshold: Int) {
         entries = .allocate(capacity: BlockCache.slots)
@@ -76,6 +75,16 @@ final class JITState {
     }
 }
 
+/// The raw parts of `JITState` the run loop reads (a struct of pointers in the CPU, so the
+/// per-block path does no reference counting).
+struct JITView {
+    let entries: UnsafeMutablePointer<JITEntry>
+    let context: UnsafeMutablePointer<UInt64>
+    /// nil without a code cache.
+    let generation: UnsafeMutablePointer<UInt32>?
+    let threshold: Int
+}
+
 extension X86CPU {
     /// Runs the compiled prefix of the block in `slot` when there is one of at most `limit`
     /// instructions, compiling it first once the block has run often enough. Returns the
@@ -84,17 +93,18 @@ extension X86CPU {
     /// registers and flags are exact after it.
     @inline(__always)
     func runCompiled(slot: Int, insns: UnsafePointer<Insn>, count: Int, limit: Int) -> (done: Int, bytes: Int) {
-        let js = jit
+        let js = jitView ?? makeJITView()
+        guard let generation = js.generation else { return (0, 0) }
         let e = js.entries + slot
         if e.pointee.state != .compiled {
             guard e.pointee.state == .counting else { return (0, 0) }
             e.pointee.runs &+= 1
             guard Int(e.pointee.runs) > js.threshold else { return (0, 0) }
-            js.compile(e, insns, count: count, mode64: mode64, ipMask: ipMask)
+            jit.compile(e, insns, count: count, mode64: mode64, ipMask: ipMask)
             guard e.pointee.state == .compiled else { return (0, 0) }
-        } else if let cache = js.cache, e.pointee.generation != cache.generation {
+        } else if e.pointee.generation != generation.pointee {
             // The cache was flushed since: the block was hot, compile it again now.
-            js.compile(e, insns, count: count, mode64: mode64, ipMask: ipMask)
+            jit.compile(e, insns, count: count, mode64: mode64, ipMask: ipMask)
             guard e.pointee.state == .compiled else { return (0, 0) }
         }
         let n = Int(e.pointee.count)
@@ -110,7 +120,16 @@ extension X86CPU {
         if e.pointee.flagsOut { setEager(ctx[0]) }
         rip = (rip &+ delta) & ipMask
         instructions &+= UInt64(n)
-        js.runs &+= 1
+        jitRunCount &+= 1
         return (n, Int(e.pointee.byteLength))
+    }
+}
+
+extension X86CPU {
+    @inline(never) func makeJITView() -> JITView {
+        let j = jit
+        let v = JITView(entries: j.entries, context: j.context, generation: j.cache?.generationWord, threshold: j.threshold)
+        jitView = v
+        return v
     }
 }

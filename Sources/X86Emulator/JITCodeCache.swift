@@ -22,8 +22,10 @@ final class JITCodeCache {
     private let rx: UnsafeMutableRawPointer
     /// Bytes handed out since the last flush.
     private(set) var used = 0
-    /// Bumped by every flush; a compiled block is valid only for the generation it was made in.
-    private(set) var generation: UInt32 = 1
+    /// Bumped by every flush; a compiled block is valid only for the generation it was made
+    /// in. A raw word so the run loop reads it without touching this object.
+    let generationWord: UnsafeMutablePointer<UInt32>
+    var generation: UInt32 { generationWord.pointee }
     private(set) var flushes = 0
 
     /// Maps the cache (rounded up to whole pages, at least one). Nil when the host refuses
@@ -44,6 +46,8 @@ final class JITCodeCache {
         self.size = size
         rw = w
         rx = x
+        generationWord = .allocate(capacity: 1)
+        generationWord.initialize(to: 1)
     }
 
     deinit {
@@ -51,6 +55,7 @@ final class JITCodeCache {
         // runs any more (the owning CPU is gone).
         munmap(rw, size)
         munmap(rx, size)
+        generationWord.deallocate()
     }
 
     /// A descriptor for an unnamed shared-memory file: memfd_create (looked up at run time:
@@ -88,8 +93,8 @@ final class JITCodeCache {
     /// Forgets every compiled block (their generation no longer matches).
     func flush() {
         used = 0
-        generation &+= 1
-        if generation == 0 { generation = 1 }
+        generationWord.pointee &+= 1
+        if generationWord.pointee == 0 { generationWord.pointee = 1 }
         flushes += 1
     }
 }

@@ -179,8 +179,8 @@ extension X86CPU {
     public func run(budget: Int) -> X86StopReason {
         if let stop = serviceAttention() { return stop }
         switch tier {
-        case .block: return runBlocks(budget: budget, jit: false)
-        case .jit: return runBlocks(budget: budget, jit: true)
+        case .block: return runBlockTier(budget: budget)
+        case .jit: return runJITTier(budget: budget)
         case .interp: break
         }
         let apic = self.apic
