@@ -23,6 +23,9 @@ public struct X86CPUSnapshot: Codable, Sendable, Equatable {
     /// The guest TSC at the snapshot (restored as an offset to the new host clock).
     public var tsc: UInt64
     public var xmm: [UInt64]            // 32 quadwords
+    /// The YMM registers' upper halves (bits 255:128, 32 quadwords); nil in snapshots
+    /// from before AVX (restored as zero).
+    public var ymmHigh: [UInt64]?
     public var mxcsr: UInt32
     /// x87 (and MMX, which aliases its mantissas): fcw, fsw, ftw, fop, fcs, fds, fip, fdp.
     public var x87Control: [UInt64]
@@ -117,7 +120,7 @@ extension X86CPU {
             msrs: [star, lstar, cstar, sfmask, kernelGSBase, sysenterCS, sysenterESP, sysenterEIP,
                    pat, tscAux, mtrrDefType, miscEnable],
             tsc: readTSC(),
-            xmm: (0..<32).map { xmm[$0] }, mxcsr: mxcsr,
+            xmm: (0..<32).map { xmm[$0] }, ymmHigh: (32..<64).map { xmm[$0] }, mxcsr: mxcsr,
             x87Control: [UInt64(f.fcw), UInt64(f.fsw), UInt64(f.ftw), UInt64(f.fop), UInt64(f.fcs), UInt64(f.fds), f.fip, f.fdp],
             x87Mantissa: (0..<8).map { f.mant[$0] }, x87Exponent: (0..<8).map { f.sexp[$0] },
             interruptShadow: interruptShadow, halted: halted, nmiPending: nmiPending,
@@ -128,7 +131,7 @@ extension X86CPU {
     /// Replaces the whole state with `s` (checked first: nothing changes on a malformed one).
     public func restore(_ s: X86CPUSnapshot) throws {
         guard s.gpr.count == 16, s.segments.count == 8, s.cr.count == 4, s.dr.count == 8, s.msrs.count == 12,
-              s.xmm.count == 32, s.x87Control.count == 8, s.x87Mantissa.count == 8, s.x87Exponent.count == 8 else {
+              s.xmm.count == 32, (s.ymmHigh?.count ?? 32) == 32, s.x87Control.count == 8, s.x87Mantissa.count == 8, s.x87Exponent.count == 8 else {
             throw CPUSnapshotError.malformed("register arrays have the wrong size")
         }
         try LocalAPIC.validate(s.apic)
@@ -143,7 +146,7 @@ extension X86CPU {
         sysenterCS = m[5]; sysenterESP = m[6]; sysenterEIP = m[7]; pat = m[8]; tscAux = m[9]
         mtrrDefType = m[10]; miscEnable = m[11]
         tscOffset = Int64(bitPattern: s.tsc) &- Int64(bitPattern: now)
-        for i in 0..<32 { xmm[i] = s.xmm[i] }
+        for i in 0..<32 { xmm[i] = s.xmm[i]; xmm[32 + i] = s.ymmHigh?[i] ?? 0 }
         mxcsr = s.mxcsr
         var f = X87State()
         let c = s.x87Control

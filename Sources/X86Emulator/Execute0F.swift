@@ -403,7 +403,7 @@ extension X86CPU {
 
     func cpuid() {
         let leaf = UInt32(truncatingIfNeeded: r[0]), sub = UInt32(truncatingIfNeeded: r[1])
-        let (a, b, c, dd) = CPUIDTable.query(leaf: leaf, subleaf: sub, apicID: apic.id, cr4: cr4, level: cpuLevel)
+        let (a, b, c, dd) = CPUIDTable.query(leaf: leaf, subleaf: sub, apicID: apic.id, cr4: cr4, level: cpuLevel, xcr0: xcr0)
         r[0] = UInt64(a); r[3] = UInt64(b); r[1] = UInt64(c); r[2] = UInt64(dd)
     }
 
@@ -483,7 +483,8 @@ public enum CPUIDTable {
         return (w(0), w(4), w(8))
     }
 
-    public static func query(leaf: UInt32, subleaf: UInt32, apicID: UInt32, cr4: UInt64, level: X86CPULevel = .default) -> (UInt32, UInt32, UInt32, UInt32) {
+    public static func query(leaf: UInt32, subleaf: UInt32, apicID: UInt32, cr4: UInt64, level: X86CPULevel = .default,
+                             xcr0: UInt64 = 1) -> (UInt32, UInt32, UInt32, UInt32) {
         switch leaf {
         case 0:
             let v = str("GenuineIntel")
@@ -503,9 +504,14 @@ public enum CPUIDTable {
             // Structured extended features, subleaf 0 only (EAX = 0: the last subleaf).
             return (0, subleaf == 0 ? level.leaf7EBX : 0, 0, 0)
         case 0xD where level >= .v3:
-            // XSAVE: x87 and SSE, 576-byte standard area; no XSAVEOPT/XSAVEC/XGETBV1/XSAVES.
-            let size = X86CPU.xsaveAreaSize
-            return subleaf == 0 ? (UInt32(X86CPU.xcr0Supported), size, size, 0) : (0, 0, 0, 0)
+            // XSAVE (`XSave.swift`): x87, SSE, AVX; standard form only (no XSAVEOPT/XSAVEC/
+            // XGETBV1/XSAVES). Subleaf 0: supported XCR0 bits, the area size for the enabled
+            // ones and for all; subleaf 2: AVX's size and offset.
+            switch subleaf {
+            case 0: return (UInt32(X86CPU.xcr0Supported), X86CPU.xsaveAreaSize(xcr0), X86CPU.xsaveAreaSize(X86CPU.xcr0Supported), 0)
+            case 2: return (X86CPU.ymmHighSize, X86CPU.ymmHighOffset, 0, 0)
+            default: return (0, 0, 0, 0)
+            }
         case 0x15:
             // TSC = crystal (25 MHz) * 40 / 1.
             return (1, UInt32(tscHz / 25_000_000), 25_000_000, 0)

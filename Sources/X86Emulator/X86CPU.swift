@@ -166,7 +166,7 @@ public final class X86CPU {
     var d = Insn()
 
     // SSE / x87
-    let xmm: UnsafeMutablePointer<UInt64>   // 16 registers x 2 quadwords
+    let xmm: UnsafeMutablePointer<UInt64>   // 16 registers x 2 quadwords, then the YMM upper halves (`AVXState.swift`)
     var mxcsr: UInt32 = 0x1F80
     var fpu = X87State()
     /// The instruction-set level CPUID offers; instructions above it raise #UD.
@@ -285,7 +285,7 @@ public final class X86CPU {
         }
         r = .allocate(capacity: 16); r.initialize(repeating: 0, count: 16)
         seg = .allocate(capacity: 6); seg.initialize(repeating: X86Segment(), count: 6)
-        xmm = .allocate(capacity: 32); xmm.initialize(repeating: 0, count: 32)
+        xmm = .allocate(capacity: 64); xmm.initialize(repeating: 0, count: 64)
         tlbTag = .allocate(capacity: 3 * X86CPU.tlbSize)
         tlbTag.initialize(repeating: .max, count: 3 * X86CPU.tlbSize)
         tlbHost = .allocate(capacity: 3 * X86CPU.tlbSize)
@@ -316,7 +316,7 @@ public final class X86CPU {
         gdtr = X86DescriptorTable(base: 0, limit: 0xFFFF)
         idtr = X86DescriptorTable(base: 0, limit: 0x3FF)
         cr0 = 0x6000_0010; cr2 = 0; cr3 = 0; cr4 = 0; efer = 0
-        for i in 0..<32 { xmm[i] = 0 }
+        for i in 0..<64 { xmm[i] = 0 }
         mxcsr = 0x1F80; fpu = X87State(); xcr0 = 1
         halted = false; interruptShadow = false
         updateMode()

@@ -84,13 +84,20 @@ enum Differential {
     }
 
     /// Runs the thunk in the emulator on `tier` (the JIT compiling every block at first
-    /// sight); `compiled` counts the compiled-code runs.
-    static func runEmulated(_ code: [UInt8], _ records: [UInt8], _ count: Int, tier: CPUTier = .interp,
-                            compiled: inout UInt64) throws -> [UInt8] {
+    /// sight); `compiled` counts the compiled-code runs. `avx`: CR4.OSXSAVE set and XCR0 =
+    /// x87 | SSE | AVX, as an AVX-using OS leaves them.
+    static func runEmulated(_ code: [UInt8], _ records: [UInt8], _ count: Int, avx: Bool = false,
+                            tier: CPUTier = .interp, compiled: inout UInt64) throws -> [UInt8] {
         let m = try TestMachine()
         m.cpu.tier = tier
         m.cpu.jitThreshold = 0
         try m.setupLongMode()
+        if avx {
+            var s = m.cpu.specialRegisters()
+            s.cr4 |= X86Bits.cr4OSXSAVE
+            m.cpu.setSpecialRegisters(s)
+            m.cpu.xcr0 = 7
+        }
         let recBase: UInt64 = 0x40_0000
         try m.load(code)
         try m.memory.write(bytes: records, at: recBase)
@@ -353,7 +360,8 @@ enum DiffCases {
 
 @Suite struct DifferentialTests {
     /// On the JIT tier, `compiledAtLeast` of the cases must have run as compiled code.
-    func check(_ cases: [DiffCase], perCase: Int = 100, seed: UInt64, tier: CPUTier = .interp, compiledAtLeast: Int = 0) throws {
+    func check(_ cases: [DiffCase], perCase: Int = 100, seed: UInt64, avx: Bool = false, tier: CPUTier = .interp,
+               compiledAtLeast: Int = 0) throws {
         var g = SplitMix(state: seed)
         var compiledCases = 0
         var failures: [String] = []
@@ -381,7 +389,7 @@ enum DiffCases {
             }
             let emulated: [UInt8]
             var compiled: UInt64 = 0
-            do { emulated = try Differential.runEmulated(code, records, perCase, tier: tier, compiled: &compiled) } catch {
+            do { emulated = try Differential.runEmulated(code, records, perCase, avx: avx, tier: tier, compiled: &compiled) } catch {
                 failures.append("\(dc): \(error)"); continue
             }
             if compiled >= UInt64(perCase) { compiledCases += 1 }
