@@ -150,6 +150,8 @@ public final class X86CPU {
     var mtrrDefType: UInt64 = 0
     var miscEnable: UInt64 = 1
     var tscOffset: Int64 = 0
+    /// IA32_TSC_ADJUST (MSR 0x3B): what guest writes have added to the TSC since reset.
+    var tscAdjust: UInt64 = 0
 
     // Mode, cached from CR0/EFER/CS/SS.
     var mode64 = false
@@ -236,9 +238,35 @@ public final class X86CPU {
         blockCache = b
         return b
     }
+    /// The block cache's arrays, for the per-block path (no reference counting).
+    var blockView: BlockCacheView?
+    var blockHitCount: UInt64 = 0
     /// Block-tier statistics for benchmarks: block entries that hit, blocks built.
-    public var blockHits: UInt64 { blockCache?.hits ?? 0 }
+    public var blockHits: UInt64 { blockHitCount }
     public var blockBuilds: UInt64 { blockCache?.builds ?? 0 }
+    /// The JIT tier's state (`JIT.swift`), made on its first use, with these settings
+    /// (tests may change them before the first run): runs before a block is compiled
+    /// (`SWIFTVMM_JIT_THRESHOLD`, default 4; 0 = at first sight) and the code cache size
+    /// (`SWIFTVMM_JIT_CACHE_KB`, default 16 MiB).
+    public var jitThreshold = JITState.defaultThreshold
+    public var jitCacheSize = JITCodeCache.defaultSize
+    private(set) var jitState: JITState?
+    var jitView: JITView?
+    var jitRunCount: UInt64 = 0
+    var jit: JITState {
+        if let j = jitState { return j }
+        let j = JITState(cacheSize: jitCacheSize, threshold: jitThreshold)
+        jitState = j
+        return j
+    }
+    /// JIT statistics for tests and benchmarks: blocks compiled, blocks found unsupported,
+    /// compiled-code runs, code-cache flushes.
+    public var jitCompiled: UInt64 { jitState?.compiled ?? 0 }
+    public var jitUnsupported: UInt64 { jitState?.unsupported ?? 0 }
+    public var jitRuns: UInt64 { jitRunCount }
+    public var jitFlushes: Int { jitState?.cache?.flushes ?? 0 }
+    /// Whether the host gave the JIT an executable code cache.
+    public var jitAvailable: Bool { jit.cache != nil }
 
     /// Retired instructions (for benchmarks and timer polling).
     public internal(set) var instructions: UInt64 = 0
