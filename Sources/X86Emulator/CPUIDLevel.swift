@@ -7,9 +7,9 @@ public enum X86CPULevel: String, Sendable, CaseIterable, Comparable, CustomStrin
     case baseline
     /// x86-64-v2: + SSE3, SSSE3, SSE4.1, SSE4.2, POPCNT, CMPXCHG16B, LAHF/SAHF in 64-bit mode.
     case v2
-    /// x86-64-v3 as far as it is implemented: v2 + MOVBE, LZCNT, BMI1, BMI2, XSAVE for
-    /// x87/SSE state (and CPUID offers exactly those bits). AVX, AVX2, FMA and F16C are missing, so this is
-    /// not v3 yet and not `selectable`: only tests use it.
+    /// x86-64-v3: v2 + AVX, AVX2, BMI1, BMI2, FMA, F16C, LZCNT, MOVBE, XSAVE (x87/SSE/AVX
+    /// state). Its float operations run on the host's own units (`AVXFloat.swift`), so a
+    /// machine may ask for it only on a host that has them (`runsOnThisHost`).
     case v3
 
     /// The default is v2: current distributions (RHEL 9 and its rebuilds) refuse to start
@@ -19,7 +19,11 @@ public enum X86CPULevel: String, Sendable, CaseIterable, Comparable, CustomStrin
 
     /// The levels a machine may ask for (`vmm --cpu-level`, vm.conf `cpu-level`): the
     /// complete ones.
-    public static let selectable: [X86CPULevel] = [.baseline, .v2]
+    public static let selectable: [X86CPULevel] = [.baseline, .v2, .v3]
+
+    /// False for v3 on a host without AVX, AVX2, FMA and F16C (the software CPU runs FMA,
+    /// F16C and the VEX compares as those host instructions).
+    public var runsOnThisHost: Bool { self < .v3 || HostFloat.hostHasAVX }
 
     public var description: String { rawValue }
 
@@ -34,11 +38,13 @@ enum ISAExtension {
     /// v3 (`lzcnt` is CPUID's ABM bit; `bmi1` includes TZCNT; `xsave`: XSAVE/XRSTOR/
     /// XGETBV/XSETBV and CR4.OSXSAVE).
     case movbe, lzcnt, bmi1, bmi2, xsave
+    /// v3's vector extensions: AVX, AVX2, FMA, F16C (with XCR0.AVX and CR4.OSXSAVE).
+    case avx
 
     var level: X86CPULevel {
         switch self {
         case .sse3, .ssse3, .sse41, .sse42, .popcnt, .cx16, .lahf64: return .v2
-        case .movbe, .lzcnt, .bmi1, .bmi2, .xsave: return .v3
+        case .movbe, .lzcnt, .bmi1, .bmi2, .xsave, .avx: return .v3
         }
     }
 }
@@ -55,7 +61,8 @@ extension X86CPULevel {
         switch self {
         case .baseline: return 0
         case .v2: return v2
-        case .v3: return v2 | (1 << 22) | (1 << 26)   // MOVBE, XSAVE (OSXSAVE, 27, follows CR4)
+        // FMA, MOVBE, XSAVE (OSXSAVE, 27, follows CR4), AVX, F16C
+        case .v3: return v2 | (1 << 12) | (1 << 22) | (1 << 26) | (1 << 28) | (1 << 29)
         }
     }
 
@@ -69,8 +76,8 @@ extension X86CPULevel {
         }
     }
 
-    /// CPUID.(EAX=7,ECX=0):EBX feature bits of the level: BMI1 (3), BMI2 (8).
+    /// CPUID.(EAX=7,ECX=0):EBX feature bits of the level: BMI1 (3), AVX2 (5), BMI2 (8).
     var leaf7EBX: UInt32 {
-        self >= .v3 ? (1 << 3) | (1 << 8) : 0
+        self >= .v3 ? (1 << 3) | (1 << 5) | (1 << 8) : 0
     }
 }
