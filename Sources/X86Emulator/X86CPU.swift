@@ -150,6 +150,8 @@ public final class X86CPU {
     var mtrrDefType: UInt64 = 0
     var miscEnable: UInt64 = 1
     var tscOffset: Int64 = 0
+    /// IA32_TSC_ADJUST (MSR 0x3B): what guest writes have added to the TSC since reset.
+    var tscAdjust: UInt64 = 0
 
     // Mode, cached from CR0/EFER/CS/SS.
     var mode64 = false
