@@ -49,10 +49,13 @@ func eui64(_ mac: MACAddress) -> [UInt8] {
 /// (never reach the tap); other IPv6 passes. Never answered: a frame not from the guest's
 /// MAC, an RS whose hop limit is not 255 or whose ICMPv6 checksum or options are wrong
 /// (RFC 4861 6.1.1), IPv6 with extension headers, DHCPv6 other than Information-Request,
-/// a DHCPv6 option walk that runs past the message; rate limit as DHCP's.
+/// a DHCPv6 option walk that runs past the message; rate limit as DHCP's. Unsolicited
+/// advertisements to all nodes (ff02::1) come from `unsolicitedAdvertisement(now:)`, which
+/// the network path calls when `nextAdvertisement` is due (RFC 4861 6.2.4, `intervals`).
 public struct LocalIPv6Server: Sendable {
     public let lease: LocalLease
     public let inet6: LocalInet6
+    private var schedule: AdvertisementSchedule
     private var limiter = RateLimiter(burst: LocalDHCPServer.burst, perSecond: LocalDHCPServer.answersPerSecond)
     public private(set) var answered: UInt64 = 0
     public private(set) var ignored: UInt64 = 0
@@ -66,9 +69,23 @@ public struct LocalIPv6Server: Sendable {
     static let dhcpClientPort: UInt16 = 546, dhcpServerPort: UInt16 = 547
     static let informationRequest: UInt8 = 11, reply: UInt8 = 7
 
-    public init?(lease: LocalLease) {
+    public init?(lease: LocalLease, intervals: RouterAdvertisementIntervals = .rfc4861) {
         guard let i = lease.inet6 else { return nil }
         self.lease = lease; inet6 = i
+        schedule = AdvertisementSchedule(intervals)
+    }
+
+    public var intervals: RouterAdvertisementIntervals { schedule.intervals }
+    /// When the next unsolicited advertisement is due (the caller's nanoseconds); nil
+    /// before the first, which is due at once.
+    public var nextAdvertisement: UInt64? { schedule.next }
+    /// Unsolicited advertisements sent so far.
+    public var unsolicitedSent: Int { schedule.sent }
+
+    /// The multicast Router Advertisement due at `now`, or nil when none is due yet; each
+    /// one returned schedules the next.
+    public mutating func unsolicitedAdvertisement(now: UInt64) -> [UInt8]? {
+        schedule.take(now: now) ? advertisement(to: nil) : nil
     }
 
     public var routerAddress: [UInt8] { linkLocalAddress(lease.serverMAC) }
@@ -125,6 +142,12 @@ public struct LocalIPv6Server: Sendable {
         }
         let unspecified = p.source.allSatisfy { $0 == 0 }
         if unspecified && hasSLLA { return nil }
+        return advertisement(to: unspecified ? nil : p.source)
+    }
+
+    /// The Router Advertisement, unicast to `destination` (the guest's MAC) or, when nil,
+    /// to all nodes (ff02::1, 33:33:00:00:00:01).
+    func advertisement(to destination: [UInt8]?) -> [UInt8] {
         var ra: [UInt8] = [Self.routerAdvertisement, 0, 0, 0, 64, 0x40]
         ra.append(be: Self.routerLifetime)
         ra.append(be: UInt32(0)); ra.append(be: UInt32(0))          // reachable, retrans
@@ -134,8 +157,8 @@ public struct LocalIPv6Server: Sendable {
         ra.append(be: Self.validLifetime); ra.append(be: Self.preferredLifetime)
         ra += [0, 0, 0, 0] + inet6.prefix
         ra += [25, 3, 0, 0]; ra.append(be: UInt32(Self.routerLifetime)); ra += inet6.hostAddress   // RDNSS
-        let dst: [UInt8] = unspecified ? [0xFF, 0x02] + [UInt8](repeating: 0, count: 13) + [1] : p.source
-        let dstMAC: MACAddress = unspecified ? [0x33, 0x33, 0, 0, 0, 1] : lease.guestMAC
+        let dst: [UInt8] = destination ?? [0xFF, 0x02] + [UInt8](repeating: 0, count: 13) + [1]
+        let dstMAC: MACAddress = destination == nil ? [0x33, 0x33, 0, 0, 0, 1] : lease.guestMAC
         return frame(next: IPProtocol.icmpv6, destination: dst, destinationMAC: dstMAC, payload: ra, checksumAt: 2)
     }
 

@@ -14,7 +14,9 @@ import Synchronization
 /// Replies wait in a bounded queue (at most `maximumQueuedReplies`, more are dropped). The
 /// VMM's network thread polls `pollDescriptor` (the tap) and `wakeDescriptor`, the read end
 /// of a pipe that holds one byte exactly while replies wait (written and drained under the
-/// queue's lock, so the two never disagree).
+/// queue's lock, so the two never disagree). With `local inet6` the thread also calls
+/// `serviceTimers`, which queues the unsolicited router advertisements when they are due
+/// (one at most waits: a guest that does not read gets no pile of them).
 public final class LocalInterfaceBackend: NetworkBackend, @unchecked Sendable {
     private struct State {
         var dhcp: LocalDHCPServer
@@ -30,10 +32,13 @@ public final class LocalInterfaceBackend: NetworkBackend, @unchecked Sendable {
     private let clock = ContinuousClock()
     private let start: ContinuousClock.Instant
 
-    public init(inner: any NetworkBackend, lease: LocalLease) throws {
+    /// - advertisements: when unsolicited router advertisements go out (`local inet6`).
+    public init(inner: any NetworkBackend, lease: LocalLease,
+                advertisements: RouterAdvertisementIntervals = .rfc4861) throws {
         self.inner = inner
         let tftp = try lease.netBoot.map { boot throws(NetworkError) in try LocalTFTPServer(lease: lease, directory: boot.directory) }
-        state = Mutex(State(dhcp: LocalDHCPServer(lease: lease), ipv6: LocalIPv6Server(lease: lease), tftp: tftp))
+        state = Mutex(State(dhcp: LocalDHCPServer(lease: lease), ipv6: LocalIPv6Server(lease: lease, intervals: advertisements),
+                            tftp: tftp))
         start = clock.now
         var fds: [Int32] = [-1, -1]
         guard fds.withUnsafeMutableBufferPointer({ pipe($0.baseAddress) }) == 0 else {
@@ -57,9 +62,34 @@ public final class LocalInterfaceBackend: NetworkBackend, @unchecked Sendable {
         state.withLock { ($0.dhcp.answered, $0.dhcp.ignored, $0.dhcp.rateLimited) }
     }
 
+    /// Nanoseconds since the backend was made (the services' clock); 0 before it.
+    private func nanoseconds(_ instant: ContinuousClock.Instant) -> UInt64 {
+        let elapsed = (instant - start).components
+        guard elapsed.seconds >= 0, elapsed.attoseconds >= 0 else { return 0 }
+        return UInt64(elapsed.seconds) &* 1_000_000_000 &+ UInt64(elapsed.attoseconds / 1_000_000_000)
+    }
+
+    public func serviceTimers(now: ContinuousClock.Instant) -> ContinuousClock.Instant? {
+        let ns = nanoseconds(now)
+        let next = state.withLock { s -> UInt64? in
+            guard s.ipv6 != nil else { return nil }
+            if let ra = s.ipv6!.unsolicitedAdvertisement(now: ns), !s.replies.contains(ra) { queue(ra, &s) }
+            return s.ipv6!.nextAdvertisement
+        }
+        return next.map { start + .nanoseconds(Int64(clamping: $0)) }
+    }
+
+    /// Unsolicited advertisements sent so far (`local inet6`).
+    public var unsolicitedAdvertisements: Int { state.withLock { $0.ipv6?.unsolicitedSent ?? 0 } }
+
+    private func queue(_ reply: [UInt8], _ s: inout State) {
+        guard s.replies.count < Self.maximumQueuedReplies else { return }
+        s.replies.append(reply)
+        if s.replies.count == 1 { signal() }
+    }
+
     public func send(_ frame: UnsafeRawBufferPointer) -> Bool {
-        let elapsed = (clock.now - start).components
-        let now = UInt64(elapsed.seconds) &* 1_000_000_000 &+ UInt64(elapsed.attoseconds / 1_000_000_000)
+        let now = nanoseconds(clock.now)
         let verdict = state.withLock { s -> LocalDHCPServer.Verdict in
             var v = s.dhcp.handle(frame: frame, now: now)
             if v == .pass, s.ipv6 != nil { v = s.ipv6!.handle(frame: frame, now: now) }
@@ -67,11 +97,7 @@ public final class LocalInterfaceBackend: NetworkBackend, @unchecked Sendable {
                 let (taken, reply) = tftp.handle(frame: frame, now: now)
                 if taken { v = .consumed(reply: reply) }
             }
-            if case let .consumed(reply?) = v {
-                guard s.replies.count < Self.maximumQueuedReplies else { return .consumed(reply: nil) }
-                s.replies.append(reply)
-                if s.replies.count == 1 { signal() }
-            }
+            if case let .consumed(reply?) = v { queue(reply, &s) }
             return v
         }
         switch verdict {

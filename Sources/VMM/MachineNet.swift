@@ -144,7 +144,9 @@ extension Machine {
 /// frames (no receive buffers posted, or not started by the driver) is not polled until it
 /// asks for frames again (`onReceiveSpace`), with a 100 ms recheck as a safety net, so a
 /// guest that stops reading costs no CPU and the tap queue holds the excess.
-/// Transmit needs no thread: it runs on the notify (vCPU or ioeventfd thread).
+/// It also runs the backends' timers (`NetworkBackend.serviceTimers`), sleeping no longer
+/// than the next one. Transmit needs no thread: it runs on the notify (vCPU or ioeventfd
+/// thread).
 public final class VirtioNetPump: @unchecked Sendable {
     private let models: [VirtioNet]
     private let devices: [VirtioPCIDevice]
@@ -202,7 +204,17 @@ public final class VirtioNetPump: @unchecked Sendable {
                     which.append(i)
                 }
             }
-            let timeout: Int32 = idle.contains(true) ? 100 : -1
+            var timeout: Int32 = idle.contains(true) ? 100 : -1
+            // Backends' timers (a local interface's unsolicited router advertisements):
+            // what is due now is queued (and shows on its wake descriptor), the sleep ends
+            // by the next one.
+            let now = ContinuousClock.now
+            for model in models {
+                guard let due = model.backend.serviceTimers(now: now) else { continue }
+                let c = (due - now).components
+                let ms = Int32(clamping: max(0, c.seconds) * 1000 + max(0, c.attoseconds) / 1_000_000_000_000_000 + 1)
+                timeout = timeout < 0 ? ms : min(timeout, ms)
+            }
             // SAFETY: poll writes only the revents fields of the fds.count entries.
             let n = fds.withUnsafeMutableBufferPointer { poll($0.baseAddress, nfds_t($0.count), timeout) }
             if n < 0 {

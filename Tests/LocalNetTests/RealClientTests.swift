@@ -9,8 +9,8 @@ import Testing
 @testable import LocalNet
 
 /// DHCP clients we did not write against our server: each runs in a network namespace of
-/// the test's own on a tap whose other end (the descriptor) is served by `LocalDHCPServer`,
-/// exactly as the VM's transmit path would serve it. Only that namespace sees the traffic.
+/// the test's own on a tap whose other end (the descriptor) is served by
+/// `LocalInterfaceBackend`, exactly as the VM's network path would serve it. Only that namespace sees the traffic.
 @Suite(.serialized) struct RealClientTests {
     static let problem: String? = {
         if getuid() != 0 { return "needs root (network namespaces, taps)" }
@@ -39,7 +39,7 @@ import Testing
         return (p.terminationStatus, String(decoding: data, as: UTF8.self))
     }
 
-    /// A namespace with a tap in it, served by our DHCP server until `stop`.
+    /// A namespace with a tap in it, served by a local interface's network path until `stop`.
     final class Bench: @unchecked Sendable {
         let ns: String
         let tap: String
@@ -47,11 +47,19 @@ import Testing
         let mac: MACAddress
         let dir: URL
         let running = Atomic<Bool>(true)
+        /// Frames the backend gave the client (its services' answers, advertisements).
         let answers = Atomic<Int>(0)
-        let passed = Atomic<Int>(0)
+        /// Router solicitations the client's kernel sent.
+        let solicitations = Atomic<Int>(0)
+        /// Where frames that pass the services go (the host side of a VM's tap).
+        let hostSide = MemoryNetworkBackend()
+        var backend: LocalInterfaceBackend!
         var thread: Thread?
 
-        init(tag: String) throws {
+        /// - solicit: false sets the namespace kernel's router_solicitations to 0 (it then
+        ///   learns the router only from unsolicited advertisements).
+        init(tag: String, inet6: LocalInet6? = nil, advertisements: RouterAdvertisementIntervals = .rfc4861,
+             solicit: Bool = true) throws {
             ns = "svmm-dhcp-\(tag)-\(getpid())"
             let t = try TapInterface.open(name: "svd\(tag.prefix(4))%d")
             fd = t.fd; tap = t.name
@@ -61,38 +69,53 @@ import Testing
             mac = addr.trimmingCharacters(in: .whitespacesAndNewlines).split(separator: ":").compactMap { UInt8($0, radix: 16) }
             try run(["ip", "netns", "add", ns])
             try run(["ip", "link", "set", tap, "netns", ns])
-            try run(["ip", "-n", ns, "link", "set", tap, "up"])
-            try run(["ip", "-n", ns, "link", "set", "lo", "up"])
-            let lease = LocalLease(link: link, guestMAC: mac, serverMAC: serverMAC, hostName: "vm-\(tag)", leaseSeconds: 600)
+            // No duplicate address detection: the link-local address is usable at once
+            // (dhclient -6 waits for a non-tentative one).
+            try run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", "net.ipv6.conf.\(tap).accept_dad=0"])
+            if !solicit { try run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", "net.ipv6.conf.\(tap).router_solicitations=0"]) }
+            var lease = LocalLease(link: link, guestMAC: mac, serverMAC: serverMAC, hostName: "vm-\(tag)", leaseSeconds: 600)
+            lease.inet6 = inet6
+            backend = try LocalInterfaceBackend(inner: hostSide, lease: lease, advertisements: advertisements)
             _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
-            let th = Thread { [self] in serve(lease) }
+            let th = Thread { [self] in serve() }
             thread = th
             th.start()
+            try run(["ip", "-n", ns, "link", "set", tap, "up"])
+            try run(["ip", "-n", ns, "link", "set", "lo", "up"])
         }
 
-        /// The VM's side of the path: every frame the client sends goes through the server
-        /// (as `LocalInterfaceBackend.send` does), answers are written back.
-        private func serve(_ lease: LocalLease) {
-            var server = LocalDHCPServer(lease: lease)
+        /// The VM's side of the path, as the VMM drives `LocalInterfaceBackend`: every frame
+        /// the client sends goes to `send` (what passes lands in `hostSide`), the backend's
+        /// frames are written back, and its timers run (the network thread's loop).
+        private func serve() {
             var buf = [UInt8](repeating: 0, count: 65536)
+            let wake = backend.wakeDescriptor!
             while running.load(ordering: .relaxed) {
-                var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-                guard poll(&p, 1, 50) > 0 else { continue }
-                let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-                guard n > 0 else { continue }
-                let now = UInt64(DispatchTime.now().uptimeNanoseconds)
-                switch buf.withUnsafeBytes({ server.handle(frame: UnsafeRawBufferPointer(rebasing: $0[0..<n]), now: now) }) {
-                case .pass: passed.add(1, ordering: .relaxed)
-                case .consumed(nil): break
-                case let .consumed(reply?):
+                let now = ContinuousClock.now
+                var timeout: Int32 = 50
+                if let due = backend.serviceTimers(now: now) {
+                    let c = (due - now).components
+                    timeout = min(timeout, Int32(clamping: c.seconds * 1000 + c.attoseconds / 1_000_000_000_000_000 + 1))
+                }
+                var p = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: wake, events: Int16(POLLIN), revents: 0)]
+                guard poll(&p, 2, timeout) > 0 else { continue }
+                if p[0].revents != 0 {
+                    let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+                    if n > 0 {
+                        // ICMPv6 type 133 right after a plain IPv6 header: a solicitation.
+                        if n > 54, buf[12] == 0x86, buf[13] == 0xDD, buf[20] == 58, buf[54] == 133 { solicitations.add(1, ordering: .relaxed) }
+                        _ = buf.withUnsafeBytes { backend.send(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+                    }
+                }
+                while let n = buf.withUnsafeMutableBytes({ backend.receive(into: $0) }) {
                     answers.add(1, ordering: .relaxed)
-                    _ = reply.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+                    _ = buf.withUnsafeBytes { write(fd, $0.baseAddress, n) }
                 }
             }
         }
 
-        func addresses() throws -> String { try run(["ip", "-n", ns, "-4", "addr", "show", "dev", tap]).output }
-        func routes() throws -> String { try run(["ip", "-n", ns, "-4", "route", "show"]).output }
+        func addresses(_ family: String = "-4") throws -> String { try run(["ip", "-n", ns, family, "addr", "show", "dev", tap]).output }
+        func routes(_ family: String = "-4") throws -> String { try run(["ip", "-n", ns, family, "route", "show"]).output }
 
         func stop() {
             running.store(false, ordering: .relaxed)
@@ -154,5 +177,64 @@ import Testing
                      "serverid=100.64.1.2", "lease=600", "hostname=vm-bbx"] {
             #expect(got.split(separator: "\n").contains(Substring(line)), "\(line) in \(got)")
         }
+    }
+
+    /// ISC dhclient in stateless mode (-6 -S: Information-Request, RFC 8415 18.2.6) against
+    /// LocalIPv6Server; its script records the Reply's DNS servers. The namespace's kernel
+    /// meanwhile solicits and takes our RA (SLAAC address, default route via the router).
+    @Test(.enabled(if: problem == nil && dhclient != nil, "needs root, taps and isc-dhcp-client"))
+    func iscDhclientStatelessDHCPv6GetsTheDNSServer() throws {
+        let inet6 = try #require(LocalInet6(prefix: LocalInet6.address("fd5e:1:2:100::")!))
+        let b = try Bench(tag: "v6", inet6: inet6)
+        defer { b.stop() }
+        let script = b.dir.appendingPathComponent("script").path
+        let env = b.dir.appendingPathComponent("env").path
+        // Only the reply's data is recorded; nothing of the host (resolv.conf) is touched.
+        // dhclient 4.4 names a stateless reply RENEW6 (INFORM6 in other versions).
+        try "#!/bin/sh\ncase \"$reason\" in INFORM6|RENEW6) env > \(env).tmp && mv \(env).tmp \(env);; esac\nexit 0\n"
+            .write(toFile: script, atomically: true, encoding: .utf8)
+        chmod(script, 0o755)
+        let lf = b.dir.appendingPathComponent("lease6").path, pf = b.dir.appendingPathComponent("pid6").path
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = ["ip", "netns", "exec", b.ns, Self.dhclient!, "-6", "-S", "-d", "-v", "-sf", script, "-lf", lf, "-pf", pf, b.tap]
+        p.standardOutput = FileHandle.nullDevice; p.standardError = FileHandle.nullDevice
+        try p.run()
+        defer { p.terminate(); p.waitUntilExit() }
+        // Waits for the script's record (dhclient retransmits on its own if a reply is lost).
+        let deadline = Date().addingTimeInterval(30)
+        while Date() < deadline, !FileManager.default.fileExists(atPath: env) { usleep(50_000) }
+        let got = ((try? String(contentsOfFile: env, encoding: .utf8)) ?? "").split(separator: "\n")
+        #expect(got.contains("new_dhcp6_name_servers=fd5e:1:2:100::1"), "\(got)")
+        #expect(got.contains(where: { $0.hasPrefix("new_dhcp6_server_id=") && $0.lowercased().contains("0:3:0:1:fe:e1:ba:d1:12:34") }), "\(got)")
+        #expect(b.answers.load(ordering: .relaxed) >= 1)
+        // The kernel's SLAAC from our RA (sent on its solicitation at link-up).
+        try expectSLAAC(b)
+    }
+
+    /// Waits (20 s at most) for the namespace kernel's global fd5e:1:2:100::/64 address from
+    /// our RA, then checks it and the default route via the router's link-local address.
+    func expectSLAAC(_ b: Bench, sourceLocation: SourceLocation = #_sourceLocation) throws {
+        let deadline = Date().addingTimeInterval(20)
+        while Date() < deadline, !((try? b.addresses("-6")) ?? "").contains("inet6 fd5e:1:2:100:") { usleep(50_000) }
+        let addr = try b.addresses("-6")
+        #expect(addr.contains("inet6 fd5e:1:2:100:") && addr.contains("scope global"), "\(addr)", sourceLocation: sourceLocation)
+        let routes = try b.routes("-6")
+        #expect(routes.contains("default via fe80::fce1:baff:fed1:1234"), "\(routes)", sourceLocation: sourceLocation)
+    }
+
+    /// Unsolicited advertisements alone (RFC 4861 6.2.4): the namespace's kernel never
+    /// solicits (router_solicitations = 0) and still gets its SLAAC address and default
+    /// route, from the periodic ones (intervals shortened for the test).
+    @Test(.enabled(if: problem == nil, "needs root and taps"))
+    func theKernelTakesUnsolicitedAdvertisements() throws {
+        let inet6 = try #require(LocalInet6(prefix: LocalInet6.address("fd5e:1:2:100::")!))
+        let fast = try #require(RouterAdvertisementIntervals(minimum: .milliseconds(200), maximum: .milliseconds(400),
+                                                             initialMaximum: .milliseconds(100), initialCount: 3))
+        let b = try Bench(tag: "ra", inet6: inet6, advertisements: fast, solicit: false)
+        defer { b.stop() }
+        try expectSLAAC(b)
+        #expect(b.solicitations.load(ordering: .relaxed) == 0, "the kernel sent no solicitation")
+        #expect(b.backend.unsolicitedAdvertisements >= 1)
     }
 }

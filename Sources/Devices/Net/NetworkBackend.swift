@@ -22,10 +22,16 @@ public protocol NetworkBackend: AnyObject, Sendable {
     /// A second descriptor to poll: readable when the backend has frames of its own for the
     /// guest (a local interface's DHCP replies); nil for most backends.
     var wakeDescriptor: Int32? { get }
+    /// Runs the backend's timed work due at `now` (a local interface's unsolicited router
+    /// advertisements, which then wait behind `wakeDescriptor`) and returns when it next has
+    /// some; nil when it has none. The VMM's network thread calls it every time it wakes and
+    /// sleeps no longer than the answer.
+    func serviceTimers(now: ContinuousClock.Instant) -> ContinuousClock.Instant?
 }
 
 extension NetworkBackend {
     public var wakeDescriptor: Int32? { nil }
+    public func serviceTimers(now: ContinuousClock.Instant) -> ContinuousClock.Instant? { nil }
 }
 
 /// A backend over a datagram-style descriptor where one read or write is one frame: a tap
