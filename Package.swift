@@ -74,7 +74,7 @@ let package = Package(
         ]),
 
         .testTarget(name: "GuestMemoryTests", dependencies: ["GuestMemory"]),
-        .testTarget(name: "DevicesTests", dependencies: ["Devices", "GuestMemory", "Hypervisor", "Storage"]),
+        .testTarget(name: "DevicesTests", dependencies: ["Devices", "GuestMemory", "Hypervisor", "Storage", "HostNet"]),
         .testTarget(name: "HostNetTests", dependencies: ["HostNet"]),
         .testTarget(name: "LocalNetTests", dependencies: ["LocalNet", "Devices", "HostNet"]),
         .testTarget(name: "BootTests", dependencies: ["Boot", "GuestMemory", "Hypervisor"]),

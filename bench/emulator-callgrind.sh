@@ -6,7 +6,8 @@
 # host instructions by the difference in guest instructions, so process start and machine
 # setup cancel out.
 #
-# BENCH_LOOPS (default "alu mix") picks the loops; BENCH_N (default 200000) the iterations;
+# BENCH_LOOPS (default "alu mix reg") picks the loops; BENCH_TIERS (default "interp block jit")
+# the CPU tiers (SWIFTVMM_CPU_TIER); BENCH_N (default 200000) the iterations;
 # BENCH_SKIP_BUILD=1 uses the existing build. There is no QEMU counterpart for this number (QEMU's TCG would count
 # its translation once and then run host code); the issue's goal is <= 20.
 # BENCH_ANNOTATE=1 also prints the top functions of the 3N run (callgrind_annotate).
@@ -15,7 +16,8 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
 cd "$ROOT"
 export PATH=/opt/swift/usr/bin:$PATH
-LOOPS=${BENCH_LOOPS:-alu mix}
+LOOPS=${BENCH_LOOPS:-alu mix reg}
+TIERS=${BENCH_TIERS:-interp block jit}
 N=${BENCH_N:-200000}
 
 if ! command -v valgrind >/dev/null 2>&1; then
@@ -35,9 +37,9 @@ trap 'rm -rf "$OUT"' EXIT
 BIN=$OUT/emulator-bench
 objcopy --strip-debug .build/debug/EmulatorBench "$BIN"
 
-# count LOOP ITERATIONS: prints "host-instructions guest-instructions".
+# count LOOP ITERATIONS (tier in $TIER): prints "host-instructions guest-instructions".
 count() {
-  valgrind --tool=callgrind --callgrind-out-file="$OUT/cg.$1.$2" "$BIN" "$1" "$2" >"$OUT/log.$1.$2" 2>&1 || {
+  SWIFTVMM_CPU_TIER=$TIER valgrind --tool=callgrind --callgrind-out-file="$OUT/cg.$1.$2" "$BIN" "$1" "$2" >"$OUT/log.$1.$2" 2>&1 || {
     echo "callgrind run failed:" >&2; tail -20 "$OUT/log.$1.$2" >&2; return 1; }
   host=$(awk '/^(summary|totals):/ {print $2; exit}' "$OUT/cg.$1.$2")
   guest=$(sed -n 's/^[a-z]*: \([0-9]*\) guest instructions.*/\1/p' "$OUT/log.$1.$2" | head -1)
@@ -45,15 +47,17 @@ count() {
   echo "$host $guest"
 }
 
-printf "%-6s %14s %14s %12s\n" loop "guest insns" "host insns" "host/guest"
+printf "%-6s %-6s %14s %14s %12s\n" loop tier "guest insns" "host insns" "host/guest"
 for loop in $LOOPS; do
+ for TIER in $TIERS; do
   r1=$(count "$loop" "$N") || exit 1
   r2=$(count "$loop" $((N * 3))) || exit 1
   set -- $r1; h1=$1; g1=$2
   set -- $r2; h2=$1; g2=$2
   dg=$((g2 - g1)); dh=$((h2 - h1))
-  printf "%-6s %14d %14d %12s\n" "$loop" "$dg" "$dh" "$(echo "scale=1; $dh / $dg" | bc)"
+  printf "%-6s %-6s %14d %14d %12s\n" "$loop" "$TIER" "$dg" "$dh" "$(echo "scale=1; $dh / $dg" | bc)"
   if [ -n "${BENCH_ANNOTATE:-}" ]; then
     callgrind_annotate "$OUT/cg.$loop.$((N * 3))" 2>/dev/null | sed -n '1,/^-- Auto/p' | grep -E '^ *[0-9,]+ ' | head -25
   fi
+ done
 done

@@ -3,7 +3,9 @@
 // instruction count can be divided by it. No Foundation and no threads, so it runs under
 // valgrind.
 //
-//   emulator-bench LOOP ITERATIONS      LOOP: alu | mix
+//   emulator-bench LOOP ITERATIONS      LOOP: alu | mix | reg
+//
+// The CPU tier comes from SWIFTVMM_CPU_TIER (interp, block, jit), as in the VMM.
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -24,6 +26,17 @@ let loops: [String: [UInt8]] = [
         0x12, 0x00, 0x00, 0x00, 0x48, 0x01, 0xc8, 0x48, 0x8b, 0x16, 0x48, 0x31,
         0xc2, 0x48, 0x89, 0x16, 0x48, 0xff, 0xc9, 0x75, 0xef, 0xf4, 0x00, 0x00,
         0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+    ],
+    // reg: 7 register-only instructions per iteration (no memory operand, no store into
+    // the code page), what the first JIT stage compiles completely.
+    //     mov rcx, N; xor eax, eax; xor edx, edx; xor ebx, ebx
+    // 1:  add rax, rcx; mov rdx, rax; xor rdx, rbx; lea rbx, [rdx + rax * 2 + 7]
+    //     shr rbx, 1; dec rcx; jnz 1b
+    //     hlt
+    "reg": [
+        0x48, 0xc7, 0xc1, 0x44, 0x33, 0x22, 0x11, 0x31, 0xc0, 0x31, 0xd2, 0x31,
+        0xdb, 0x48, 0x01, 0xc8, 0x48, 0x89, 0xc2, 0x48, 0x31, 0xda, 0x48, 0x8d,
+        0x5c, 0x42, 0x07, 0x48, 0xd1, 0xeb, 0x48, 0xff, 0xc9, 0x75, 0xea, 0xf4,
     ],
     // mix: 21 instructions per iteration of what kernels run.
     //     mov rcx, N; xor eax, eax; xor ebx, ebx; xor edi, edi; lea rsi, [rip + 3f]
@@ -56,7 +69,7 @@ func fail(_ message: String) -> Never {
 
 let args = CommandLine.arguments
 guard args.count == 3, var code = loops[args[1]], let n = UInt32(args[2]), n > 0, n < 1 << 31 else {
-    fail("usage: emulator-bench alu|mix ITERATIONS (1 ... 2^31-1)")
+    fail("usage: emulator-bench alu|mix|reg ITERATIONS (1 ... 2^31-1)")
 }
 withUnsafeBytes(of: n.littleEndian) { for i in 0..<4 { code[3 + i] = $0[i] } }
 
@@ -97,7 +110,8 @@ do {
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t1)
     let cpu = Double(t1.tv_sec - t0.tv_sec) + Double(t1.tv_nsec - t0.tv_nsec) / 1e9
     let count = vcpu.instructionCount
-    print("\(args[1]): \(count) guest instructions, \(Int(Double(count) / cpu / 1e6)) MIPS per CPU-second")
+    let c = vcpu.cpu
+    print("\(args[1]): \(count) guest instructions, \(Int(Double(count) / cpu / 1e6)) MIPS per CPU-second, tier \(c.tier.rawValue), jit runs \(c.jitRuns) compiled \(c.jitCompiled)")
 } catch {
     fail("\(error)")
 }

@@ -88,8 +88,46 @@ public final class LocalInterfaceBackend: NetworkBackend, @unchecked Sendable {
         if s.replies.count == 1 { signal() }
     }
 
+    /// With the tap's virtio-net header (passed through: the guest's offloads reach the
+    /// tap) the services see the frame after it, their replies get an empty one in front.
+    public var carriesVirtioHeader: Bool { inner.carriesVirtioHeader }
+    public func setReceiveOffloads(_ offloads: NetworkOffloads) -> Bool { inner.setReceiveOffloads(offloads) }
+
     public func send(_ frame: UnsafeRawBufferPointer) -> Bool {
+        guard inner.carriesVirtioHeader else { return send(frame, plain: frame) }
+        let h = VirtioNetHeader.length
+        guard frame.count > h else { return false }
+        let plain = UnsafeRawBufferPointer(rebasing: frame[h...])
+        // A small UDP datagram with a partial checksum (the guest's kernel leaves it to the
+        // device) may be for a service, which checks checksums: it sees a completed copy.
+        let header = VirtioNetHeader(frame)
+        if header.flags & VirtioNetHeader.Flag.needsChecksum != 0, header.gsoType == VirtioNetHeader.GSO.none,
+           plain.count <= 2048, Self.isUDP(plain) {
+            var copy = Array(plain)
+            let start = Int(header.checksumStart), field = start + Int(header.checksumOffset)
+            guard start < field, field + 2 <= copy.count else { return false }   // the device checked; be safe
+            var sum = copy.withUnsafeBytes { Checksum.internet(UnsafeRawBufferPointer(rebasing: $0[start...])) }
+            if sum == 0 { sum = 0xFFFF }
+            copy[field] = UInt8(sum >> 8); copy[field + 1] = UInt8(truncatingIfNeeded: sum)
+            return copy.withUnsafeBytes { send(frame, plain: $0) }
+        }
+        return send(frame, plain: plain)
+    }
+
+    /// IPv4 or IPv6 (no VLAN tag, no IPv6 extension header) carrying UDP.
+    static func isUDP(_ f: UnsafeRawBufferPointer) -> Bool {
+        guard f.count >= 34 else { return false }
+        switch UDPDatagram.be16(f, 12) {
+        case EtherType.ipv4: return f[23] == IPProtocol.udp
+        case EtherType.ipv6: return f.count >= 54 && f[20] == IPProtocol.udp
+        default: return false
+        }
+    }
+
+    /// `plain`: the frame as the services read it; `frame`: what goes to the tap.
+    private func send(_ frame: UnsafeRawBufferPointer, plain: UnsafeRawBufferPointer) -> Bool {
         let now = nanoseconds(clock.now)
+        let wire = frame, frame = plain
         let verdict = state.withLock { s -> LocalDHCPServer.Verdict in
             var v = s.dhcp.handle(frame: frame, now: now)
             if v == .pass, s.ipv6 != nil { v = s.ipv6!.handle(frame: frame, now: now) }
@@ -102,7 +140,7 @@ public final class LocalInterfaceBackend: NetworkBackend, @unchecked Sendable {
         }
         switch verdict {
         case .pass:
-            return inner.send(frame)
+            return inner.send(wire)
         case .consumed:
             return true
         }
@@ -116,12 +154,16 @@ public final class LocalInterfaceBackend: NetworkBackend, @unchecked Sendable {
             return r
         }
         if let reply {
-            let n = min(reply.count, buffer.count)
+            // The services' frames are whole and checksummed: an empty header in front.
+            let h = inner.carriesVirtioHeader ? VirtioNetHeader.length : 0
+            guard buffer.count >= h else { return 0 }
+            if h > 0 { VirtioNetHeader().store(into: buffer) }
+            let n = min(reply.count, buffer.count - h)
             reply.withUnsafeBytes { src in
-                // SAFETY: n <= both buffer sizes.
-                if n > 0 { buffer.baseAddress!.copyMemory(from: src.baseAddress!, byteCount: n) }
+                // SAFETY: h + n <= buffer.count, n <= reply.count.
+                if n > 0 { (buffer.baseAddress! + h).copyMemory(from: src.baseAddress!, byteCount: n) }
             }
-            return n
+            return h + n
         }
         return inner.receive(into: buffer)
     }

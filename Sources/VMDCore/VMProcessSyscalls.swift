@@ -98,7 +98,8 @@ public enum VMProcessSyscalls {
     public static let fcntlCommands: [UInt32] = [0, 1, 2, 3, 4, 1030]
 
     /// Requests on the descriptors the process holds: KVM (system, VM and vCPU ioctls),
-    /// the console pty (termios, FIONREAD), FIONBIO. KVM_RUN first: it is the hot one.
+    /// the console pty (termios, FIONREAD), FIONBIO, the taps' TUNSETOFFLOAD. KVM_RUN first:
+    /// it is the hot one.
     public static let ioctlRequests: [UInt32] = {
         let kvm: [UInt] = [
             CKVM_RUN, CKVM_IRQ_LINE, CKVM_IRQ_LINE_STATUS, CKVM_SIGNAL_MSI, CKVM_IOEVENTFD, CKVM_IRQFD,
@@ -115,6 +116,9 @@ public enum VMProcessSyscalls {
         ]
         // TCGETS, TCSETS, TCSETSW, TCSETSF, TIOCGWINSZ, FIONREAD, FIONBIO, FIOCLEX.
         let tty: [UInt] = [0x5401, 0x5402, 0x5403, 0x5404, 0x5413, 0x541b, 0x5421, 0x5451]
-        return (kvm + tty).map { UInt32(truncatingIfNeeded: $0) }
+        // TUNSETOFFLOAD = _IOW('T', 208, unsigned int): the guest's driver picks its receive
+        // offloads when it starts the device, after the sandbox is up (HostNet's TunIoctl).
+        let tun: [UInt] = [0x4004_54D0]
+        return (kvm + tty + tun).map { UInt32(truncatingIfNeeded: $0) }
     }()
 }

@@ -15,8 +15,10 @@ struct DaemonOptions: Sendable {
     var verbose: Int
     /// The one user every VM process becomes (nil: each VM process its own uid).
     var vmUser: String? = nil
-    /// Without --vm-user, VM process of VM id N runs as uid and gid vmUIDBase + N.
-    var vmUIDBase: UInt32 = Daemon.defaultVMUIDBase
+    /// Without --vm-user, VM process of VM id N runs as uid and gid base + N.
+    var vmUIDs = VMUIDRange(base: Daemon.defaultVMUIDBase)
+    /// Where VM processes' cgroups go: nil for vmd's own cgroup v2 directory, "none" for no cgroups.
+    var cgroup: String? = nil
     /// Control connections: per user, in total, idle timeout (VMD_CLIENT_TIMEOUT overrides it).
     var limits = ConnectionLimits(
         idleTimeout: ProcessInfo.processInfo.environment["VMD_CLIENT_TIMEOUT"].flatMap(Double.init) ?? 10)
@@ -38,6 +40,8 @@ final class VMEntry: @unchecked Sendable {
     var lastExit: String?
     /// The running VM's taps and where they are attached (Network.swift).
     var interfaces: [ChildInterface] = []
+    /// The running VM process's cgroup directory (VMCgroups.swift), removed once it is reaped.
+    var cgroup: String?
     /// Serializes messages to the VM process (held while talking, never with `state`'s lock).
     let opLock = NSLock()
 
@@ -82,6 +86,8 @@ final class Daemon: @unchecked Sendable {
     static let defaultVMUIDBase: UInt32 = 1 << 30
     let options: DaemonOptions
     let users: any UserDatabase
+    /// Who may act on a VM, what a start request starts (VMDCore/AccessRules.swift).
+    let rules: AccessRules
     /// Written only by `vmctl log` (under `state`'s lock).
     var log: Logger
     let state = Guarded(DaemonState())
@@ -90,18 +96,22 @@ final class Daemon: @unchecked Sendable {
     let vmIdentity: DropIdentity?
     /// Control connections open per user (ConnectionLimits).
     let gate: ConnectionGate
+    /// Where each VM process gets a cgroup of its own; nil: no cgroups (DaemonCgroups.swift).
+    let cgroups: VMCgroupTree?
 
     init(options: DaemonOptions, users: any UserDatabase = SystemUserDatabase(), log: Logger) {
         self.options = options
         self.users = users
+        rules = AccessRules(users: users, userName: { Daemon.userName($0) }, primaryGID: { Daemon.primaryGID($0) })
         self.log = log
         vmIdentity = options.vmUser.flatMap { GuestFiles.dropIdentity(user: $0) }
         gate = ConnectionGate(options.limits)
+        cgroups = Self.setUpCgroups(options.cgroup, log: log)
         if geteuid() == 0 {
             if let id = vmIdentity {
                 log.info("vm processes run as \(id.user) (uid \(id.uid)) once they hold their files")
             } else {
-                log.info("vm processes run as uid and gid \(options.vmUIDBase) + the vm's id once they hold their files")
+                log.info("vm processes run as uid and gid \(options.vmUIDs.base) + the vm's id (ids 1...\(options.vmUIDs.count - 1)), without supplementary groups, once they hold their files")
             }
         }
     }
@@ -109,10 +119,7 @@ final class Daemon: @unchecked Sendable {
     // MARK: rules (called with the state lock held)
 
     func mayControl(_ e: VMEntry, _ c: PeerCredentials) -> Bool {
-        if c.uid == 0 { return true }
-        if let u = e.owner.uid, u == c.uid, u != 0 { return true }
-        if let g = e.owner.gid, c.gid == g || users.groups(ofUID: c.uid).contains(g) { return true }
-        return false
+        rules.mayControl(e.owner, c)
     }
 
     func status(_ e: VMEntry) -> VMStatus {

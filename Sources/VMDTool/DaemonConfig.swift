@@ -21,8 +21,9 @@ extension Daemon {
         return ResolvedOwner(uid: r.uid ?? (o.user == nil ? nil : 0), gid: r.gid)
     }
 
-    /// Takes in a configuration: new VMs are added, stopped ones updated or (when `replace`
-    /// and no longer configured) removed; running VMs are left alone. Returns VMs to start.
+    /// Takes in a configuration as ConfigApply plans it: new VMs are added, stopped ones
+    /// updated or (when `replace` and no longer configured) removed; running VMs are left
+    /// alone. Returns VMs to start.
     func apply(_ new: VMConfiguration, replace: Bool) -> [VMEntry] {
         let defs = ConfigValidator.resolvedVMs(new)
         let owners = defs.map { resolvedOwner($0.owner) }
@@ -33,26 +34,26 @@ extension Daemon {
                 s.config.vms += new.vms
                 s.config.switches += new.switches
             }
-            var seen = Set<String>()
-            var toStart: [VMEntry] = []
-            for (d, owner) in zip(defs, owners) {
-                seen.insert(d.name)
-                if let e = s.vms.first(where: { $0.definition.name == d.name }) {
-                    if e.state == .stopped {
+            // The rules are VMDCore/ConfigApply.swift's; here they are carried out.
+            let plan = ConfigApply.plan(
+                current: s.vms.map { ConfigApply.Current(name: $0.definition.name, stopped: $0.state == .stopped, fromConfig: $0.fromConfig) },
+                new: defs.map { ($0.name, $0.enabled) }, replace: replace)
+            for ((d, owner), step) in zip(zip(defs, owners), plan.steps) {
+                switch step {
+                case .add:
+                    _ = s.add(d, fromConfig: true, owner: owner)
+                case .update(let take):
+                    guard let e = s.vms.first(where: { $0.definition.name == d.name }) else { continue }
+                    if take {
                         e.definition = d
                         e.owner = owner
                     }
                     e.fromConfig = true
-                    if d.enabled && e.state == .stopped { toStart.append(e) }
-                } else {
-                    let e = s.add(d, fromConfig: true, owner: owner)
-                    if d.enabled { toStart.append(e) }
                 }
             }
-            if replace {
-                s.vms.removeAll { !seen.contains($0.definition.name) && $0.state == .stopped && $0.fromConfig }
-            }
-            return toStart
+            let removed = Set(plan.remove)
+            s.vms.removeAll { removed.contains($0.definition.name) }
+            return plan.start.compactMap { name in s.vms.first { $0.definition.name == name } }
         }
     }
 

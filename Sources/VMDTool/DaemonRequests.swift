@@ -16,6 +16,7 @@ enum ChildAnswer: Equatable {
 extension Daemon {
     func handle(_ request: ControlRequest, passing fds: [Int32] = [], from c: PeerCredentials) -> (ControlReply, [Int32]) {
         log.debug("request \(request.commandName) from uid \(c.uid) pid \(c.pid)")
+        if let refused = AccessRules.rootOnly(request, c) { return (.failure(refused), []) }
         switch request {
         case .status(let id): return handleStatus(id)
         case .start(let req): return startRequest(req, c)
@@ -25,9 +26,7 @@ extension Daemon {
         case .unpause(let id): return handlePause(id, pausing: false, c)
         case .wait(let id): return handleWait(id, c)
         case .load(let path): return handleLoad(path, c)
-        case .reload:
-            guard c.uid == 0 else { return Self.fail(.permissionDenied, "reload: permission denied") }
-            return (reload(), [])
+        case .reload: return (reload(), [])
         case .reset(let scope): return handleReset(scope, c)
         case .log(let verbose): return handleLog(verbose, c)
         case .send(let id): return handleSend(id, c)
@@ -115,7 +114,6 @@ extension Daemon {
     }
 
     func handleLoad(_ path: String, _ c: PeerCredentials) -> (ControlReply, [Int32]) {
-        guard c.uid == 0 else { return Self.fail(.permissionDenied, "load: permission denied") }
         do {
             let cfg = try parseConfig(path)
             let clash = state.withLock { s in
@@ -130,7 +128,6 @@ extension Daemon {
     }
 
     func handleReset(_ scope: ResetScope, _ c: PeerCredentials) -> (ControlReply, [Int32]) {
-        guard c.uid == 0 else { return Self.fail(.permissionDenied, "reset: permission denied") }
         if scope == .vms || scope == .all {
             let running = state.withLock { s in s.vms.filter { $0.state != .stopped } }
             for e in running { stopVM(e, force: true) }
@@ -142,7 +139,6 @@ extension Daemon {
     }
 
     func handleLog(_ verbose: Bool, _ c: PeerCredentials) -> (ControlReply, [Int32]) {
-        guard c.uid == 0 else { return Self.fail(.permissionDenied, "log: permission denied") }
         state.withLock { _ in log.logLevel = verbose ? .debug : .info }
         log.info("log level \(verbose ? "verbose" : "brief")")
         return (.ok(message: nil), [])

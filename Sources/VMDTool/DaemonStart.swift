@@ -9,63 +9,24 @@ import VMDCore
 // Starting VMs: which entry a start request means (an existing VM, a new instance, a VM
 // made from the command line), the identities involved, and the VM process's start.
 extension Daemon {
-    /// The entry a start request starts (creating it for -t or a new name), or why not;
-    /// with the request to run it with (an instance's settings are its own, so its start
-    /// request is plain).
+    /// The entry a start request starts (creating it for -t or a new name, by the rules of
+    /// VMDCore/AccessRules.swift), or why not; with the request to run it with (an
+    /// instance's settings are its own, so its start request is plain).
     private func entryToStart(_ s: inout DaemonState, _ req: StartRequest, _ c: PeerCredentials)
         -> Result<(VMEntry, StartRequest, created: Bool), ControlFailure> {
-        func fail(_ code: ControlFailure.Code, _ m: String) -> Result<(VMEntry, StartRequest, created: Bool), ControlFailure> {
-            .failure(ControlFailure(code, m))
-        }
-        if let template = req.template {
-            // -t: a new VM `target` as an instance of `template`.
-            guard case .name(let name) = req.target else { return fail(.invalidRequest, "start -t: give the new instance a name") }
-            guard let parent = s.vms.first(where: { $0.definition.name == template }) else {
-                return fail(.unknownVM, "vm \(template): no such vm")
-            }
-            guard s.find(.name(name)) == nil else { return fail(.alreadyRunning, "vm \(name): already exists") }
-            guard ConfigValidator.isValidVMName(name) else { return fail(.invalidRequest, "vm \(name): invalid name") }
-            let allow = parent.definition.allowInstance
-            if c.uid != 0 {
-                let permitted: Bool = {
-                    guard let o = allow.owner, let r = try? users.resolve(o) else { return false }
-                    if let u = r.uid, u == c.uid { return true }
-                    if let g = r.gid, c.gid == g || users.groups(ofUID: c.uid).contains(g) { return true }
-                    return false
-                }()
-                guard permitted else { return fail(.permissionDenied, "vm \(template): permission denied to create instances") }
-                // initrd, cmdline, vcpus and accel have no `allow instance` keyword: root's only.
-                if StartOverride.denied(req, by: allow) != nil {
-                    return fail(.permissionDenied, "vm \(template): instances may not change that setting")
-                }
-            }
-            var d = VMDefinition(name: name, parent: template, location: parent.definition.location)
-            d = d.inheriting(from: parent.definition)
-            // The instance keeps the request's settings as its own (a later plain start of
-            // it runs them again).
-            d = StartOverride.effective(d, req)
-            if c.uid != 0 { d.owner = OwnerSpec(user: Self.userName(c.uid)) }
-            let e = s.add(d, fromConfig: false, owner: c.uid == 0 ? parent.owner : ResolvedOwner(uid: c.uid, gid: nil))
+        let known = s.vms.map { AccessRules.Known(id: $0.id, definition: $0.definition, owner: $0.owner) }
+        switch rules.startTarget(req, c, among: known) {
+        case .failure(let f): return .failure(f)
+        case .success(.existing(let id)):
+            guard let e = s.find(.id(id)) else { return .failure(ControlFailure(.unknownVM, "vm \(req.target): no such vm")) }
+            return .success((e, req, false))
+        case .success(.new(let d, let owner, let instance)):
+            let e = s.add(d, fromConfig: false, owner: owner)
+            guard instance else { return .success((e, req, false)) }
             var plain = StartRequest(target: .id(e.id))
             plain.attachConsole = req.attachConsole
             return .success((e, plain, true))
         }
-        if let e = s.find(req.target) {
-            guard mayControl(e, c) else { return fail(.permissionDenied, "vm \(e.definition.name): permission denied") }
-            if !StartOverride.given(in: req).isEmpty && c.uid != 0 {
-                return fail(.permissionDenied, "vm \(e.definition.name): only root may change its settings at start")
-            }
-            return .success((e, req, false))
-        }
-        // A VM not in the configuration: root may create one from the options alone.
-        guard case .name(let name) = req.target else { return fail(.unknownVM, "vm \(req.target): no such vm") }
-        guard c.uid == 0 else { return fail(.permissionDenied, "vm \(name): permission denied (only root may create vms)") }
-        guard req.boot != nil || req.cdrom != nil || !req.disks.isEmpty else {
-            return fail(.unknownVM, "vm \(name): no such vm (give -b, -r or -d to create one)")
-        }
-        guard ConfigValidator.isValidVMName(name) else { return fail(.invalidRequest, "vm \(name): invalid name") }
-        let d = VMDefinition(name: name, location: SourceLocation(file: "vmctl", line: 0))
-        return .success((s.add(d, fromConfig: false, owner: ResolvedOwner(uid: 0, gid: nil)), req, false))
     }
 
     func startRequest(_ req: StartRequest, _ c: PeerCredentials) -> (ControlReply, [Int32]) {
@@ -90,17 +51,21 @@ extension Daemon {
         return r
     }
 
-    /// A user's name for display (the number when it has none).
-    static func userName(_ uid: UInt32) -> String {
+    /// A user's name and primary group from passwd; nil without an entry.
+    static func passwdEntry(_ uid: UInt32) -> (name: String, gid: UInt32)? {
         var pw = passwd()
         var result: UnsafeMutablePointer<passwd>?
         var buf = [CChar](repeating: 0, count: 16384)
         // SAFETY: buf outlives the call; pw's strings point into it and are copied at once.
-        if getpwuid_r(uid, &pw, &buf, buf.count, &result) == 0, result != nil, let n = pw.pw_name {
-            return String(cString: n)
-        }
-        return String(uid)
+        guard getpwuid_r(uid, &pw, &buf, buf.count, &result) == 0, result != nil, let n = pw.pw_name else { return nil }
+        return (String(cString: n), pw.pw_gid)
     }
+
+    /// A user's name for display (the number when it has none).
+    static func userName(_ uid: UInt32) -> String { passwdEntry(uid)?.name ?? String(uid) }
+
+    /// A user's primary group; nil without a passwd entry.
+    static func primaryGID(_ uid: UInt32) -> UInt32? { passwdEntry(uid)?.gid }
 
     /// Checks the settings of a VM before its files are opened (GuestFiles.open).
     static func checkFiles(_ d: VMDefinition) -> String? {
@@ -119,37 +84,6 @@ extension Daemon {
         }
         if let m = d.memory, m < 1 << 20 { return "vm \(d.name): memory must be at least 1M" }
         if let v = d.vcpus, v < 1 || v > VMLimits.maxVCPUs { return "vm \(d.name): invalid vcpus \(v)" }
-        return nil
-    }
-
-    /// Who a VM's process becomes once it holds its files (vmd running as root): the
-    /// `--vm-user` for all, else uid = gid = vmUIDBase + the VM's id, its own, so VM
-    /// processes cannot signal or ptrace each other. nil when vmd is not root.
-    func processIdentity(_ e: VMEntry) -> DropIdentity? {
-        guard geteuid() == 0 else { return nil }
-        if let vmIdentity { return vmIdentity }
-        let (id, overflow) = options.vmUIDBase.addingReportingOverflow(UInt32(truncatingIfNeeded: e.id))
-        guard !overflow, id != UInt32.max else { return nil }
-        return DropIdentity(user: "uid \(id)", uid: id, gid: id)
-    }
-
-    /// Whose rights open a VM's files: its owner user (with that user's groups); for an
-    /// owner group alone, the VM process's uid in that group only; nil (vmd's own rights)
-    /// for a VM without a non-root owner.
-    func fileIdentity(_ o: ResolvedOwner, vmUID: UInt32) -> FileIdentity? {
-        if let uid = o.uid, uid != 0 {
-            var pw = passwd()
-            var result: UnsafeMutablePointer<passwd>?
-            var buf = [CChar](repeating: 0, count: 16384)
-            // SAFETY: buf outlives the call; the fields used are copied at once.
-            let gid = getpwuid_r(uid, &pw, &buf, buf.count, &result) == 0 && result != nil ? pw.pw_gid : 65534
-            var groups = users.groups(ofUID: uid)
-            if !groups.contains(gid) { groups.insert(gid, at: 0) }
-            return FileIdentity(uid: uid, gid: gid, groups: groups, name: Self.userName(uid))
-        }
-        if let gid = o.gid, gid != 0 {
-            return FileIdentity(uid: vmUID, gid: gid, groups: [gid], name: "group \(gid)")
-        }
         return nil
     }
 
@@ -192,11 +126,15 @@ extension Daemon {
         // vmd opens every guest file; the VM process gets descriptors only. A VM with a
         // non-root owner gets only files that owner could open (UserFileAccess).
         var files: OpenedGuestFiles
-        let processIdentity = self.processIdentity(e)
+        let processIdentity: DropIdentity?
+        switch self.processIdentity(e) {
+        case .failure(let m): return failStart("vm \(d.name): \(m)")
+        case .success(let id): processIdentity = id
+        }
         let owner = state.withLock { _ in e.owner }
         var toOpen = d
         if received != nil { toOpen.boot = nil; toOpen.initrd = nil }   // RAM comes from the stream
-        switch GuestFiles.open(toOpen, as: fileIdentity(owner, vmUID: processIdentity?.uid ?? 65534)) {
+        switch GuestFiles.open(toOpen, as: rules.fileIdentity(owner, vmUID: processIdentity?.uid ?? 65534)) {
         case .failure(let m): return failStart(m.description)
         case .success(let f): files = f
         }
@@ -242,6 +180,16 @@ extension Daemon {
         }
         close(pty.slave)
         close(pair.1)
+        let cgroup: String?
+        switch placeInCgroup(pid, e, d) {
+        case .success(let dir): cgroup = dir
+        case .failure(let p):
+            kill(pid, SIGKILL)
+            var st: Int32 = 0
+            while waitpid(pid, &st, 0) < 0 && errno == EINTR {}
+            close(pty.master); close(pair.0)
+            return failStart("vm \(d.name): \(p)")
+        }
         let ch = ControlChannel(fd: pair.0)
         // The VM process has 30 s to say it started; a received one reads its whole
         // stream first (each read bounded by receiveReadTimeout), so it gets 10 minutes.
@@ -254,6 +202,7 @@ extension Daemon {
             e.channel = ch
             e.running = d
             e.interfaces = interfaces
+            e.cgroup = cgroup
         }
         monitor(e, pid)
 

@@ -15,8 +15,12 @@ extension Daemon {
             while waitpid(pid, &st, 0) < 0 {
                 if errno != EINTR { st = 0; break }
             }
-            let (why, code) = describeWaitStatus(st)
+            var (why, code) = describeWaitStatus(st)
+            let cgroup = state.withLock { _ in e.cgroup }
+            if let cgroup, st & 0x7f == SIGKILL, let oom = VMCgroupTree.oomNote(cgroup) { why += ": " + oom }
+            removeCgroup(cgroup)
             let wasStopping = state.withLock { _ in
+                e.cgroup = nil
                 let stopping = e.state == .stopping
                 e.state = .stopped
                 e.pid = nil

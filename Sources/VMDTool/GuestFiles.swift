@@ -176,17 +176,17 @@ enum GuestFiles {
         return disks
     }
 
-    /// Becomes `id` (supplementary groups: only its gid), for good. Called once the process
+    /// Becomes `id` (no supplementary groups at all), for good. Called once the process
     /// holds its guest files, /dev/kvm and its console; nothing later opens a file.
     static func dropPrivileges(to id: DropIdentity?) throws {
         guard let id, geteuid() == 0, id.uid != 0 else { return }
-        var groups = [gid_t(id.gid)]
-        guard setgroups(1, &groups) == 0 else { throw GuestError(description: "setgroups: \(String(cString: strerror(errno)))") }
+        guard setgroups(0, nil) == 0 else { throw GuestError(description: "setgroups: \(String(cString: strerror(errno)))") }
         // As root, setgid/setuid set the real, effective and saved ids.
         guard setgid(id.gid) == 0 else { throw GuestError(description: "setgid(\(id.gid)): \(String(cString: strerror(errno)))") }
         guard setuid(id.uid) == 0 else { throw GuestError(description: "setuid(\(id.uid)): \(String(cString: strerror(errno)))") }
         // Root must be gone for good: getting it back has to fail.
-        guard setuid(0) != 0, getuid() == id.uid, geteuid() == id.uid else {
+        guard setuid(0) != 0, getuid() == id.uid, geteuid() == id.uid, getgid() == id.gid, getegid() == id.gid,
+              getgroups(0, nil) == 0 else {
             throw GuestError(description: "could not give up root for user \(id.user)")
         }
     }

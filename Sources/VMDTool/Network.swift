@@ -189,7 +189,8 @@ enum VMNetwork {
             }
             let tap: (fd: Int32, name: String)
             do {
-                tap = try TapInterface.open(name: tapName(spec))
+                // With the virtio-net header: the guest's offloads pass through (virtio.md).
+                tap = try TapInterface.open(name: tapName(spec), virtioHeader: true)
             } catch {
                 return fail(i, "\(error)")
             }

@@ -6,6 +6,7 @@ import Foundation
 import Logging
 import Control
 import VMConfig
+import VMDCore
 
 /// vmd(8): the virtual machine daemon.
 struct VMDCommand: ParsableCommand {
@@ -38,6 +39,12 @@ struct VMDCommand: ParsableCommand {
     @Option(name: .customLong("vm-uid-base"), help: ArgumentHelp("Without --vm-user, the VM process of VM id N runs as uid and gid BASE + N (default 1073741824, 2^30).", valueName: "base"))
     var vmUIDBase: UInt32 = 1 << 30
 
+    @Option(name: .customLong("vm-uid-count"), help: ArgumentHelp("How many ids the VM uid range holds (VM ids 1 to COUNT-1; default 65536). No host user, group or /etc/subuid, /etc/subgid range may lie in it.", valueName: "count"))
+    var vmUIDCount: UInt32 = VMUIDRange.defaultCount
+
+    @Option(name: .customLong("cgroup"), help: ArgumentHelp("The cgroup v2 directory in which each VM process gets a cgroup of its own with memory, pids and cpu limits (default: vmd's own cgroup), or \"none\".", valueName: "dir"))
+    var cgroup: String?
+
     @Flag(name: .customLong("fake-vms"), help: ArgumentHelp("Run stand-in guests instead of machines (tests).", visibility: .hidden))
     var fakeVMs = false
 
@@ -55,10 +62,19 @@ struct VMDCommand: ParsableCommand {
         if let vmUser, getpwnam(vmUser) == nil {
             throw ValidationError("--vm-user \(vmUser): no such user")
         }
+        let vmUIDs = VMUIDRange(base: vmUIDBase, count: vmUIDCount)
+        if !checkOnly, vmUser == nil, geteuid() == 0 {
+            // A VM process must never get a uid or gid that may own files on the host.
+            let problems = HostIDs.check(vmUIDs)
+            if !problems.isEmpty {
+                for p in problems.prefix(5) { printError("vmd: \(p)") }
+                throw ExitCode(1)
+            }
+        }
         let options = DaemonOptions(
             configPath: file, macros: macros,
             socketPath: socket ?? ProcessInfo.processInfo.environment["VMD_SOCKET"] ?? ControlProtocol.defaultSocketPath,
-            fakeVMs: fakeVMs, verbose: verbose, vmUser: vmUser, vmUIDBase: vmUIDBase)
+            fakeVMs: fakeVMs, verbose: verbose, vmUser: vmUser, vmUIDs: vmUIDs, cgroup: cgroup)
 
         if checkOnly {
             do {

@@ -97,6 +97,11 @@ public enum NetworkConfigError: Error, Equatable, CustomStringConvertible {
 }
 
 extension Machine {
+    /// TUNSETOFFLOAD for what the guest's driver accepted.
+    @Sendable static func setTapOffloads(_ fd: Int32, _ offloads: NetworkOffloads) -> Bool {
+        TapInterface.setOffloads(fd, TapInterface.Offloads(rawValue: offloads.rawValue))
+    }
+
     /// Opens each interface's backend (creating taps) and picks its MAC.
     static func networkSpecs(config: MachineConfig, log: Logger) throws -> [VirtioNetSpec] {
         guard config.networkInterfaces.count <= VirtioMachineSet.maximumNetworkInterfaces else {
@@ -109,8 +114,9 @@ extension Machine {
             switch interface.attachment {
             case let .tap(name):
                 do {
-                    let tap = try TapInterface.open(name: name ?? "tap%d")
-                    backend = FileDescriptorNetworkBackend(fd: tap.fd, name: "tap \(tap.name)")
+                    let tap = try TapInterface.open(name: name ?? "tap%d", virtioHeader: true)
+                    backend = FileDescriptorNetworkBackend(fd: tap.fd, name: "tap \(tap.name)", virtioHeader: true,
+                                                           offloadControl: Self.setTapOffloads)
                     try HostInterfaces.setUp(tap.name, true)
                 } catch {
                     throw NetworkConfigError.hostInterface(index: i, reason: "\(error)")
@@ -119,7 +125,9 @@ extension Machine {
                 guard fcntl(fd, F_GETFD) >= 0 else {
                     throw NetworkConfigError.hostInterface(index: i, reason: "descriptor \(fd) is not open")
                 }
-                backend = FileDescriptorNetworkBackend(fd: fd)
+                // A tap vmd opened with the virtio-net header, or anything else (a socketpair).
+                let header = TapInterface.hasVirtioHeader(fd)
+                backend = FileDescriptorNetworkBackend(fd: fd, virtioHeader: header, offloadControl: header ? Self.setTapOffloads : nil)
             case let .backend(b):
                 backend = b
             }

@@ -6,10 +6,11 @@ import Glibc
 
 /// Which execution tier `X86CPU.run(budget:)` uses: `interp` decodes one instruction at a
 /// time through the decoded-instruction cache; `block` runs decoded basic blocks
-/// (`BlockCache`). Chosen once per process from `SWIFTVMM_CPU_TIER` (default `interp`
-/// until the block tier has passed the Linux boot tests).
+/// (`BlockCache`); `jit` runs the same blocks, with hot ones compiled to host code
+/// (`JIT.swift`). Chosen once per process from `SWIFTVMM_CPU_TIER` (default `interp`
+/// until the other tiers have passed the Linux boot tests).
 public enum CPUTier: String, Sendable {
-    case interp, block
+    case interp, block, jit
 
     public static let fromEnvironment: CPUTier = {
         if let p = getenv("SWIFTVMM_CPU_TIER"), let t = CPUTier(rawValue: String(cString: p)) { return t }
@@ -39,8 +40,7 @@ final class BlockCache {
     let headers: UnsafeMutablePointer<BlockHeader>
     let insns: UnsafeMutablePointer<Insn>
     let bytes: UnsafeMutableRawPointer
-    /// Statistics for benchmarks: block entries that hit, blocks built.
-    var hits: UInt64 = 0
+    /// Statistics for benchmarks: blocks built (hits are counted in `X86CPU.blockHitCount`).
     var builds: UInt64 = 0
 
     init() {
@@ -55,9 +55,18 @@ final class BlockCache {
         headers.deallocate(); insns.deallocate(); bytes.deallocate()
     }
 
+    var view: BlockCacheView { BlockCacheView(headers: headers, insns: insns, bytes: bytes) }
+
     @inline(__always) static func slot(_ key: UInt) -> Int {
         Int(truncatingIfNeeded: (key ^ (key >> UInt(slotBits)) ^ (key >> 24)) & UInt(slots - 1))
     }
+}
+
+/// `BlockCache`'s arrays (kept in the CPU, so the per-block path does no reference counting).
+struct BlockCacheView {
+    let headers: UnsafeMutablePointer<BlockHeader>
+    let insns: UnsafeMutablePointer<Insn>
+    let bytes: UnsafeMutableRawPointer
 }
 
 extension Insn {
@@ -112,7 +121,13 @@ extension X86CPU {
     /// Per instruction it still tests the attention word (one load), so a queued exit, a
     /// kick, IF 0 -> 1 or a posted interrupt are seen after the same instruction as in the
     /// interpreter; the block lookup, its byte check and the fetch/TLB check are per block.
-    func runBlocks(budget: Int) -> X86StopReason {
+    /// The two block loops are out of line so `run`'s interpreter loop stays small enough
+    /// for `step` to inline into it.
+    @inline(never) func runBlockTier(budget: Int) -> X86StopReason { runBlocks(budget: budget, jit: false) }
+    @inline(never) func runJITTier(budget: Int) -> X86StopReason { runBlocks(budget: budget, jit: true) }
+
+    @inline(__always)
+    func runBlocks(budget: Int, jit: Bool) -> X86StopReason {
         let apic = self.apic
         var left = budget
         var untilTimer = 0
@@ -122,7 +137,7 @@ extension X86CPU {
                 if let p = ripProfile, instructions &- profiledAt >= 2048 { profiledAt = instructions; p.sample(rip, cpl: cpl) }
                 untilTimer = 2048
             }
-            let n = runBlock(limit: min(left, untilTimer))
+            let n = runBlock(limit: min(left, untilTimer), jit: jit)
             left &-= n
             untilTimer &-= n
             if apic.attention.load(ordering: .relaxed) != 0, let stop = serviceAttention() { return stop }
@@ -132,9 +147,10 @@ extension X86CPU {
 
     /// Runs the block at CS:RIP (building it on a miss), at most `limit` instructions, and
     /// stops early when the attention word is set, an instruction faults or exits, or a
-    /// store changed the block's own bytes. Returns the instructions attempted.
+    /// store changed the block's own bytes. Returns the instructions attempted. With `jit`,
+    /// a compiled prefix of the block (`runCompiled`) runs first, the rest as usual.
     @inline(__always)
-    func runBlock(limit: Int) -> Int {
+    func runBlock(limit: Int, jit: Bool) -> Int {
         let ip = rip & ipMask
         let startLA = (segBase(SReg.cs) &+ ip) & linearMask
         let off = Int(startLA & 0xFFF)
@@ -146,7 +162,7 @@ extension X86CPU {
         let p = page + off
         let mode: UInt = mode64 ? 8 : UInt(truncatingIfNeeded: defaultSize)
         let key = UInt(bitPattern: p) | (mode << 56)
-        let bc = blocks
+        let bc = blockView ?? makeBlockView()
         let slot = BlockCache.slot(key)
         let h = bc.headers + slot
         let copy = bc.bytes + slot &* BlockCache.maxBytes
@@ -156,7 +172,7 @@ extension X86CPU {
         if h.pointee.key != key || memcmp(p, copy, Int(h.pointee.byteLen)) != 0 {
             guard buildBlock(p, off: off, key: key, slot: slot) else { interruptShadow = false; step(); return 1 }
         } else {
-            bc.hits &+= 1
+            blockHitCount &+= 1
         }
         let count = min(Int(h.pointee.count), limit)
         let mayStore = h.pointee.mayStore
@@ -165,6 +181,11 @@ extension X86CPU {
         let apic = self.apic
         var done = 0
         var pos = 0
+        if jit {
+            interruptShadow = false
+            (done, pos) = runCompiled(slot: slot, insns: insns, count: Int(h.pointee.count), limit: count)
+            if done != 0 && (done >= count || apic.attention.load(ordering: .relaxed) != 0) { return done }
+        }
         while done < count {
             interruptShadow = false
             let exitsBefore = exitCount
@@ -195,6 +216,12 @@ extension X86CPU {
     /// Decodes the basic block at host address `p` (page offset `off`, CS:RIP) into `slot`.
     /// Returns false when not even its first instruction can be cached (the interpreter
     /// then runs it, raising whatever fault it has).
+    @inline(never) func makeBlockView() -> BlockCacheView {
+        let v = blocks.view
+        blockView = v
+        return v
+    }
+
     @inline(never)
     func buildBlock(_ p: UnsafeMutableRawPointer, off: Int, key: UInt, slot: Int) -> Bool {
         let bc = blocks
@@ -225,6 +252,7 @@ extension X86CPU {
         if memcmp(p, copy, len) != 0 { h.pointee = BlockHeader(); return false }
         h.pointee = BlockHeader(key: key, mayStore: mayStore, count: UInt16(count), byteLen: UInt16(len))
         bc.builds &+= 1
+        jitState?.forget(slot)
         return true
     }
 }

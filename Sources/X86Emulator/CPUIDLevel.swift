@@ -34,11 +34,13 @@ enum ISAExtension {
     /// v3 (`lzcnt` is CPUID's ABM bit; `bmi1` includes TZCNT; `xsave`: XSAVE/XRSTOR/
     /// XGETBV/XSETBV and CR4.OSXSAVE).
     case movbe, lzcnt, bmi1, bmi2, xsave
+    /// v3's vector extensions: AVX, AVX2, FMA, F16C (with XCR0.AVX and CR4.OSXSAVE).
+    case avx
 
     var level: X86CPULevel {
         switch self {
         case .sse3, .ssse3, .sse41, .sse42, .popcnt, .cx16, .lahf64: return .v2
-        case .movbe, .lzcnt, .bmi1, .bmi2, .xsave: return .v3
+        case .movbe, .lzcnt, .bmi1, .bmi2, .xsave, .avx: return .v3
         }
     }
 }
@@ -55,7 +57,8 @@ extension X86CPULevel {
         switch self {
         case .baseline: return 0
         case .v2: return v2
-        case .v3: return v2 | (1 << 22) | (1 << 26)   // MOVBE, XSAVE (OSXSAVE, 27, follows CR4)
+        // FMA, MOVBE, XSAVE (OSXSAVE, 27, follows CR4), AVX, F16C
+        case .v3: return v2 | (1 << 12) | (1 << 22) | (1 << 26) | (1 << 28) | (1 << 29)
         }
     }
 
@@ -69,8 +72,8 @@ extension X86CPULevel {
         }
     }
 
-    /// CPUID.(EAX=7,ECX=0):EBX feature bits of the level: BMI1 (3), BMI2 (8).
+    /// CPUID.(EAX=7,ECX=0):EBX feature bits of the level: BMI1 (3), AVX2 (5), BMI2 (8).
     var leaf7EBX: UInt32 {
-        self >= .v3 ? (1 << 3) | (1 << 8) : 0
+        self >= .v3 ? (1 << 3) | (1 << 5) | (1 << 8) : 0
     }
 }

@@ -18,11 +18,15 @@ public struct X86CPUSnapshot: Codable, Sendable, Equatable {
     public var efer: UInt64
     public var dr: [UInt64]             // 8
     public var xcr0: UInt64
-    /// star, lstar, cstar, sfmask, kernelGSBase, sysenterCS/ESP/EIP, pat, tscAux, mtrrDefType, miscEnable.
+    /// star, lstar, cstar, sfmask, kernelGSBase, sysenterCS/ESP/EIP, pat, tscAux, mtrrDefType, miscEnable,
+    /// tscAdjust (the last is absent in streams written before it existed).
     public var msrs: [UInt64]
     /// The guest TSC at the snapshot (restored as an offset to the new host clock).
     public var tsc: UInt64
     public var xmm: [UInt64]            // 32 quadwords
+    /// The YMM registers' upper halves (bits 255:128, 32 quadwords); nil in snapshots
+    /// from before AVX (restored as zero).
+    public var ymmHigh: [UInt64]?
     public var mxcsr: UInt32
     /// x87 (and MMX, which aliases its mantissas): fcw, fsw, ftw, fop, fcs, fds, fip, fdp.
     public var x87Control: [UInt64]
@@ -115,9 +119,9 @@ extension X86CPU {
             segments: (0..<6).map { seg[$0] } + [tr, ldtr], gdtr: gdtr, idtr: idtr,
             cr: [cr0, cr2, cr3, cr4], efer: efer, dr: dr, xcr0: xcr0,
             msrs: [star, lstar, cstar, sfmask, kernelGSBase, sysenterCS, sysenterESP, sysenterEIP,
-                   pat, tscAux, mtrrDefType, miscEnable],
+                   pat, tscAux, mtrrDefType, miscEnable, tscAdjust],
             tsc: readTSC(),
-            xmm: (0..<32).map { xmm[$0] }, mxcsr: mxcsr,
+            xmm: (0..<32).map { xmm[$0] }, ymmHigh: (32..<64).map { xmm[$0] }, mxcsr: mxcsr,
             x87Control: [UInt64(f.fcw), UInt64(f.fsw), UInt64(f.ftw), UInt64(f.fop), UInt64(f.fcs), UInt64(f.fds), f.fip, f.fdp],
             x87Mantissa: (0..<8).map { f.mant[$0] }, x87Exponent: (0..<8).map { f.sexp[$0] },
             interruptShadow: interruptShadow, halted: halted, nmiPending: nmiPending,
@@ -127,8 +131,8 @@ extension X86CPU {
 
     /// Replaces the whole state with `s` (checked first: nothing changes on a malformed one).
     public func restore(_ s: X86CPUSnapshot) throws {
-        guard s.gpr.count == 16, s.segments.count == 8, s.cr.count == 4, s.dr.count == 8, s.msrs.count == 12,
-              s.xmm.count == 32, s.x87Control.count == 8, s.x87Mantissa.count == 8, s.x87Exponent.count == 8 else {
+        guard s.gpr.count == 16, s.segments.count == 8, s.cr.count == 4, s.dr.count == 8, (12...13).contains(s.msrs.count),
+              s.xmm.count == 32, (s.ymmHigh?.count ?? 32) == 32, s.x87Control.count == 8, s.x87Mantissa.count == 8, s.x87Exponent.count == 8 else {
             throw CPUSnapshotError.malformed("register arrays have the wrong size")
         }
         try LocalAPIC.validate(s.apic)
@@ -142,8 +146,9 @@ extension X86CPU {
         star = m[0]; lstar = m[1]; cstar = m[2]; sfmask = m[3]; kernelGSBase = m[4]
         sysenterCS = m[5]; sysenterESP = m[6]; sysenterEIP = m[7]; pat = m[8]; tscAux = m[9]
         mtrrDefType = m[10]; miscEnable = m[11]
+        tscAdjust = m.count > 12 ? m[12] : 0   // streams before IA32_TSC_ADJUST have 12
         tscOffset = Int64(bitPattern: s.tsc) &- Int64(bitPattern: now)
-        for i in 0..<32 { xmm[i] = s.xmm[i] }
+        for i in 0..<32 { xmm[i] = s.xmm[i]; xmm[32 + i] = s.ymmHigh?[i] ?? 0 }
         mxcsr = s.mxcsr
         var f = X87State()
         let c = s.x87Control

@@ -403,7 +403,7 @@ extension X86CPU {
 
     func cpuid() {
         let leaf = UInt32(truncatingIfNeeded: r[0]), sub = UInt32(truncatingIfNeeded: r[1])
-        let (a, b, c, dd) = CPUIDTable.query(leaf: leaf, subleaf: sub, apicID: apic.id, cr4: cr4, level: cpuLevel)
+        let (a, b, c, dd) = CPUIDTable.query(leaf: leaf, subleaf: sub, apicID: apic.id, cr4: cr4, level: cpuLevel, xcr0: xcr0)
         r[0] = UInt64(a); r[3] = UInt64(b); r[1] = UInt64(c); r[2] = UInt64(dd)
     }
 
@@ -411,6 +411,7 @@ extension X86CPU {
         switch msr {
         case 0x10: return readTSC()
         case 0x1B: return apic.baseMSR
+        case 0x3B: return tscAdjust
         case 0x3A, 0x8B, 0x8C...0x8F, 0xFE, 0x179, 0x17A, 0x2FF, 0x34, 0xCE, 0x140, 0x4E0...0x4FF: return msr == 0x2FF ? mtrrDefType : 0
         case 0x174: return sysenterCS
         case 0x175: return sysenterESP
@@ -440,7 +441,16 @@ extension X86CPU {
             if UInt64(bitPattern: Int64(bitPattern: x << 16) >> 16) != x { throw gpFault() }
         }
         switch msr {
-        case 0x10: tscOffset = Int64(bitPattern: v) &- Int64(bitPattern: HostClock.nanoseconds())
+        case 0x10:
+            // A write to the TSC moves IA32_TSC_ADJUST by the same amount (SDM 17.17.3).
+            let now = HostClock.nanoseconds()
+            let old = UInt64(bitPattern: Int64(bitPattern: now) &+ tscOffset)
+            tscOffset = Int64(bitPattern: v) &- Int64(bitPattern: now)
+            tscAdjust &+= v &- old
+        case 0x3B:
+            // Writing IA32_TSC_ADJUST adds the difference to the TSC.
+            tscOffset &+= Int64(bitPattern: v &- tscAdjust)
+            tscAdjust = v
         case 0x1B: apic.setBaseMSR(v, cpu: self); flushTLB()
         case 0x3A, 0x8B, 0x179, 0x17A, 0x2FF, 0x200...0x21F, 0x250, 0x258, 0x259, 0x268...0x26F, 0x400...0x47F, 0x4E0...0x4FF, 0x140:
             if msr == 0x2FF { mtrrDefType = v }
@@ -483,7 +493,8 @@ public enum CPUIDTable {
         return (w(0), w(4), w(8))
     }
 
-    public static func query(leaf: UInt32, subleaf: UInt32, apicID: UInt32, cr4: UInt64, level: X86CPULevel = .default) -> (UInt32, UInt32, UInt32, UInt32) {
+    public static func query(leaf: UInt32, subleaf: UInt32, apicID: UInt32, cr4: UInt64, level: X86CPULevel = .default,
+                             xcr0: UInt64 = 1) -> (UInt32, UInt32, UInt32, UInt32) {
         switch leaf {
         case 0:
             let v = str("GenuineIntel")
@@ -500,12 +511,18 @@ public enum CPUIDTable {
                 | (1 << 11) | (1 << 13) | (1 << 15) | (1 << 16) | (1 << 19) | (1 << 23) | (1 << 24) | (1 << 25) | (1 << 26)
             return (eax, ebx, ecx, edx)
         case 7:
-            // Structured extended features, subleaf 0 only (EAX = 0: the last subleaf).
-            return (0, subleaf == 0 ? level.leaf7EBX : 0, 0, 0)
+            // Structured extended features, subleaf 0 only (EAX = 0: the last subleaf);
+            // EBX bit 1: IA32_TSC_ADJUST, at every level (see leaf 0x8000_0007).
+            return (0, subleaf == 0 ? level.leaf7EBX | (1 << 1) : 0, 0, 0)
         case 0xD where level >= .v3:
-            // XSAVE: x87 and SSE, 576-byte standard area; no XSAVEOPT/XSAVEC/XGETBV1/XSAVES.
-            let size = X86CPU.xsaveAreaSize
-            return subleaf == 0 ? (UInt32(X86CPU.xcr0Supported), size, size, 0) : (0, 0, 0, 0)
+            // XSAVE (`XSave.swift`): x87, SSE, AVX; standard form only (no XSAVEOPT/XSAVEC/
+            // XGETBV1/XSAVES). Subleaf 0: supported XCR0 bits, the area size for the enabled
+            // ones and for all; subleaf 2: AVX's size and offset.
+            switch subleaf {
+            case 0: return (UInt32(X86CPU.xcr0Supported), X86CPU.xsaveAreaSize(xcr0), X86CPU.xsaveAreaSize(X86CPU.xcr0Supported), 0)
+            case 2: return (X86CPU.ymmHighSize, X86CPU.ymmHighOffset, 0, 0)
+            default: return (0, 0, 0, 0)
+            }
         case 0x15:
             // TSC = crystal (25 MHz) * 40 / 1.
             return (1, UInt32(tscHz / 25_000_000), 25_000_000, 0)
@@ -522,6 +539,14 @@ public enum CPUIDTable {
             let base = Int(leaf - 0x8000_0002) * 16
             func w(_ i: Int) -> UInt32 { UInt32(name[i]) | UInt32(name[i + 1]) << 8 | UInt32(name[i + 2]) << 16 | UInt32(name[i + 3]) << 24 }
             return (w(base), w(base + 4), w(base + 8), w(base + 12))
+        case 0x8000_0007:
+            // EDX bit 8: invariant TSC. Our TSC counts host nanoseconds, whatever the
+            // emulator's speed or the host's load, so it is the guest's best clock. With
+            // it (Linux: constant_tsc + nonstop_tsc) and TSC_ADJUST, Linux trusts the TSC
+            // and does not run its clocksource watchdog, which otherwise compares it with
+            // jiffies (timer ticks, late or lost on a slow or loaded host), marks it
+            // unstable and keeps time by ticks: the guest clock then drifts from real time.
+            return (0, 0, 0, 1 << 8)
         case 0x8000_0008:
             return (0x3028, 0, 0, 0)  // 40-bit physical, 48-bit virtual
         default:

@@ -150,6 +150,37 @@ final class HostFloat: @unchecked Sendable {
         for op: UInt8 in [0x40, 0x41] {
             for imm in 0..<256 { e.append([0x66, 0x0F, 0x3A, op, 0xC1, UInt8(imm)]) }
         }
+        return e + vexEncodings()
+    }
+
+    /// The VEX-encoded thunks (run only on a host with AVX, FMA and F16C, `hostHasAVX`):
+    /// VCMPPS/PD/SS/SD xmm0, xmm0, xmm1 with the 32 predicates; the FMA3 forms xmm0, xmm1,
+    /// xmm2 (VEX.128; W0 ps/ss, W1 pd/sd); VCVTPH2PS xmm0, xmm1; VCVTPS2PH xmm0, xmm1, imm.
+    static func vexEncodings() -> [[UInt8]] {
+        var e: [[UInt8]] = []
+        for pp: UInt8 in 0..<4 {
+            for imm: UInt8 in 0..<32 { e.append([0xC5, 0xF8 | pp, 0xC2, 0xC1, imm]) }
+        }
+        for op in Array(0x96...0x9F) + Array(0xA6...0xAF) + Array(0xB6...0xBF) {
+            for w: UInt8 in [0x71, 0xF1] { e.append([0xC4, 0xE2, w, UInt8(op), 0xC2]) }
+        }
+        e.append([0xC4, 0xE2, 0x79, 0x13, 0xC1])
+        for imm: UInt8 in 0..<8 { e.append([0xC4, 0xE3, 0x79, 0x1D, 0xC8, imm]) }
         return e
     }
+
+    /// True if the host can run the VEX thunks: AVX, AVX2, FMA and F16C, enabled by the host
+    /// kernel (Linux lists a flag only when its state is enabled in XCR0).
+    static let hostHasAVX: Bool = {
+        guard let fd = fopen("/proc/cpuinfo", "r") else { return false }
+        defer { fclose(fd) }
+        var line = [CChar](repeating: 0, count: 8192)
+        while fgets(&line, Int32(line.count), fd) != nil {
+            let s = String(cString: line)
+            guard s.hasPrefix("flags") else { continue }
+            let flags = Set(s.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" }).map(String.init))
+            return ["avx", "avx2", "fma", "f16c"].allSatisfy(flags.contains)
+        }
+        return false
+    }()
 }

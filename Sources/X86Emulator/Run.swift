@@ -178,7 +178,11 @@ extension X86CPU {
     /// profiling are looked at every 2048 instructions.
     public func run(budget: Int) -> X86StopReason {
         if let stop = serviceAttention() { return stop }
-        if tier == .block { return runBlocks(budget: budget) }
+        switch tier {
+        case .block: return runBlockTier(budget: budget)
+        case .jit: return runJITTier(budget: budget)
+        case .interp: break
+        }
         let apic = self.apic
         var left = budget
         while left > 0 {

@@ -52,10 +52,10 @@ extension X86CPU {
         return true
     }
 
-    /// Runs one thunk encoding on (xmm0 = a, xmm1 = s, rax) under the guest's MXCSR with
-    /// every exception masked: (xmm0, rax, rflags, the exception flags raised), or nil if
-    /// the encoding is not in the table.
-    func runHostSSE(_ enc: [UInt8], _ a: V2, _ s: V2, rax: UInt64 = 0) -> (V2, UInt64, UInt64, UInt32)? {
+    /// Runs one thunk encoding on (xmm0 = a, xmm1 = s, xmm2 = c, rax) under the guest's MXCSR
+    /// with every exception masked: (xmm0, rax, rflags, the exception flags raised), or nil
+    /// if the encoding is not in the table.
+    func runHostSSE(_ enc: [UInt8], _ a: V2, _ s: V2, rax: UInt64 = 0, c: V2 = V2(0, 0)) -> (V2, UInt64, UInt64, UInt32)? {
         var out = a, outRAX: UInt64 = 0, outFlags: UInt64 = 0, raised: UInt32 = 0
         let guestMXCSR = (mxcsr & ~0x3F) | 0x1F80
         let ran = withUnsafeTemporaryAllocation(byteCount: HostFloat.sseContextSize, alignment: 16) { buf -> Bool in
@@ -66,8 +66,8 @@ extension X86CPU {
             ctx.storeBytes(of: a[1], toByteOffset: HostFloat.sseX0 + 8, as: UInt64.self)
             ctx.storeBytes(of: s[0], toByteOffset: HostFloat.sseX1, as: UInt64.self)
             ctx.storeBytes(of: s[1], toByteOffset: HostFloat.sseX1 + 8, as: UInt64.self)
-            ctx.storeBytes(of: 0, toByteOffset: HostFloat.sseX2, as: UInt64.self)
-            ctx.storeBytes(of: 0, toByteOffset: HostFloat.sseX2 + 8, as: UInt64.self)
+            ctx.storeBytes(of: c[0], toByteOffset: HostFloat.sseX2, as: UInt64.self)
+            ctx.storeBytes(of: c[1], toByteOffset: HostFloat.sseX2 + 8, as: UInt64.self)
             ctx.storeBytes(of: rax, toByteOffset: HostFloat.sseRAX, as: UInt64.self)
             ctx.storeBytes(of: 0x2, toByteOffset: HostFloat.sseFlags, as: UInt64.self)
             ctx.storeBytes(of: guestMXCSR, toByteOffset: HostFloat.sseMXCSR, as: UInt32.self)

@@ -73,9 +73,15 @@ extension X86CPU {
     }
 
     /// Executes a VEX-encoded instruction: the BMI1/BMI2 GPR instructions
-    /// (`V3Integer.swift`); every other VEX opcode (AVX, AVX2, FMA, F16C) raises #UD.
+    /// (`V3Integer.swift`), else AVX/AVX2/FMA/F16C (`AVX.swift`, `AVX2.swift`,
+    /// `AVXFloat.swift`) after the AVX state checks (`AVXState.swift`).
     func executeVEX(_ op: Int) throws(X86Fault) {
         if try bmiVEX(op) { return }
-        throw udFault()
+        try avxCheck()
+        switch op >> 8 {
+        case 4: try vexMap1(op & 0xFF)
+        case 5: try vexMap2(op & 0xFF)
+        default: try vexMap3(op & 0xFF)
+        }
     }
 }

@@ -150,6 +150,8 @@ public final class X86CPU {
     var mtrrDefType: UInt64 = 0
     var miscEnable: UInt64 = 1
     var tscOffset: Int64 = 0
+    /// IA32_TSC_ADJUST (MSR 0x3B): what guest writes have added to the TSC since reset.
+    var tscAdjust: UInt64 = 0
 
     // Mode, cached from CR0/EFER/CS/SS.
     var mode64 = false
@@ -166,7 +168,7 @@ public final class X86CPU {
     var d = Insn()
 
     // SSE / x87
-    let xmm: UnsafeMutablePointer<UInt64>   // 16 registers x 2 quadwords
+    let xmm: UnsafeMutablePointer<UInt64>   // 16 registers x 2 quadwords, then the YMM upper halves (`AVXState.swift`)
     var mxcsr: UInt32 = 0x1F80
     var fpu = X87State()
     /// The instruction-set level CPUID offers; instructions above it raise #UD.
@@ -236,9 +238,35 @@ public final class X86CPU {
         blockCache = b
         return b
     }
+    /// The block cache's arrays, for the per-block path (no reference counting).
+    var blockView: BlockCacheView?
+    var blockHitCount: UInt64 = 0
     /// Block-tier statistics for benchmarks: block entries that hit, blocks built.
-    public var blockHits: UInt64 { blockCache?.hits ?? 0 }
+    public var blockHits: UInt64 { blockHitCount }
     public var blockBuilds: UInt64 { blockCache?.builds ?? 0 }
+    /// The JIT tier's state (`JIT.swift`), made on its first use, with these settings
+    /// (tests may change them before the first run): runs before a block is compiled
+    /// (`SWIFTVMM_JIT_THRESHOLD`, default 4; 0 = at first sight) and the code cache size
+    /// (`SWIFTVMM_JIT_CACHE_KB`, default 16 MiB).
+    public var jitThreshold = JITState.defaultThreshold
+    public var jitCacheSize = JITCodeCache.defaultSize
+    private(set) var jitState: JITState?
+    var jitView: JITView?
+    var jitRunCount: UInt64 = 0
+    var jit: JITState {
+        if let j = jitState { return j }
+        let j = JITState(cacheSize: jitCacheSize, threshold: jitThreshold)
+        jitState = j
+        return j
+    }
+    /// JIT statistics for tests and benchmarks: blocks compiled, blocks found unsupported,
+    /// compiled-code runs, code-cache flushes.
+    public var jitCompiled: UInt64 { jitState?.compiled ?? 0 }
+    public var jitUnsupported: UInt64 { jitState?.unsupported ?? 0 }
+    public var jitRuns: UInt64 { jitRunCount }
+    public var jitFlushes: Int { jitState?.cache?.flushes ?? 0 }
+    /// Whether the host gave the JIT an executable code cache.
+    public var jitAvailable: Bool { jit.cache != nil }
 
     /// Retired instructions (for benchmarks and timer polling).
     public internal(set) var instructions: UInt64 = 0
@@ -259,7 +287,7 @@ public final class X86CPU {
         }
         r = .allocate(capacity: 16); r.initialize(repeating: 0, count: 16)
         seg = .allocate(capacity: 6); seg.initialize(repeating: X86Segment(), count: 6)
-        xmm = .allocate(capacity: 32); xmm.initialize(repeating: 0, count: 32)
+        xmm = .allocate(capacity: 64); xmm.initialize(repeating: 0, count: 64)
         tlbTag = .allocate(capacity: 3 * X86CPU.tlbSize)
         tlbTag.initialize(repeating: .max, count: 3 * X86CPU.tlbSize)
         tlbHost = .allocate(capacity: 3 * X86CPU.tlbSize)
@@ -290,7 +318,7 @@ public final class X86CPU {
         gdtr = X86DescriptorTable(base: 0, limit: 0xFFFF)
         idtr = X86DescriptorTable(base: 0, limit: 0x3FF)
         cr0 = 0x6000_0010; cr2 = 0; cr3 = 0; cr4 = 0; efer = 0
-        for i in 0..<32 { xmm[i] = 0 }
+        for i in 0..<64 { xmm[i] = 0 }
         mxcsr = 0x1F80; fpu = X87State(); xcr0 = 1
         halted = false; interruptShadow = false
         updateMode()

@@ -1,9 +1,9 @@
 import Hypervisor
 
 /// XSAVE, XRSTOR, XGETBV, XSETBV and XCR0 at level v3 (with CR4.OSXSAVE), for the state
-/// components implemented: x87 (bit 0) and SSE (bit 1). AVX (bit 2) does not exist yet, so
-/// XCR0 cannot enable it; CPUID leaf 0xD offers 0x3, a 576-byte standard-form area (the
-/// FXSAVE-format legacy region and the 64-byte header) and no XSAVEOPT/XSAVEC/XSAVES/
+/// components implemented: x87 (bit 0), SSE (bit 1) and AVX (bit 2, the YMM upper halves).
+/// CPUID leaf 0xD offers 0x7 and the standard form: the FXSAVE-format legacy region, the
+/// 64-byte header, AVX at 576 (256 bytes), 832 bytes in all; no XSAVEOPT/XSAVEC/XSAVES/
 /// XGETBV1. XINUSE is taken as always 1 (allowed: an XSAVE may report a component in its
 /// initial state as in use), so XSAVE sets XSTATE_BV for every requested component.
 extension X86Bits {
@@ -12,9 +12,14 @@ extension X86Bits {
 
 extension X86CPU {
     /// The XCR0 bits this CPU supports.
-    static let xcr0Supported: UInt64 = 0x3
-    /// Bytes of the standard-form XSAVE area for the supported components.
-    static let xsaveAreaSize: UInt32 = 576
+    static let xcr0Supported: UInt64 = 0x7
+    /// The AVX component (YMM0-15 bits 255:128) in the standard form.
+    static let ymmHighOffset: UInt32 = 576, ymmHighSize: UInt32 = 256
+
+    /// Bytes of the standard-form XSAVE area holding the components in `features`.
+    static func xsaveAreaSize(_ features: UInt64) -> UInt32 {
+        features & 4 != 0 ? ymmHighOffset + ymmHighSize : 576
+    }
 
     /// XGETBV (0F 01 D0) and XSETBV (0F 01 D1).
     func xgetbvXsetbv(set: Bool) throws(X86Fault) {
@@ -26,7 +31,7 @@ extension X86CPU {
         }
         if cpl != 0 { throw gpFault() }
         let v = (r[2] & 0xFFFF_FFFF) << 32 | (r[0] & 0xFFFF_FFFF)
-        if v & ~X86CPU.xcr0Supported != 0 || v & 1 == 0 { throw gpFault() }
+        if v & ~X86CPU.xcr0Supported != 0 || v & 1 == 0 || v & 6 == 4 { throw gpFault() }   // AVX needs SSE
         xcr0 = v
     }
 
@@ -45,7 +50,7 @@ extension X86CPU {
     func xsave(_ ea: UInt64) throws(X86Fault) {
         let (la, rfbm) = try xsaveArea(ea)
         // Every byte writable (and the dirty bits set) before anything is stored.
-        for off in stride(from: UInt64(0), to: UInt64(X86CPU.xsaveAreaSize), by: 8) {
+        for off in stride(from: UInt64(0), to: UInt64(X86CPU.xsaveAreaSize(rfbm)), by: 8) {
             _ = try rmwPointer((la &+ off) & linearMask, 8)
         }
         if rfbm & 1 != 0 { try saveX87Image(la) }
@@ -53,6 +58,7 @@ extension X86CPU {
             try saveMXCSRImage(la)
             try saveXMMImage(la)
         }
+        if rfbm & 4 != 0 { try saveYMMHighImage(la) }
         let bv = try imageRead(la, 512, 8)
         try writeLinear((la &+ 512) & linearMask, 8, (bv & ~rfbm) | (rfbm & X86CPU.xcr0Supported), user: cpl == 3)
     }
@@ -61,10 +67,10 @@ extension X86CPU {
     /// reserved header (XCOMP_BV or the next 8 bytes nonzero) or XSTATE_BV bits outside
     /// XCR0; each requested component is loaded where XSTATE_BV has it, else initialized
     /// (x87: FNINIT state with empty registers cleared; SSE: XMM registers zeroed; MXCSR
-    /// is loaded with SSE either way).
+    /// is loaded with SSE either way; AVX: the upper halves zeroed).
     func xrstor(_ ea: UInt64) throws(X86Fault) {
         let (la, rfbm) = try xsaveArea(ea)
-        _ = try imageRead(la, UInt64(X86CPU.xsaveAreaSize) - 1, 1)   // the whole area readable first
+        _ = try imageRead(la, UInt64(X86CPU.xsaveAreaSize(rfbm)) - 1, 1)   // the whole area readable first
         let bv = try imageRead(la, 512, 8)
         let comp = try imageRead(la, 520, 8), reserved = try imageRead(la, 528, 8)
         if comp != 0 || reserved != 0 || bv & ~xcr0 != 0 { throw gpFault() }
@@ -80,6 +86,9 @@ extension X86CPU {
             } else {
                 for i in 0..<(mode64 ? 32 : 16) { xmm[i] = 0 }
             }
+        }
+        if rfbm & 4 != 0 {
+            if bv & 4 != 0 { try loadYMMHighImage(la) } else { clearYMMHigh() }
         }
         f.updateSummary()
         fpu = f

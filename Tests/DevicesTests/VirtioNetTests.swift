@@ -19,8 +19,9 @@ struct NetRig {
 
     static let mac: [UInt8] = [0xFE, 0xE1, 0xBA, 0xD0, 0x12, 0x34]
 
-    init(backend: any NetworkBackend = MemoryNetworkBackend(), wanted: UInt64 = .max, locked: Bool = false) throws {
-        memory = try GuestMemory(size: 1 << 20)
+    init(backend: any NetworkBackend = MemoryNetworkBackend(), wanted: UInt64 = .max, locked: Bool = false,
+         memorySize: Int = 1 << 20) throws {
+        memory = try GuestMemory(size: memorySize)
         self.backend = backend
         net = VirtioNet(mac: Self.mac, backend: backend, lockedMAC: locked)
         device = VirtioPCIDevice(model: net, memory: memory, interrupts: irq,
@@ -151,7 +152,7 @@ func testFrame(_ n: Int, seed: UInt8 = 1) -> [UInt8] {
 
     @Test func transmitOffloadHeadersAndRefusedSendsAreDropped() throws {
         let rig = try NetRig()
-        var csum = [UInt8](repeating: 0, count: 12); csum[0] = VirtioNet.HeaderFlag.needsChecksum
+        var csum = [UInt8](repeating: 0, count: 12); csum[0] = VirtioNetHeader.Flag.needsChecksum
         var gso = [UInt8](repeating: 0, count: 12); gso[1] = 1   // VIRTIO_NET_HDR_GSO_TCPV4
         try rig.transmit(testFrame(60), header: csum)
         try rig.transmit(testFrame(60), header: gso)

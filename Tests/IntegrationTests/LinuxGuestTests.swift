@@ -12,21 +12,46 @@ import Testing
 @Suite(.serialized) struct LinuxGuestTests {
     static let marker = "SWIFTVMM-INIT-OK"
 
-    /// The cached guest files for `arch`, or nil (with the reason printed) when they are
-    /// missing or SWIFTVMM_SKIP_LINUX_BOOT is set.
-    static func guestFiles(_ arch: String, test: String = #function) -> (kernel: String, initrd: String)? {
-        if ProcessInfo.processInfo.environment["SWIFTVMM_SKIP_LINUX_BOOT"] != nil {
-            print("SKIPPED \(test): SWIFTVMM_SKIP_LINUX_BOOT is set")
-            return nil
-        }
+    /// The cached guest files for `arch` (guests/debian/build.sh puts them there).
+    static func guestFiles(_ arch: String) -> (kernel: String, initrd: String) {
         let cache = ProcessInfo.processInfo.environment["SWIFTVMM_GUEST_CACHE"]
             ?? Harness.packageRoot.appendingPathComponent(".build/guests/debian").path
-        let kernel = "\(cache)/\(arch)/vmlinux", initrd = "\(cache)/\(arch)/initramfs.cpio.gz"
-        for f in [kernel, initrd] where !FileManager.default.fileExists(atPath: f) {
-            print("SKIPPED \(test): \(f) is missing (run guests/debian/build.sh\(arch == "amd64" ? "" : " --\(arch)"); it needs apt access)")
-            return nil
+        return ("\(cache)/\(arch)/vmlinux", "\(cache)/\(arch)/initramfs.cpio.gz")
+    }
+
+    /// Whether `arch`'s boot test can run: its guest files exist (`make test` builds them;
+    /// it needs apt access) and SWIFTVMM_SKIP_LINUX_BOOT is not set. A false shows as a skip.
+    static func canBoot(_ arch: String) -> Bool {
+        let g = guestFiles(arch)
+        return ProcessInfo.processInfo.environment["SWIFTVMM_SKIP_LINUX_BOOT"] == nil
+            && FileManager.default.fileExists(atPath: g.kernel) && FileManager.default.fileExists(atPath: g.initrd)
+    }
+
+    /// What is wrong with the guest's clocks, or nil. The init prints `SWIFTVMM-CLOCK
+    /// epoch=S uptime=U` just before powering off: its realtime clock (read from our RTC at
+    /// boot, then kept by the kernel from its clocksource) must agree with the host's at the
+    /// end of the run, and its time since boot cannot exceed the wall time the VM existed,
+    /// however slow the emulator and however loaded the host (the guest's clock tracks real
+    /// time, not the emulator's progress).
+    static func clockProblem(_ log: String, runStart: Date, runEnd: Date) -> String? {
+        guard let line = log.split(separator: "\n").first(where: { $0.hasPrefix("SWIFTVMM-CLOCK ") }) else {
+            return "no SWIFTVMM-CLOCK line"
         }
-        return (kernel, initrd)
+        var v: [String: Double] = [:]
+        for f in line.split(separator: " ").dropFirst() {
+            let kv = f.split(separator: "=", maxSplits: 1)
+            if kv.count == 2, let d = Double(kv[1]) { v[String(kv[0])] = d }
+        }
+        guard let epoch = v["epoch"], let uptime = v["uptime"] else { return "unreadable: \(line)" }
+        let end = runEnd.timeIntervalSince1970, wall = runEnd.timeIntervalSince(runStart)
+        // The line comes a moment before power-off; RTC seconds truncate (up to 1 s early).
+        if epoch < end - 10 || epoch > end + 2 {
+            return "guest realtime \(Int(epoch)) vs host \(Int(end)) at exit (\(Int(epoch - end)) s)"
+        }
+        if uptime > wall + 2 {
+            return "guest uptime \(uptime) s after \(String(format: "%.1f", wall)) s of wall time"
+        }
+        return nil
     }
 
     /// Boots `arch`'s kernel with a fresh 8 MiB raw disk whose first bytes are a marker;
@@ -45,14 +70,17 @@ import Testing
         return (r, after)
     }
 
-    @Test func debianAmd64KernelBootsToInitWithVirtioDevices() throws {
-        guard let (kernel, initrd) = Self.guestFiles("amd64") else { return }
+    @Test(.enabled(if: LinuxGuestTests.canBoot("amd64"), "needs guests/debian/build.sh's amd64 files and no SWIFTVMM_SKIP_LINUX_BOOT"))
+    func debianAmd64KernelBootsToInitWithVirtioDevices() throws {
+        let (kernel, initrd) = Self.guestFiles("amd64")
         // A virtio-net interface on a host tap too, when taps can be made here.
         let mac = "fe:e1:ba:d0:00:64"
         let tapProblem = NetworkGuestTests.tapProblem
         if let why = tapProblem { print("debianAmd64KernelBootsToInitWithVirtioDevices: no network check: \(why)") }
         let net = tapProblem == nil ? ["--net", "tap:swvm\(getpid() % 100_000),mac=\(mac)"] : []
+        let start = Date()
         let (r, disk) = try Self.bootDebian("amd64", kernel: kernel, initrd: initrd, extra: net)
+        let end = Date()
         let log = r.stdout.replacingOccurrences(of: "\r", with: "")
         #expect(!r.timedOut, "no power-off in time; console so far:\n\(log.suffix(3000))")
         #expect(r.status == 0, "vmm status \(r.status): \(r.stderr)\n\(log.suffix(3000))")
@@ -76,6 +104,11 @@ import Testing
             #expect((tx ?? 0) > 0, "\(log.suffix(2500))")
         }
         #expect(log.contains(Self.marker))
+        // Linux trusts our TSC (invariant, TSC_ADJUST) and keeps time by it.
+        #expect(log.contains("clocksource: Switched to clocksource tsc"), "\(log.prefix(20000))")
+        #expect(!log.contains("Marking TSC unstable"), "\(log.prefix(20000))")
+        let clock = Self.clockProblem(log, runStart: start, runEnd: end)
+        #expect(clock == nil, "\(clock ?? "")")
         #expect(log.contains("reboot: Power down"), "\(log.suffix(1000))")
         #expect(disk.count == 8 << 20)
         if disk.count >= 1024 {

@@ -165,12 +165,14 @@ struct BPFMachine {
         #expect(try verdict(231) == Self.allow)  // exit_group
     }
 
-    @Test func ioctlTakesOnlyKVMAndTerminalRequests() throws {
+    @Test func ioctlTakesOnlyKVMTerminalAndTapOffloadRequests() throws {
         #expect(try verdict(16, 5, 0xae80) == Self.allow)  // KVM_RUN
         #expect(try verdict(16, 9, 0x5401) == Self.allow)  // TCGETS
         #expect(try verdict(16, 9, 0x541b) == Self.allow)  // FIONREAD
         #expect(try verdict(16, 9, 0x5412) == Self.kill)  // TIOCSTI: typing into a terminal
         #expect(try verdict(16, 9, 0x400454ca) == Self.kill)  // TUNSETIFF
+        #expect(try verdict(16, 9, 0x400454d0) == Self.allow)  // TUNSETOFFLOAD: the guest's receive offloads
+        #expect(try verdict(16, 9, 0x400454d8) == Self.kill)  // TUNSETVNETHDRSZ: set when the tap is opened
         #expect(try verdict(16, 4, 0xae01) == Self.kill)  // KVM_CREATE_VM: made before the sandbox
     }
 

@@ -94,7 +94,8 @@ import VMConfig
         #expect(try disksHeld() == [dir + "/inst.raw"])
     }
 
-    /// Run as root, vmd gives each VM process a uid of its own (2^30 + the VM's id).
+    /// Run as root, vmd gives each VM process a uid and gid of its own (2^30 + the VM's
+    /// id) and no supplementary groups.
     @Test(.enabled(if: getuid() == 0, "needs root")) func eachVMProcessHasAUIDOfItsOwn() throws {
         try #require(Binaries.available)
         let d = try TestDaemon(config: "vm \"a\" {\n memory 64M\n}\nvm \"b\" {\n memory 64M\n}\n")
@@ -107,8 +108,27 @@ import VMConfig
             // "running": the VM process reported its start, after dropping privileges.
             let seen = DiskFDTests.uids(pid)
             #expect(seen == Array(repeating: String((1 << 30) + (Int(cols[0]) ?? 0)), count: 4), "\(name): \(seen)")
+            let st = SandboxTests.status(pid, ["Gid", "Groups"])
+            #expect(st["Gid"]?.split(whereSeparator: \.isWhitespace).map(String.init) == Array(repeating: seen.first ?? "", count: 4), "\(st)")
+            #expect(st["Groups"] == "", "\(name): supplementary groups \(st)")
             uids.append(seen.first ?? "")
         }
         #expect(uids[0] != uids[1])
+    }
+
+    /// A VM uid range holding a host user's uid (nobody, 65534), group or /etc/subuid range
+    /// is refused at vmd's start: a VM process must never get ids that may own files.
+    @Test(.enabled(if: getuid() == 0 && getpwnam("nobody")?.pointee.pw_uid == 65534, "needs root and nobody = 65534"))
+    func aUIDRangeHoldingHostIDsIsRefused() throws {
+        try #require(Binaries.available)
+        let dir = NSTemporaryDirectory() + "vmduid.\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try "vm \"a\" {\n memory 32M\n}\n".write(toFile: dir + "/vm.conf", atomically: true, encoding: .utf8)
+        let r = try run(Binaries.vmd, ["-d", "-f", dir + "/vm.conf", "--socket", dir + "/s", "--fake-vms",
+                                       "--vm-uid-base", "65000", "--vm-uid-count", "1000"], timeout: 10)
+        #expect(r.status == 1)
+        #expect(r.stderr.contains("vmd: --vm-uid-base 65000: the VM uid range 65001...65999 contains host ids: user nobody has uid 65534\n"), "\(r.stderr)")
+        #expect(access(dir + "/s", F_OK) != 0)
     }
 }

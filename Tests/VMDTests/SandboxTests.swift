@@ -64,9 +64,14 @@ import CKVM
         let d = try TestDaemon(config: RealGuestTests.vmBlock("rm", kernel: kernel, accel: accel, enabled: true), fake: false)
         defer { d.stop() }
         let pid = try Self.pid(d, "rm")
-        let st = Self.status(pid, ["Seccomp", "NoNewPrivs"])
+        let st = Self.status(pid, ["Seccomp", "NoNewPrivs", "Uid", "Gid", "Groups"])
         #expect(st["Seccomp"] == "2", "\(st)")
         #expect(st["NoNewPrivs"] == "1", "\(st)")
+        if geteuid() == 0 {
+            // Its own uid and gid (2^30 + its id, VM 1), no supplementary groups.
+            let own = Array(repeating: String((1 << 30) + 1), count: 4).joined(separator: "\t")
+            #expect(st["Uid"] == own && st["Gid"] == own && st["Groups"] == "", "\(st)")
+        }
         // Console input, interrupts, echo, then a graceful stop through the power button:
         // vCPU, device and console threads all run under the filter.
         let c = try ConsoleClient(socket: d.socket, name: "rm")

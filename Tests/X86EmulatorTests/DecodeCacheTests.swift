@@ -6,12 +6,14 @@ import Hypervisor
 /// The decoded-instruction cache must never run stale code: the guest patching its own
 /// instructions, a store through another mapping of the same page, the VMM (DMA) writing
 /// guest memory between runs, and the same bytes run in another mode must all take effect.
-/// Each test runs on both tiers: the interpreter's decoded-instruction cache and the block
-/// tier's decoded blocks (where the patched instruction is often in the running block).
+/// Each test runs on every tier: the interpreter's decoded-instruction cache, the block
+/// tier's decoded blocks (where the patched instruction is often in the running block) and
+/// the JIT tier compiling every block at first sight.
 @Suite struct DecodeCacheTests {
     func machine(_ asm: String, _ tier: CPUTier) throws -> TestMachine {
         let m = try TestMachine()
         m.cpu.tier = tier
+        m.cpu.jitThreshold = 0
         try m.setupLongMode()
         try m.load(try Assembler.assemble(asm + "\nhlt\n"))
         return m
@@ -25,7 +27,7 @@ import Hypervisor
         #expect(DecodedInsn.mask0(15) == .max && DecodedInsn.mask1(15) == 0x00FF_FFFF_FFFF_FFFF)
     }
 
-    @Test(arguments: [CPUTier.interp, .block]) func patchedImmediateTakesEffect(tier: CPUTier) throws {
+    @Test(arguments: [CPUTier.interp, .block, .jit]) func patchedImmediateTakesEffect(tier: CPUTier) throws {
         // Each iteration rewrites the imm32 of the `mov edx` it runs next.
         let m = try machine("""
             lea rdi, [rip + imm_insn]
@@ -44,7 +46,7 @@ import Hypervisor
         #expect(tier == .interp ? m.cpu.icacheHits > 0 : m.cpu.blockBuilds > 0)
     }
 
-    @Test(arguments: [CPUTier.interp, .block]) func patchedOpcodeTakesEffect(tier: CPUTier) throws {
+    @Test(arguments: [CPUTier.interp, .block, .jit]) func patchedOpcodeTakesEffect(tier: CPUTier) throws {
         // After 51 iterations of `add eax, 1` the loop turns it into `sub eax, 1`.
         let m = try machine("""
             lea rsi, [rip + patch]
@@ -63,7 +65,7 @@ import Hypervisor
         #expect(m.cpu.registers().rax == 51 - 49)
     }
 
-    @Test(arguments: [CPUTier.interp, .block]) func storeThroughAnAliasMappingTakesEffect(tier: CPUTier) throws {
+    @Test(arguments: [CPUTier.interp, .block, .jit]) func storeThroughAnAliasMappingTakesEffect(tier: CPUTier) throws {
         // Linear 200 MiB maps the first 2 MiB (the code) a second time; the patch goes
         // through that alias while the code runs through the identity mapping.
         let m = try machine("""
@@ -85,7 +87,7 @@ import Hypervisor
         #expect(m.cpu.registers().rax == 51 - 49)
     }
 
-    @Test(arguments: [CPUTier.interp, .block]) func hostWriteBetweenRunsTakesEffect(tier: CPUTier) throws {
+    @Test(arguments: [CPUTier.interp, .block, .jit]) func hostWriteBetweenRunsTakesEffect(tier: CPUTier) throws {
         // The VMM (a DMA-capable device) rewrites code the CPU has already run.
         let m = try machine("""
             mov eax, 1
@@ -123,7 +125,7 @@ import Hypervisor
         #expect(m.cpu.registers().rax == 1)
     }
 
-    @Test(arguments: [CPUTier.interp, .block]) func patchTwoInstructionsAheadInTheRunningBlock(tier: CPUTier) throws {
+    @Test(arguments: [CPUTier.interp, .block, .jit]) func patchTwoInstructionsAheadInTheRunningBlock(tier: CPUTier) throws {
         // The store rewrites the imm8 of an `add` two instructions later in the same
         // straight-line block; the block must not run its stale decoding.
         let m = try machine("""

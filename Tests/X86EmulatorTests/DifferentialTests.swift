@@ -83,9 +83,21 @@ enum Differential {
         fn(records, count)
     }
 
-    static func runEmulated(_ code: [UInt8], _ records: [UInt8], _ count: Int) throws -> [UInt8] {
+    /// Runs the thunk in the emulator on `tier` (the JIT compiling every block at first
+    /// sight); `compiled` counts the compiled-code runs. `avx`: CR4.OSXSAVE set and XCR0 =
+    /// x87 | SSE | AVX, as an AVX-using OS leaves them.
+    static func runEmulated(_ code: [UInt8], _ records: [UInt8], _ count: Int, avx: Bool = false,
+                            tier: CPUTier = .interp, compiled: inout UInt64) throws -> [UInt8] {
         let m = try TestMachine()
+        m.cpu.tier = tier
+        m.cpu.jitThreshold = 0
         try m.setupLongMode()
+        if avx {
+            var s = m.cpu.specialRegisters()
+            s.cr4 |= X86Bits.cr4OSXSAVE
+            m.cpu.setSpecialRegisters(s)
+            m.cpu.xcr0 = 7
+        }
         let recBase: UInt64 = 0x40_0000
         try m.load(code)
         try m.memory.write(bytes: records, at: recBase)
@@ -96,6 +108,7 @@ enum Differential {
         m.cpu.setRegisters(r)
         let exit = try m.run()
         guard exit.isHalt else { throw TestError.assembler("emulated thunk did not halt: \(exit)") }
+        compiled &+= m.cpu.jitRuns
         return try m.memory.readBytes(at: recBase, count: records.count)
     }
 }
@@ -346,8 +359,11 @@ enum DiffCases {
 }
 
 @Suite struct DifferentialTests {
-    func check(_ cases: [DiffCase], perCase: Int = 100, seed: UInt64) throws {
+    /// On the JIT tier, `compiledAtLeast` of the cases must have run as compiled code.
+    func check(_ cases: [DiffCase], perCase: Int = 100, seed: UInt64, avx: Bool = false, tier: CPUTier = .interp,
+               compiledAtLeast: Int = 0) throws {
         var g = SplitMix(state: seed)
+        var compiledCases = 0
         var failures: [String] = []
         for dc in cases {
             let code = try Assembler.assemble(Differential.thunk(dc.asm))
@@ -372,9 +388,11 @@ enum DiffCases {
                 dc.record?(&records, base, &g)
             }
             let emulated: [UInt8]
-            do { emulated = try Differential.runEmulated(code, records, perCase) } catch {
+            var compiled: UInt64 = 0
+            do { emulated = try Differential.runEmulated(code, records, perCase, avx: avx, tier: tier, compiled: &compiled) } catch {
                 failures.append("\(dc): \(error)"); continue
             }
+            if compiled >= UInt64(perCase) { compiledCases += 1 }
             var native = records
             native.withUnsafeMutableBytes { Differential.runNative(code, $0.baseAddress!, perCase) }
             for i in 0..<perCase {
@@ -412,6 +430,7 @@ enum DiffCases {
         }
         for f in failures.prefix(40) { Issue.record(Comment(rawValue: f)) }
         #expect(failures.isEmpty, "\(failures.count) of \(cases.count) instruction cases differ from the host CPU")
+        #expect(compiledCases >= compiledAtLeast, "only \(compiledCases) cases ran compiled")
     }
 
     @Test func integerGroup() throws { try check(DiffCases.integer, seed: 1) }
@@ -420,6 +439,13 @@ enum DiffCases {
     @Test func stringGroup() throws { try check(DiffCases.strings, seed: 4) }
     @Test func bitGroup() throws { try check(DiffCases.bits, seed: 5) }
     @Test func sse2Group() throws { try check(DiffCases.sse2, seed: 6) }
+
+    // The JIT tier: the instructions it supports run as host code made by our compiler
+    // (each thunk's instruction under test starts a block, after POPFQ).
+    @Test func integerGroupJIT() throws { try check(DiffCases.integer, seed: 1, tier: .jit, compiledAtLeast: 20) }
+    @Test func shiftRotateGroupJIT() throws { try check(DiffCases.shifts, seed: 2, tier: .jit, compiledAtLeast: 5) }
+    @Test func multiplyDivideGroupJIT() throws { try check(DiffCases.mulDiv, seed: 3, tier: .jit) }
+    @Test func bitGroupJIT() throws { try check(DiffCases.bits, seed: 5, tier: .jit) }
 }
 
 func hex(_ v: UInt64) -> String { "0x" + String(v, radix: 16) }

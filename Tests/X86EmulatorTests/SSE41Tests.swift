@@ -40,7 +40,8 @@ enum SSE41Cases {
             c.append(LaneGen.xmm("pextrb eax, xmm1, \(i)\npextrb rcx, xmm0, \(i + 3)\npextrb [rdi+5], xmm1, \(i)\npinsrb xmm0, ebx, \(i)"))
         }
         c += [
-            LaneGen.xmm("pinsrb xmm1, [rsi+7], 12\npinsrb xmm0, esp, 3\npinsrb xmm0, r9d, 15"),
+            // ESP (ModRM.rm 4 is not AH here): its low byte made the same natively and emulated.
+            LaneGen.xmm("pinsrb xmm1, [rsi+7], 12\nmov r10, rsp\nand rsp, -256\nsub rsp, 0x38\npinsrb xmm0, esp, 3\nmov rsp, r10\npinsrb xmm0, r9d, 15"),
             // PEXTRW's SSE4.1 form (66 0F 3A 15) to a register and to memory.
             LaneGen.xmm(".byte 0x66, 0x0f, 0x3a, 0x15, 0xc8, 5\npextrw [rdi+3], xmm0, 7\n.byte 0x66, 0x0f, 0x3a, 0x15, 0xc3, 10"),
             LaneGen.xmm("pextrd eax, xmm1, 1\npextrd ecx, xmm0, 3\npextrd [rdi+4], xmm1, 2\npextrq rdx, xmm1, 1\npextrq [rdi+16], xmm0, 0"),

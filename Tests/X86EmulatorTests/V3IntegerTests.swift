@@ -236,9 +236,9 @@ enum V3IntegerCases {
         }
         #expect(q(1, .v3).2 & (1 << 22) != 0 && q(1, .v2).2 & (1 << 22) == 0)               // MOVBE
         #expect(q(0x8000_0001, .v3).2 & (1 << 5) != 0 && q(0x8000_0001, .v2).2 & (1 << 5) == 0)  // ABM
-        #expect(q(7, .v3).1 == (1 << 3) | (1 << 8) && q(7, .v2).1 == 0)                       // BMI1, BMI2
-        // Not implemented, not offered: AVX (28), FMA (12), F16C (29); AVX2 (leaf 7 EBX 5). XSAVE: XSaveTests.
-        #expect(q(1, .v3).2 & ((1 << 28) | (1 << 12) | (1 << 29)) == 0)
-        #expect(!X86CPULevel.selectable.contains(.v3))
+        #expect(q(7, .v3).1 & ~2 == (1 << 3) | (1 << 5) | (1 << 8) && q(7, .v2).1 & ~2 == 0) // BMI1, AVX2, BMI2 (bit 1: TSC_ADJUST)
+        // AVX (28), FMA (12), F16C (29) at v3 only. XSAVE: XSaveTests.
+        let avx: UInt32 = (1 << 28) | (1 << 12) | (1 << 29)
+        #expect(q(1, .v3).2 & avx == avx && q(1, .v2).2 & avx == 0)
     }
 }

@@ -4,8 +4,8 @@ import GuestMemory
 import Hypervisor
 @testable import X86Emulator
 
-/// XSAVE/XRSTOR/XGETBV/XSETBV, XCR0, CR4.OSXSAVE and CPUID leaf 0xD (level v3; x87 and
-/// SSE state only).
+/// XSAVE/XRSTOR/XGETBV/XSETBV, XCR0, CR4.OSXSAVE and CPUID leaf 0xD (level v3; x87, SSE
+/// and AVX state).
 @Suite struct XSaveTests {
     static let osxsave = "mov rax, cr4\nor eax, 0x40000\nmov cr4, rax\n"
     /// CR4.OSXSAVE and XCR0 = x87 | SSE.
@@ -28,8 +28,10 @@ import Hypervisor
         }
         #expect(q(1).2 & (1 << 26) != 0 && q(1, 0, .v2).2 & (1 << 26) == 0)
         #expect(q(1).2 & (1 << 27) == 0 && q(1, cr4: X86Bits.cr4OSXSAVE).2 & (1 << 27) != 0)
-        #expect(q(0xD) == (3, 576, 576, 0))
-        #expect(q(0xD, 1) == (0, 0, 0, 0) && q(0xD, 2) == (0, 0, 0, 0))
+        // Subleaf 0: supported bits, size for XCR0 (x87 only at reset; with AVX), size for all.
+        #expect(q(0xD) == (7, 576, 832, 0))
+        #expect(CPUIDTable.query(leaf: 0xD, subleaf: 0, apicID: 0, cr4: 0, level: .v3, xcr0: 7) == (7, 832, 832, 0))
+        #expect(q(0xD, 1) == (0, 0, 0, 0) && q(0xD, 2) == (256, 576, 0, 0) && q(0xD, 3) == (0, 0, 0, 0))
         #expect(q(0xD, 0, .v2) == (0, 0, 0, 0))
     }
 
@@ -42,7 +44,8 @@ import Hypervisor
         #expect(try X87Tests.vectorRaised(Self.osxsave, level: .v3) == nil)
         let pre = Self.osxsave + "xor ecx, ecx\nxor edx, edx\n"
         #expect(try X87Tests.vectorRaised(pre + "mov eax, 3\nxsetbv", level: .v3) == nil)
-        for bad in ["mov eax, 0\nxsetbv", "mov eax, 2\nxsetbv", "mov eax, 7\nxsetbv", "mov eax, 3\nmov edx, 1\nxsetbv",
+        #expect(try X87Tests.vectorRaised(pre + "mov eax, 7\nxsetbv", level: .v3) == nil)
+        for bad in ["mov eax, 0\nxsetbv", "mov eax, 2\nxsetbv", "mov eax, 5\nxsetbv", "mov eax, 15\nxsetbv", "mov eax, 3\nmov edx, 1\nxsetbv",
                     "mov eax, 3\nmov ecx, 1\nxsetbv", "mov ecx, 1\nxgetbv"] {
             #expect(try X87Tests.vectorRaised(pre + bad, level: .v3) == 13, "\(bad)")
         }

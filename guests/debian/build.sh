@@ -138,6 +138,9 @@ INIT
 init_tail() {
   cat <<INIT
 sync
+# The guest's clocks, for the boot tests to compare with the host's: the realtime clock
+# (set from our RTC at boot, then kept by the kernel) and the time since boot.
+echo "SWIFTVMM-CLOCK epoch=\$(date +%s) uptime=\$(cut -d' ' -f1 /proc/uptime)"
 echo $MARKER
 poweroff -f
 INIT

@@ -3,8 +3,10 @@ import Glibc
 #endif
 import Synchronization
 
-/// Where a virtual NIC's Ethernet frames go and come from: one frame per call, no
-/// virtio header (the device model strips and adds it).
+/// Where a virtual NIC's Ethernet frames go and come from: one frame per call, without the
+/// virtio header (the device model strips and adds it) unless `carriesVirtioHeader`: then
+/// every frame sent and received starts with the 12-byte virtio-net header (a tap opened
+/// with IFF_VNET_HDR), so the guest's checksum and segmentation offloads pass through.
 ///
 /// `send` and `receive` never block. A backend with a file descriptor reports it in
 /// `pollDescriptor` so the VMM's network thread can wait for frames; one without (the
@@ -27,11 +29,28 @@ public protocol NetworkBackend: AnyObject, Sendable {
     /// some; nil when it has none. The VMM's network thread calls it every time it wakes and
     /// sleeps no longer than the answer.
     func serviceTimers(now: ContinuousClock.Instant) -> ContinuousClock.Instant?
+    /// Whether frames carry the 12-byte virtio-net header in both directions.
+    var carriesVirtioHeader: Bool { get }
+    /// With the header: which offloaded frames the backend may hand the guest (what the
+    /// guest's driver accepted); false when the host side refused.
+    func setReceiveOffloads(_ offloads: NetworkOffloads) -> Bool
 }
 
 extension NetworkBackend {
     public var wakeDescriptor: Int32? { nil }
     public func serviceTimers(now: ContinuousClock.Instant) -> ContinuousClock.Instant? { nil }
+    public var carriesVirtioHeader: Bool { false }
+    public func setReceiveOffloads(_ offloads: NetworkOffloads) -> Bool { offloads.isEmpty }
+}
+
+/// Offloaded frames a guest takes on receive (VIRTIO_NET_F_GUEST_CSUM, GUEST_TSO4/6); the
+/// raw values are the tap's TUN_F_* bits.
+public struct NetworkOffloads: OptionSet, Sendable, Hashable {
+    public let rawValue: UInt32
+    public init(rawValue: UInt32) { self.rawValue = rawValue }
+    public static let checksum = NetworkOffloads(rawValue: 0x01)
+    public static let tso4 = NetworkOffloads(rawValue: 0x02)
+    public static let tso6 = NetworkOffloads(rawValue: 0x04)
 }
 
 /// A backend over a datagram-style descriptor where one read or write is one frame: a tap
@@ -47,10 +66,18 @@ public final class FileDescriptorNetworkBackend: NetworkBackend, @unchecked Send
     /// Frames `send` could not hand over (EAGAIN, ENOBUFS, link down...).
     public var failedSends: UInt64 { sendErrors.load(ordering: .relaxed) }
 
-    public init(fd: Int32, name: String? = nil, ownsDescriptor: Bool = true) {
+    public let carriesVirtioHeader: Bool
+    private let offloadControl: (@Sendable (Int32, NetworkOffloads) -> Bool)?
+
+    /// - virtioHeader: `fd` is a tap opened with IFF_VNET_HDR and a 12-byte header;
+    ///   `offloadControl` then sets its TUNSETOFFLOAD (HostNet's `TapInterface.setOffloads`).
+    public init(fd: Int32, name: String? = nil, ownsDescriptor: Bool = true, virtioHeader: Bool = false,
+                offloadControl: (@Sendable (Int32, NetworkOffloads) -> Bool)? = nil) {
         self.fd = fd
         self.name = name ?? "fd \(fd)"
         self.ownsDescriptor = ownsDescriptor
+        carriesVirtioHeader = virtioHeader
+        self.offloadControl = offloadControl
         let flags = fcntl(fd, F_GETFL)
         if flags >= 0 { _ = fcntl(fd, F_SETFL, flags | O_NONBLOCK) }
     }
@@ -58,6 +85,11 @@ public final class FileDescriptorNetworkBackend: NetworkBackend, @unchecked Send
     deinit { if ownsDescriptor { close(fd) } }
 
     public var pollDescriptor: Int32? { fd }
+
+    public func setReceiveOffloads(_ offloads: NetworkOffloads) -> Bool {
+        guard carriesVirtioHeader, let offloadControl else { return offloads.isEmpty }
+        return offloadControl(fd, offloads)
+    }
 
     public func send(_ frame: UnsafeRawBufferPointer) -> Bool {
         while true {
@@ -98,10 +130,21 @@ public final class MemoryNetworkBackend: NetworkBackend, @unchecked Sendable {
         var sent: [[UInt8]] = []
         var incoming: [[UInt8]] = []
         var acceptSends = true
+        var receiveOffloads: NetworkOffloads = []
     }
     private let state = Mutex(State())
+    public let carriesVirtioHeader: Bool
 
-    public init() {}
+    /// - virtioHeader: frames (sent and injected) start with the 12-byte virtio-net header.
+    public init(virtioHeader: Bool = false) { carriesVirtioHeader = virtioHeader }
+
+    /// What the device last asked for with `setReceiveOffloads`.
+    public var receiveOffloads: NetworkOffloads { state.withLock { $0.receiveOffloads } }
+    public func setReceiveOffloads(_ offloads: NetworkOffloads) -> Bool {
+        guard carriesVirtioHeader else { return offloads.isEmpty }
+        state.withLock { $0.receiveOffloads = offloads }
+        return true
+    }
 
     public var name: String { "memory" }
     public var pollDescriptor: Int32? { nil }

@@ -1,0 +1,135 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+// MARK: - JIT tier (SWIFTVMM_CPU_TIER=jit)
+
+/// What the JIT knows about one block-cache slot (same index as `BlockCache`): nothing
+/// yet (counting runs), compiled (code valid for one cache generation), or unsupported.
+struct JITEntry {
+    enum State: UInt8 { case counting, compiled, unsupported }
+    var code: UnsafeRawPointer? = nil
+    var generation: UInt32 = 0
+    var runs: UInt16 = 0
+    var state = State.counting
+    /// Guest instructions and bytes the compiled prefix covers.
+    var count: UInt8 = 0
+    var byteLength: UInt8 = 0
+    var flagsIn = false
+    var flagsOut = false
+}
+
+/// The generated code's C signature (see `JITCompiler`).
+typealias JITFunction = @convention(c) (UnsafeMutablePointer<UInt64>, UnsafeMutablePointer<UInt64>) -> UInt64
+
+/// Per-vCPU JIT state: one entry per block slot, the code cache and the call context.
+final class JITState {
+    /// Runs of a block before it is compiled: `SWIFTVMM_JIT_THRESHOLD`, default 4 (0 =
+    /// compile at first sight).
+    static let defaultThreshold: Int = {
+        if let p = getenv("SWIFTVMM_JIT_THRESHOLD"), let n = Int(String(cString: p)), n >= 0 { return min(n, 60000) }
+        return 4
+    }()
+
+    let entries: UnsafeMutablePointer<JITEntry>
+    /// nil when the host gave no executable mapping: every block stays on the block tier.
+    let cache: JITCodeCache?
+    /// [0] flags in/out, [1] the block's RIP.
+    let context: UnsafeMutablePointer<UInt64>
+    let threshold: Int
+    /// Statistics for tests and benchmarks.
+    var compiled: UInt64 = 0
+    var unsupported: UInt64 = 0
+
+    init(cacheSize: Int, threshold: Int) {
+        entries = .allocate(capacity: BlockCache.slots)
+        entries.initialize(repeating: JITEntry(), count: BlockCache.slots)
+        context = .allocate(capacity: 2)
+        context.initialize(repeating: 0, count: 2)
+        cache = JITCodeCache(size: cacheSize)
+        self.threshold = threshold
+    }
+
+    deinit {
+        entries.deallocate(); context.deallocate()
+    }
+
+    /// The slot's block was rebuilt: its code (if any) no longer applies.
+    @inline(__always) func forget(_ slot: Int) {
+        // SAFETY: slot < BlockCache.slots (BlockCache.slot masks it).
+        entries[slot] = JITEntry()
+    }
+
+    /// Compiles the block in `slot` (its decoded instructions at `insns`).
+    @inline(never)
+    func compile(_ e: UnsafeMutablePointer<JITEntry>, _ insns: UnsafePointer<Insn>, count: Int, mode64: Bool, ipMask: UInt64) {
+        guard let cache, let c = JITCompiler.compile(insns, count: count, mode64: mode64, ipMask: ipMask),
+              let code = cache.install(c.code) else {
+            e.pointee.state = .unsupported
+            unsupported &+= 1
+            return
+        }
+        e.pointee = JITEntry(code: code, generation: cache.generation, runs: e.pointee.runs, state: .compiled,
+                             count: UInt8(c.count), byteLength: UInt8(c.byteLength), flagsIn: c.flagsIn, flagsOut: c.flagsOut)
+        compiled &+= 1
+    }
+}
+
+/// The raw parts of `JITState` the run loop reads (a struct of pointers in the CPU, so the
+/// per-block path does no reference counting).
+struct JITView {
+    let entries: UnsafeMutablePointer<JITEntry>
+    let context: UnsafeMutablePointer<UInt64>
+    /// nil without a code cache.
+    let generation: UnsafeMutablePointer<UInt32>?
+    let threshold: Int
+}
+
+extension X86CPU {
+    /// Runs the compiled prefix of the block in `slot` when there is one of at most `limit`
+    /// instructions, compiling it first once the block has run often enough. Returns the
+    /// guest instructions retired (0: nothing ran, the block tier runs the block) and the
+    /// guest bytes they covered. The prefix never faults (no memory operands), so RIP,
+    /// registers and flags are exact after it.
+    @inline(__always)
+    func runCompiled(slot: Int, insns: UnsafePointer<Insn>, count: Int, limit: Int) -> (done: Int, bytes: Int) {
+        let js = jitView ?? makeJITView()
+        guard let generation = js.generation else { return (0, 0) }
+        let e = js.entries + slot
+        if e.pointee.state != .compiled {
+            guard e.pointee.state == .counting else { return (0, 0) }
+            e.pointee.runs &+= 1
+            guard Int(e.pointee.runs) > js.threshold else { return (0, 0) }
+            jit.compile(e, insns, count: count, mode64: mode64, ipMask: ipMask)
+            guard e.pointee.state == .compiled else { return (0, 0) }
+        } else if e.pointee.generation != generation.pointee {
+            // The cache was flushed since: the block was hot, compile it again now.
+            jit.compile(e, insns, count: count, mode64: mode64, ipMask: ipMask)
+            guard e.pointee.state == .compiled else { return (0, 0) }
+        }
+        let n = Int(e.pointee.count)
+        guard n <= limit, let code = e.pointee.code else { return (0, 0) }
+        let ctx = js.context
+        if e.pointee.flagsIn { ctx[0] = arithFlags() | 2 }
+        ctx[1] = rip
+        // SAFETY: `code` is this generation's code for exactly the bytes the block tier has
+        // just validated; it reads and writes only the 16 guest registers at `r` and the two
+        // context words, and returns.
+        let f = unsafeBitCast(code, to: JITFunction.self)
+        let delta = f(r, ctx)
+        if e.pointee.flagsOut { setEager(ctx[0]) }
+        rip = (rip &+ delta) & ipMask
+        instructions &+= UInt64(n)
+        jitRunCount &+= 1
+        return (n, Int(e.pointee.byteLength))
+    }
+}
+
+extension X86CPU {
+    @inline(never) func makeJITView() -> JITView {
+        let j = jit
+        let v = JITView(entries: j.entries, context: j.context, generation: j.cache?.generationWord, threshold: j.threshold)
+        jitView = v
+        return v
+    }
+}

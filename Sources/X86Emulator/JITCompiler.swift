@@ -1,0 +1,360 @@
+// MARK: - JIT compiler: decoded guest instructions -> host x86-64
+
+/// One guest operation the JIT can translate. Guest register operands are byte offsets
+/// into the register file `X86CPU.r` (high-byte registers AH..BH are offset + 1).
+enum JITOp {
+    enum Source { case reg(Int), imm(UInt64) }
+    /// kind 0-7: add or adc sbb and sub xor cmp; 8: test.
+    case alu(kind: Int, dst: Int, src: Source, size: Int)
+    case mov(dst: Int, src: Source, size: Int)
+    /// 0 inc, 1 dec, 2 not, 3 neg.
+    case unary(kind: Int, loc: Int, size: Int)
+    /// kind as ModRM.reg of C0 (0 rol, 1 ror, 4 shl, 5 shr, 7 sar); count already masked.
+    case shift(kind: Int, loc: Int, size: Int, count: Int)
+    case extend(dst: Int, src: Int, from: Int, signed: Bool, size: Int)
+    case lea(dst: Int, base: Int, index: Int, scale: Int, disp: UInt64, ripRelative: Bool, addrSize: Int, size: Int)
+    case setcc(cc: Int, dst: Int)
+    case cmov(cc: Int, dst: Int, src: Int, size: Int)
+    case xchg(a: Int, b: Int, size: Int)
+    /// 0x98 (CBW/CWDE/CDQE) or 0x99 (CWD/CDQ/CQO).
+    case signExtendA(opcode: UInt8, size: Int)
+    /// CMC (0xF5), CLC (0xF8), STC (0xF9).
+    case carry(opcode: UInt8)
+    case nop
+    /// The block's last instruction: Jcc (cc) or JMP (cc nil) with a displacement from the
+    /// end of the instruction.
+    case branch(cc: Int?, rel: UInt64)
+
+    /// Arithmetic flags this operation reads / always writes (RFLAGS bit masks).
+    var flagsRead: UInt64 {
+        switch self {
+        case let .alu(kind, _, _, _): return kind == 2 || kind == 3 ? Flag.cf : 0
+        case let .setcc(cc, _), let .cmov(cc, _, _, _): return JITOp.conditionFlags(cc)
+        case let .branch(cc, _): return cc.map(JITOp.conditionFlags) ?? 0
+        case let .carry(op): return op == 0xF5 ? Flag.cf : 0
+        default: return 0
+        }
+    }
+
+    var flagsWritten: UInt64 {
+        switch self {
+        case .alu: return Flag.arith
+        case let .unary(kind, _, _): return kind < 2 ? Flag.arith & ~Flag.cf : (kind == 3 ? Flag.arith : 0)
+        case let .shift(kind, _, _, count): return count == 0 ? 0 : (kind < 2 ? Flag.cf | Flag.of : Flag.arith)
+        case .carry: return Flag.cf
+        default: return 0
+        }
+    }
+
+    static func conditionFlags(_ cc: Int) -> UInt64 {
+        switch cc >> 1 {
+        case 0: return Flag.of
+        case 1: return Flag.cf
+        case 2: return Flag.zf
+        case 3: return Flag.cf | Flag.zf
+        case 4: return Flag.sf
+        case 5: return Flag.pf
+        case 6: return Flag.sf | Flag.of
+        default: return Flag.zf | Flag.sf | Flag.of
+        }
+    }
+}
+
+/// A compiled block prefix: host code, how many guest instructions and bytes it covers,
+/// and whether it needs the guest's arithmetic flags on entry / produces them on exit.
+struct JITCompiled {
+    var code: [UInt8]
+    var count: Int
+    var byteLength: Int
+    var flagsIn: Bool
+    var flagsOut: Bool
+}
+
+/// Translates the longest prefix of a decoded block made only of supported operations
+/// (register and immediate operands; a JMP/Jcc rel may end it) into host code with the
+/// C signature `uint64_t f(uint64_t *regs, uint64_t *context)`:
+///
+/// - `regs` (rdi) is `X86CPU.r`; guest registers are read and written there.
+/// - `context` (rsi): [0] the guest's arithmetic flags in (when `flagsIn`) and the host
+///   RFLAGS after the block out (when `flagsOut`; the caller stores them as eager flags),
+///   [1] the RIP of the block's first instruction (for RIP-relative LEA).
+/// - returns the RIP increment (the covered bytes, or the branch target's distance).
+///
+/// The host ALU computes the guest's flags. Where the interpreter gives architecturally
+/// undefined flags specific values (AF after shifts, OF after multi-bit shifts and
+/// rotates), the generated code sets the interpreter's values when a later reader or the
+/// block exit can see them, so every tier produces the same flags bit for bit.
+enum JITCompiler {
+    /// The guest-register-file offset of register `i` as an operand of `size` bytes.
+    static func location(_ i: Int, _ size: Int, hasREX: Bool) -> Int {
+        if size == 1 && !hasREX && i >= 4 && i < 8 { return (i - 4) * 8 + 1 }
+        return i * 8
+    }
+
+    /// The operation for one decoded instruction, or nil when it is not supported.
+    static func translate(_ d: Insn, mode64: Bool, ipMask: UInt64) -> JITOp? {
+        let op = d.op
+        let rex = d.hasREX
+        func loc(_ i: Int, _ s: Int) -> Int { location(i, s, hasREX: rex) }
+        func immZ(_ s: Int) -> UInt64 { signExtend(d.imm, s == 2 ? 2 : 4) & sizeMask(s) }
+        let branchOK = mode64 || (d.opSize == 2) == (ipMask == 0xFFFF)
+        switch op {
+        case 0x00...0x3F where op & 7 < 6:
+            let k = op >> 3
+            switch op & 7 {
+            case 0: return d.mod == 3 ? .alu(kind: k, dst: loc(d.rm, 1), src: .reg(loc(d.reg, 1)), size: 1) : nil
+            case 1: let s = d.opSize; return d.mod == 3 ? .alu(kind: k, dst: loc(d.rm, s), src: .reg(loc(d.reg, s)), size: s) : nil
+            case 2: return d.mod == 3 ? .alu(kind: k, dst: loc(d.reg, 1), src: .reg(loc(d.rm, 1)), size: 1) : nil
+            case 3: let s = d.opSize; return d.mod == 3 ? .alu(kind: k, dst: loc(d.reg, s), src: .reg(loc(d.rm, s)), size: s) : nil
+            case 4: return .alu(kind: k, dst: 0, src: .imm(d.imm & 0xFF), size: 1)
+            default: let s = d.opSize; return .alu(kind: k, dst: 0, src: .imm(immZ(s)), size: s)
+            }
+        case 0x40...0x4F:
+            // INC/DEC r16/r32: only outside 64-bit mode (REX there).
+            let s = d.opSize
+            return .unary(kind: op < 0x48 ? 0 : 1, loc: (op & 7) * 8, size: s)
+        case 0x63:
+            guard mode64, d.mod == 3 else { return nil }
+            return .extend(dst: d.reg * 8, src: d.rm * 8, from: 4, signed: d.opSize == 8, size: d.opSize)
+        case 0x70...0x7F:
+            return branchOK ? .branch(cc: op & 0xF, rel: signExtend(d.imm, 1)) : nil
+        case 0x80, 0x81, 0x83:
+            guard d.mod == 3 else { return nil }
+            let s = op == 0x80 ? 1 : d.opSize
+            let imm = op == 0x80 ? d.imm & 0xFF : (op == 0x81 ? immZ(s) : signExtend(d.imm, 1) & sizeMask(s))
+            return .alu(kind: d.reg & 7, dst: loc(d.rm, s), src: .imm(imm), size: s)
+        case 0x84, 0x85:
+            guard d.mod == 3 else { return nil }
+            let s = op == 0x84 ? 1 : d.opSize
+            return .alu(kind: 8, dst: loc(d.rm, s), src: .reg(loc(d.reg, s)), size: s)
+        case 0x86, 0x87:
+            guard d.mod == 3 else { return nil }
+            let s = op == 0x86 ? 1 : d.opSize
+            return .xchg(a: loc(d.rm, s), b: loc(d.reg, s), size: s)
+        case 0x88...0x8B:
+            guard d.mod == 3 else { return nil }
+            let s = op & 1 == 0 ? 1 : d.opSize
+            return op < 0x8A ? .mov(dst: loc(d.rm, s), src: .reg(loc(d.reg, s)), size: s)
+                : .mov(dst: loc(d.reg, s), src: .reg(loc(d.rm, s)), size: s)
+        case 0x8D:
+            guard d.mod != 3 else { return nil }
+            return .lea(dst: d.reg * 8, base: d.base, index: d.index, scale: Int(d.scale), disp: d.disp,
+                        ripRelative: d.ripRelative, addrSize: d.addrSize, size: d.opSize)
+        case 0x90:
+            if d.rep != 0 { return nil }   // PAUSE
+            return d.rexB ? .xchg(a: 8 * 8, b: 0, size: d.opSize) : .nop
+        case 0x91...0x97:
+            return .xchg(a: ((op & 7) | (d.rexB ? 8 : 0)) * 8, b: 0, size: d.opSize)
+        case 0x98, 0x99:
+            return .signExtendA(opcode: UInt8(op), size: d.opSize)
+        case 0xA8: return .alu(kind: 8, dst: 0, src: .imm(d.imm & 0xFF), size: 1)
+        case 0xA9: let s = d.opSize; return .alu(kind: 8, dst: 0, src: .imm(immZ(s)), size: s)
+        case 0xB0...0xB7:
+            return .mov(dst: loc((op & 7) | (d.rexB ? 8 : 0), 1), src: .imm(d.imm & 0xFF), size: 1)
+        case 0xB8...0xBF:
+            let s = d.opSize
+            return .mov(dst: ((op & 7) | (d.rexB ? 8 : 0)) * 8, src: .imm(d.imm & sizeMask(s)), size: s)
+        case 0xC0, 0xC1, 0xD0, 0xD1:
+            let k = d.reg & 7
+            guard d.mod == 3, k != 2, k != 3 else { return nil }
+            let s = op & 1 == 0 ? 1 : d.opSize
+            let raw = op <= 0xC1 ? d.imm : 1
+            let count = Int(raw & (s == 8 ? 0x3F : 0x1F))
+            // SHL/SHR/SAR of a byte or word by its width or more: CF is undefined there and
+            // the interpreter's choice is not the host's to make.
+            if k >= 4 && s < 4 && count >= s * 8 { return nil }
+            return .shift(kind: k == 6 ? 4 : k, loc: loc(d.rm, s), size: s, count: count)
+        case 0xC6, 0xC7:
+            guard d.mod == 3, d.reg & 7 == 0 else { return nil }
+            let s = op == 0xC6 ? 1 : d.opSize
+            return .mov(dst: loc(d.rm, s), src: .imm(op == 0xC6 ? d.imm & 0xFF : immZ(s)), size: s)
+        case 0xE9:
+            return branchOK ? .branch(cc: nil, rel: d.opSize == 2 ? signExtend(d.imm, 2) : signExtend(d.imm, 4)) : nil
+        case 0xEB:
+            return branchOK ? .branch(cc: nil, rel: signExtend(d.imm, 1)) : nil
+        case 0xF5, 0xF8, 0xF9:
+            return .carry(opcode: UInt8(op))
+        case 0xF6, 0xF7:
+            guard d.mod == 3 else { return nil }
+            let s = op == 0xF6 ? 1 : d.opSize
+            switch d.reg & 7 {
+            case 0: return .alu(kind: 8, dst: loc(d.rm, s), src: .imm(op == 0xF6 ? d.imm & 0xFF : immZ(s)), size: s)
+            case 2, 3: return .unary(kind: d.reg & 7, loc: loc(d.rm, s), size: s)
+            default: return nil
+            }
+        case 0xFE, 0xFF:
+            guard d.mod == 3, d.reg & 7 < 2 else { return nil }
+            let s = op == 0xFE ? 1 : d.opSize
+            return .unary(kind: d.reg & 7, loc: loc(d.rm, s), size: s)
+        case 0x140...0x14F:
+            guard d.mod == 3 else { return nil }
+            return .cmov(cc: op & 0xF, dst: d.reg * 8, src: d.rm * 8, size: d.opSize)
+        case 0x180...0x18F:
+            return branchOK ? .branch(cc: op & 0xF, rel: d.opSize == 2 ? signExtend(d.imm, 2) : signExtend(d.imm, 4)) : nil
+        case 0x190...0x19F:
+            guard d.mod == 3 else { return nil }
+            return .setcc(cc: op & 0xF, dst: loc(d.rm, 1))
+        case 0x1B6, 0x1B7, 0x1BE, 0x1BF:
+            guard d.mod == 3 else { return nil }
+            let from = op & 1 == 0 ? 1 : 2
+            return .extend(dst: d.reg * 8, src: loc(d.rm, from), from: from, signed: op >= 0x1BE, size: d.opSize)
+        default:
+            return nil
+        }
+    }
+
+    /// Compiles the supported prefix of `count` decoded instructions (nil if empty).
+    static func compile(_ insns: UnsafePointer<Insn>, count: Int, mode64: Bool, ipMask: UInt64) -> JITCompiled? {
+        var ops: [JITOp] = []
+        var ends: [Int] = []   // byte offset after each instruction
+        var len = 0
+        for i in 0..<count {
+            guard let o = translate(insns[i], mode64: mode64, ipMask: ipMask) else { break }
+            if case .branch = o, i != count - 1 { break }
+            len += insns[i].len
+            ops.append(o)
+            ends.append(len)
+            if case .branch = o { break }
+        }
+        guard !ops.isEmpty else { return nil }
+        // Flag liveness, backwards from the exit (where all six are live: they become the
+        // CPU's flag state).
+        var liveAfter = [UInt64](repeating: 0, count: ops.count)
+        var live = Flag.arith
+        var writes: UInt64 = 0
+        for i in stride(from: ops.count - 1, through: 0, by: -1) {
+            liveAfter[i] = live
+            live = (live & ~ops[i].flagsWritten) | ops[i].flagsRead
+            writes |= ops[i].flagsWritten
+        }
+        let flagsIn = live != 0
+        let flagsOut = writes != 0
+        var e = X64Emitter()
+        if flagsIn { e.pushContext(0); e.popfq() }
+        var branch: (cc: Int?, rel: UInt64)? = nil
+        for (i, o) in ops.enumerated() {
+            if case let .branch(cc, rel) = o { branch = (cc, rel); continue }
+            guard emit(o, into: &e, liveAfter: liveAfter[i], end: ends[i]) else { return nil }
+        }
+        if flagsOut { e.pushfq(); e.popContext(0) }
+        let A = HostReg.rax, D = HostReg.rdx
+        if let b = branch {
+            let taken = Int64(len) &+ Int64(bitPattern: b.rel)
+            guard taken >= Int64(Int32.min), taken <= Int64(Int32.max) else { return nil }
+            if let cc = b.cc {
+                e.movImm(A, UInt64(len), 4)
+                e.movImm(D, UInt64(bitPattern: taken), 8)
+                e.cmov(cc, A, D, 8)
+            } else {
+                e.movImm(A, UInt64(bitPattern: taken), 8)
+            }
+        } else {
+            e.movImm(A, UInt64(len), 4)
+        }
+        e.ret()
+        return JITCompiled(code: e.bytes, count: ops.count, byteLength: len, flagsIn: flagsIn, flagsOut: flagsOut)
+    }
+
+    /// Emits one non-branch operation. `end` is the byte offset after the instruction.
+    static func emit(_ o: JITOp, into e: inout X64Emitter, liveAfter: UInt64, end: Int) -> Bool {
+        let A = HostReg.rax, C = HostReg.rcx, D = HostReg.rdx
+        switch o {
+        case let .alu(kind, dst, src, s):
+            e.load(A, dst, s)
+            switch src {
+            case let .reg(off): e.load(C, off, s)
+            case let .imm(v): e.movImm(C, v, s)
+            }
+            if kind == 8 { e.test(A, C, s) } else { e.alu(kind, A, C, s) }
+            if kind != 7 && kind != 8 { e.store(A, dst, s) }
+        case let .mov(dst, src, s):
+            switch src {
+            case let .reg(off): e.load(A, off, s)
+            case let .imm(v): e.movImm(A, v, s)
+            }
+            e.store(A, dst, s)
+        case let .unary(kind, loc, s):
+            e.load(A, loc, s)
+            if kind < 2 { e.incDec(kind, A, s) } else { e.notNeg(kind, A, s) }
+            e.store(A, loc, s)
+        case let .shift(kind, loc, s, count):
+            e.load(A, loc, s)
+            if count != 0 {
+                let bits = s * 8
+                // The interpreter's values for the flags the SDM leaves undefined: AF = 0
+                // after SHL/SHR/SAR; OF after a count above 1 as for a count of 1 (SHL/ROL:
+                // MSB(result) ^ CF; SHR: MSB(operand); SAR: 0; ROR: the two top result bits).
+                let fixAF = kind >= 4 && liveAfter & Flag.af != 0
+                let fixOF = count > 1 && liveAfter & Flag.of != 0
+                if fixOF && kind == 5 { e.movRR(D, A, 8) }
+                e.shift(kind, A, s, count)
+                if fixAF || fixOF {
+                    e.pushfq(); e.pop(C)
+                    if fixOF {
+                        switch kind {
+                        case 4, 0:
+                            e.movRR(D, A, 8); e.shift(5, D, 8, bits - 1)
+                            e.alu(6, D, C, 4)   // ^ CF (bit 0)
+                        case 5:
+                            e.shift(5, D, 8, bits - 1)
+                        case 1:
+                            e.movRR(D, A, 8); e.shift(5, D, 8, bits - 2)
+                            e.movRR(HostReg.r8, D, 8); e.shift(5, HostReg.r8, 8, 1)
+                            e.alu(6, D, HostReg.r8, 4)
+                        default:
+                            e.movImm(D, 0, 4)
+                        }
+                        e.aluImm(4, D, 1, 4)
+                        e.shift(4, D, 4, 11)   // to OF's position
+                    }
+                    e.aluImm(4, C, Int32(bitPattern: ~UInt32((fixOF ? Flag.of : 0) | (fixAF ? Flag.af : 0))), 8)
+                    if fixOF { e.alu(1, C, D, 8) }
+                    e.push(C); e.popfq()
+                }
+            }
+            e.store(A, loc, s)
+        case let .extend(dst, src, from, signed, s):
+            e.extendLoad(A, src, from: from, signed: signed, s == 8 ? 8 : 4)
+            e.store(A, dst, s)
+        case let .lea(dst, base, index, scale, disp, ripRelative, addrSize, s):
+            var total = Int64(bitPattern: disp)
+            if ripRelative { total &+= Int64(end) }
+            if addrSize == 8 {
+                guard total >= Int64(Int32.min), total <= Int64(Int32.max) else { return false }
+            }
+            let d32 = Int32(truncatingIfNeeded: total)
+            if base >= 0 { e.load(A, base * 8, 8) }
+            else if ripRelative { e.loadContext(A, 8) }
+            else { e.movImm(A, 0, 4) }
+            if index >= 0 { e.load(C, index * 8, 8) }
+            e.lea(A, base: A, index: index >= 0 ? C : -1, scale: scale, disp: d32)
+            if addrSize == 2 { e.zeroExtend16(A) }
+            else if addrSize == 4 || s == 4 { e.movRR(A, A, 4) }
+            e.store(A, dst, s)
+        case let .setcc(cc, dst):
+            e.setcc(cc, A)
+            e.store(A, dst, 1)
+        case let .cmov(cc, dst, src, s):
+            e.load(A, dst, s)
+            e.load(C, src, s)
+            e.cmov(cc, A, C, s)
+            e.store(A, dst, s)
+        case let .xchg(a, b, s):
+            e.load(A, a, s)
+            e.load(C, b, s)
+            e.store(A, b, s)
+            e.store(C, a, s)
+        case let .signExtendA(opcode, s):
+            e.load(A, 0, 8)
+            e.signExtendA(opcode, s)
+            if opcode == 0x98 { e.store(A, 0, s) } else { e.store(D, 2 * 8, s) }
+        case let .carry(opcode):
+            e.byte(opcode)
+        case .nop:
+            break
+        case .branch:
+            return false
+        }
+        return true
+    }
+}
