@@ -29,6 +29,7 @@ guest-kernels: deps
 	@if [ -f guests/debian/build.sh ]; then sh guests/debian/build.sh --only-i386 || echo "warning: guests/debian/build.sh --only-i386 failed; the i386 Linux boot test will be skipped"; fi
 	@if [ -f guests/debian/build.sh ]; then sh guests/debian/build.sh --variant net || echo "warning: guests/debian/build.sh --variant net failed; the local-interface guest test will be skipped"; fi
 	@if [ -f guests/debian/build.sh ]; then sh guests/debian/build.sh --variant vsock || echo "warning: guests/debian/build.sh --variant vsock failed; the vsock guest test will be skipped"; fi
+	@if [ -f guests/debian/build.sh ]; then sh guests/debian/build.sh --variant v3 || echo "warning: guests/debian/build.sh --variant v3 failed; the v3 guest test will be skipped"; fi
 
 build:
 	$(SWIFT) build

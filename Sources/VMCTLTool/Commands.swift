@@ -23,7 +23,7 @@ struct Start: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Kernel command line.", valueName: "text")) var cmdline: String?
     @Option(name: .long, help: ArgumentHelp("Number of virtual CPUs.", valueName: "n")) var vcpus: Int?
     @Option(name: .long, help: ArgumentHelp("kvm, emulator or auto.", valueName: "accel")) var accel: String?
-    @Option(name: .customLong("cpu-level"), help: ArgumentHelp("Software CPU level: baseline or v2.", valueName: "level")) var cpuLevel: String?
+    @Option(name: .customLong("cpu-level"), help: ArgumentHelp("Software CPU level: baseline, v2 or v3.", valueName: "level")) var cpuLevel: String?
     @Argument(help: ArgumentHelp("The VM's id or name.", valueName: "id|name")) var target: String
 
     func validate() throws {

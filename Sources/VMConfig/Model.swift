@@ -59,7 +59,7 @@ public enum Accelerator: String, Codable, Hashable, Sendable, CaseIterable {
 /// names: `baseline` (x86-64: SSE2) or `v2` (x86-64-v2: SSE3 to SSE4.2, POPCNT, CX16,
 /// LAHF/SAHF). KVM guests see the CPUID KVM offers, whatever this says.
 public enum CPULevel: String, Codable, Hashable, Sendable, CaseIterable {
-    case baseline, v2
+    case baseline, v2, v3
 }
 
 public struct DiskSpec: Codable, Hashable, Sendable {

@@ -112,7 +112,11 @@ public final class Machine: @unchecked Sendable {
         accelerator = try AcceleratorChoice.choose(requested: config.accelerator, kernel: kind, host: hostCaps)
         log.info("accelerator \(accelerator.backend.rawValue): \(accelerator.reason)")
         if accelerator.backend == .emulator {
-            log.info("software CPU level \(config.cpuLevel ?? .default)")
+            let level = config.cpuLevel ?? .default
+            guard level.runsOnThisHost else {
+                throw VMMError.machine("cpu-level \(level) needs a host CPU with AVX2, FMA and F16C (the software CPU runs their float operations on the host)")
+            }
+            log.info("software CPU level \(level)")
         } else if let level = config.cpuLevel {
             log.warning("--cpu-level \(level) applies to the software CPU only; under KVM the guest sees the CPUID KVM offers")
         }

@@ -77,8 +77,8 @@ struct VMMCommand: ParsableCommand {
     var accel: Accelerator = .auto
 
     @Option(name: .customLong("cpu-level"), help: ArgumentHelp(
-        "The software CPU's instruction-set level: baseline (x86-64: SSE2) or v2 (x86-64-v2: + SSE3, SSSE3, SSE4.1, SSE4.2, POPCNT, CMPXCHG16B, LAHF/SAHF; the default). KVM ignores it.",
-        valueName: "baseline|v2"))
+        "The software CPU's instruction-set level: baseline (x86-64: SSE2), v2 (x86-64-v2: + SSE3, SSSE3, SSE4.1, SSE4.2, POPCNT, CMPXCHG16B, LAHF/SAHF; the default) or v3 (x86-64-v3: + AVX, AVX2, BMI1, BMI2, FMA, F16C, LZCNT, MOVBE, XSAVE; needs a host with AVX2, FMA and F16C). KVM ignores it.",
+        valueName: "baseline|v2|v3"))
     var cpuLevel: X86CPULevel?
 
     @Option(name: [.customShort("n"), .long], help: ArgumentHelp(

@@ -97,6 +97,8 @@ extension X86CPU {
             }
         case 0x2C, 0x2D, 0x2E, 0x2F, 0x8C, 0x8E:
             try vexMaskMove(b, w)
+        case 0x90...0x93:
+            try vexGather(b)
         default:
             throw udFault()
         }
@@ -128,6 +130,52 @@ extension X86CPU {
                 try writeMem(d.seg, (ea &+ UInt64(i * size)) & sizeMask(d.addrSize), size, element(src, i))
             }
         }
+    }
+
+    /// VPGATHERDD/DQ/QD/QQ and VGATHERDPS/DPD/QPS/QPD (0F 38 90-93; W = quadword data,
+    /// odd opcodes quadword indices). VSIB addressing: base + disp from ModRM/SIB, the
+    /// index register is a vector (the decoder keeps the scale even for index 4, xmm4).
+    /// The elements whose mask (vvvv) has its sign bit set are loaded in order, each
+    /// clearing its mask element, so a fault leaves the progress made (restartable); at the
+    /// end the mask is zero. #UD without a SIB byte, with 16-bit addressing, or when any two
+    /// of destination, index and mask are the same register.
+    func vexGather(_ b: Int) throws(X86Fault) {
+        if d.mod == 3 || d.modrm & 7 != 4 || d.addrSize == 2 { throw udFault() }
+        let size = d.rexW ? 8 : 4, qIndex = b & 1 != 0
+        let count = (qIndex || d.rexW) ? (d.vexL ? 4 : 2) : (d.vexL ? 8 : 4)
+        let g = d.reg, m = d.vexV, xi = d.index >= 0 ? d.index : 4
+        if g == m || g == xi || m == xi { throw udFault() }
+        let savedIndex = d.index
+        d.index = -1
+        let base = effectiveAddress()
+        d.index = savedIndex
+        let idx = yr(xi)
+        var dst = yr(g), mask = yr(m)
+        func get(_ v: V4, _ i: Int, _ sz: Int) -> UInt64 {
+            sz == 8 ? v[i] : (v[i / 2] >> UInt64((i % 2) * 32)) & 0xFFFF_FFFF
+        }
+        func put(_ v: inout V4, _ i: Int, _ x: UInt64) {
+            if size == 8 { v[i] = x } else {
+                let sh = UInt64((i % 2) * 32)
+                v[i / 2] = (v[i / 2] & ~(0xFFFF_FFFF << sh)) | (x << sh)
+            }
+        }
+        // Bits above the gathered elements are zeroed in both registers.
+        let keep = count * size / 8
+        func finish() {
+            for k in keep..<4 { dst[k] = 0; mask[k] = 0 }
+            yw(g, dst); yw(m, mask)
+        }
+        for i in 0..<count where get(mask, i, size) >> UInt64(size * 8 - 1) != 0 {
+            let ix = qIndex ? idx[i] : UInt64(bitPattern: Int64(Int32(truncatingIfNeeded: get(idx, i, 4))))
+            let ea = (base &+ (ix << d.scale)) & sizeMask(d.addrSize)
+            let x: UInt64
+            do { x = try readMem(d.seg, ea, size) } catch { finish(); throw error }
+            put(&dst, i, x)
+            put(&mask, i, 0)
+        }
+        mask = V4(0, 0, 0, 0)
+        finish()
     }
 
     // swiftlint:disable:next cyclomatic_complexity function_body_length

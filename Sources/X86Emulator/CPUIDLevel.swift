@@ -7,9 +7,9 @@ public enum X86CPULevel: String, Sendable, CaseIterable, Comparable, CustomStrin
     case baseline
     /// x86-64-v2: + SSE3, SSSE3, SSE4.1, SSE4.2, POPCNT, CMPXCHG16B, LAHF/SAHF in 64-bit mode.
     case v2
-    /// x86-64-v3 as far as it is implemented: v2 + MOVBE, LZCNT, BMI1, BMI2, XSAVE for
-    /// x87/SSE state (and CPUID offers exactly those bits). AVX, AVX2, FMA and F16C are missing, so this is
-    /// not v3 yet and not `selectable`: only tests use it.
+    /// x86-64-v3: v2 + AVX, AVX2, BMI1, BMI2, FMA, F16C, LZCNT, MOVBE, XSAVE (x87/SSE/AVX
+    /// state). Its float operations run on the host's own units (`AVXFloat.swift`), so a
+    /// machine may ask for it only on a host that has them (`runsOnThisHost`).
     case v3
 
     /// The default is v2: current distributions (RHEL 9 and its rebuilds) refuse to start
@@ -19,7 +19,11 @@ public enum X86CPULevel: String, Sendable, CaseIterable, Comparable, CustomStrin
 
     /// The levels a machine may ask for (`vmm --cpu-level`, vm.conf `cpu-level`): the
     /// complete ones.
-    public static let selectable: [X86CPULevel] = [.baseline, .v2]
+    public static let selectable: [X86CPULevel] = [.baseline, .v2, .v3]
+
+    /// False for v3 on a host without AVX, AVX2, FMA and F16C (the software CPU runs FMA,
+    /// F16C and the VEX compares as those host instructions).
+    public var runsOnThisHost: Bool { self < .v3 || HostFloat.hostHasAVX }
 
     public var description: String { rawValue }
 

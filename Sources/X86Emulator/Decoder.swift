@@ -234,6 +234,7 @@ extension X86CPU {
                         let sib = try fetch8(n); n &+= 1
                         let idx = Int((sib >> 3) & 7) | (rex & 2 != 0 ? 8 : 0)
                         if idx != 4 { d.index = idx; d.scale = UInt64(sib >> 6) }
+                        else if vex != nil { d.scale = UInt64(sib >> 6) }   // a VSIB index may be xmm4 (`vexGather`)
                         baseLow = Int(sib & 7)
                         if baseLow == 5 && d.mod == 0 {
                             d.base = -1

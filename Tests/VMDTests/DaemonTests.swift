@@ -254,8 +254,8 @@ let twoVMs = """
         #expect(noVM.stderr == "vmctl: vm ghost: no such vm (give -b, -r or -d to create one)\n")
         #expect(try d.vmctl("start", "-m", "12X", "db").status != 0)
         #expect(try d.vmctl("start", "--accel", "xen", "db").status != 0)
-        let level = try d.vmctl("start", "--cpu-level", "v3", "db")   // v3 is not complete: not selectable
-        #expect(level.status != 0 && level.stderr.contains("invalid cpu level: v3 (baseline or v2)"), "\(level.stderr)")
+        let level = try d.vmctl("start", "--cpu-level", "v4", "db")
+        #expect(level.status != 0 && level.stderr.contains("invalid cpu level: v4 (baseline or v2 or v3)"), "\(level.stderr)")
         let s = try d.vmctl("status").stdout
         #expect(row(s, "web")?[7] == "running")
         #expect(row(s, "db")?[7] == "disabled")

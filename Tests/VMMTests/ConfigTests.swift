@@ -145,7 +145,10 @@ import VMConfig
         #expect(try VMMCommand.parse(["-k", "k"]).machineConfig().cpuLevel == nil)
         #expect(try VMMCommand.parse(["-k", "k", "--cpu-level", "v2"]).machineConfig().cpuLevel == .v2)
         #expect(try VMMCommand.parse(["-k", "k", "--cpu-level", "baseline"]).machineConfig().cpuLevel == .baseline)
-        #expect(throws: (any Error).self) { try VMMCommand.parse(["-k", "k", "--cpu-level", "v3"]) }
+        #expect(try VMMCommand.parse(["-k", "k", "--cpu-level", "v3"]).machineConfig().cpuLevel == .v3)
+        #expect(throws: (any Error).self) { try VMMCommand.parse(["-k", "k", "--cpu-level", "v4"]) }
+        // v3 runs its FMA/F16C/VEX compares on the host's units: offered where the host has them.
+        #expect(X86CPULevel.v2.runsOnThisHost && X86CPULevel.baseline.runsOnThisHost)
         // The emulator backend gives every vCPU the level (CPUID and #UD gating follow it).
         let vm = EmulatorMachineGlue.makeBackend(memory: try GuestMemory(size: 1 << 20), cpuLevel: .v2)
         #expect(try vm.createEmulatorVCPU(index: 0, startState: .runnable).cpu.cpuLevel == .v2)

@@ -86,8 +86,23 @@ enum AVXCases {
             c.append(shift("vpand ymm2, ymm2, [rsi]\n\(op) ymm0, ymm1, ymm2\n\(op) xmm1, xmm0, [rsi+16]"))
         }
         c.append(shift("vpsrlvq ymm0, ymm1, ymm2\nvpsllvd ymm1, ymm0, ymm1"))
+        c += gathers
         c += ["vpblendvb ymm1, ymm1, ymm2, ymm0\nvblendvps ymm2, ymm0, [rsi+4], ymm1\nvblendvpd xmm0, xmm1, xmm2, xmm0"].map(int)
         return c
+    }
+
+    /// Gathers: indices masked to 0-15 so every element stays in the 96-byte rsi area;
+    /// ymm1's sign bits choose the elements (and it ends zero); xmm4 as the index (SIB
+    /// index field 100) too.
+    static var gathers: [DiffCase] {
+        let d = "mov eax, 15\nvmovd xmm3, eax\nvpbroadcastd ymm3, xmm3\nvpand ymm2, ymm2, ymm3\n"
+        let q = "mov eax, 15\nvmovq xmm3, rax\nvpbroadcastq ymm3, xmm3\nvpand ymm2, ymm2, ymm3\n"
+        return [d + "vpgatherdd ymm0, [rsi+ymm2*4], ymm1", d + "vpgatherdd xmm0, [rsi+xmm2*2+8], xmm1",
+                d + "vpgatherdq ymm0, [rsi+xmm2*4], ymm1", d + "vgatherdpd xmm0, [rsi+xmm2*1+3], xmm1",
+                d + "vgatherdps ymm0, [rsi+ymm2*4+4], ymm1", d + "vmovdqa ymm4, ymm2\nvpgatherdd ymm0, [rsi+ymm4*4], ymm1",
+                q + "vpgatherqd xmm0, [rsi+ymm2*4], xmm1", q + "vpgatherqd xmm0, [rsi+xmm2*4+1], xmm1",
+                q + "vpgatherqq ymm0, [rsi+ymm2*2+16], ymm1", q + "vgatherqps xmm0, [rsi+ymm2*4], xmm1",
+                q + "vgatherqpd xmm0, [rsi+xmm2*4], xmm1", q + "vmovdqa ymm4, ymm2\nvgatherqpd ymm0, [rsi+ymm4*4], ymm1"].map(int)
     }
 
     static var movesAndFlags: [DiffCase] {
@@ -200,6 +215,10 @@ enum AVXCases {
         #expect(try X87Tests.vectorRaised(aligned + "vmovaps [rsp+32], ymm0\nvmovdqa xmm1, [rsp+16]", level: .v3) == nil)
         #expect(try X87Tests.vectorRaised(aligned + "vmovdqu ymm0, [rsp+3]\nvmovntdq [rsp], ymm0", level: .v3) == nil)
         #expect(try X87Tests.vectorRaised(aligned + "vmovntdq [rsp+16], ymm0", level: .v3) == 13)
+        // A gather whose destination, index and mask are not three different registers.
+        for bad in ["vpgatherdd ymm0, [rsp+ymm0*4], ymm1", "vpgatherdd ymm0, [rsp+ymm1*4], ymm0", "vgatherqpd ymm2, [rsp+ymm1*4], ymm1"] {
+            #expect(try X87Tests.vectorRaised(Self.avxOn + bad, level: .v3) == 6, "\(bad)")
+        }
         for bad in [".byte 0xc5, 0xf6, 0x6f, 0xc1",          // vmovdqu with vvvv = xmm0... (1110b)
                     ".byte 0xc5, 0xfd, 0x6e, 0xc0",          // vmovd with VEX.L = 1
                     ".byte 0xc4, 0xe3, 0x7d, 0x00, 0xc1, 0x1b", // vpermq with W0

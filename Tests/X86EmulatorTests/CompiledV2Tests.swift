@@ -120,14 +120,14 @@ void entry(uint8_t *out, const uint8_t *in) {
     static var gccAvailable: Bool { FileManager.default.isExecutableFile(atPath: "/usr/bin/gcc") }
 
     /// The program as position-independent flat code, its entry at offset 0.
-    static func build() throws -> [UInt8] {
+    static func build(source: String = CompiledV2.source, march: String = "x86-64-v2") throws -> [UInt8] {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("x86v2-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
         let p = dir.path
         try source.write(toFile: p + "/v2.c", atomically: true, encoding: .utf8)
         try linkScript.write(toFile: p + "/link.ld", atomically: true, encoding: .utf8)
-        try Assembler.run("/usr/bin/gcc", ["-O3", "-march=x86-64-v2", "-fPIC", "-fvisibility=hidden", "-ffreestanding",
+        try Assembler.run("/usr/bin/gcc", ["-O3", "-march=" + march, "-ffp-contract=fast", "-fPIC", "-fvisibility=hidden", "-ffreestanding",
                                  "-fno-stack-protector", "-fno-asynchronous-unwind-tables",
                                  "-fno-tree-loop-distribute-patterns", "-c", p + "/v2.c", "-o", p + "/v2.o"])
         try Assembler.run("/usr/bin/ld", ["-T", p + "/link.ld", "-o", p + "/v2.elf", p + "/v2.o"])
@@ -149,10 +149,17 @@ void entry(uint8_t *out, const uint8_t *in) {
         return out
     }
 
-    static func runEmulated(_ code: [UInt8], _ input: [UInt8], level: X86CPULevel) throws -> (VCPUExit, [UInt8]) {
+    /// `avx`: CR4.OSXSAVE set and XCR0 = x87 | SSE | AVX, as an AVX-using OS leaves them.
+    static func runEmulated(_ code: [UInt8], _ input: [UInt8], level: X86CPULevel, avx: Bool = false) throws -> (VCPUExit, [UInt8]) {
         let m = try TestMachine()
         m.cpu.cpuLevel = level
         try m.setupLongMode()
+        if avx {
+            var s = m.cpu.specialRegisters()
+            s.cr4 |= X86Bits.cr4OSXSAVE
+            m.cpu.setSpecialRegisters(s)
+            m.cpu.xcr0 = 7
+        }
         try m.load(code)
         try m.memory.write(bytes: input, at: 0x40_0000)
         try m.memory.write(bytes: [UInt8](repeating: 0, count: 16384), at: 0x50_0000)

@@ -10,10 +10,13 @@
 # TCP exchange with the host, a peer VM's listener or client, a forged MAC; markers
 # SWIFTVMM-NET-*), vsock (loads Debian's vsock modules
 # and runs guests/vsock-echo.c, built here with gcc -static: a round trip in each direction
-# with the host's hybrid vsock socket; markers SWIFTVMM-VSOCK-*).
+# with the host's hybrid vsock socket; markers SWIFTVMM-VSOCK-*), v3 (for `--cpu-level v3`:
+# prints the kernel's xstate line and the CPU flags, runs guests/v3-check.c, built here
+# with gcc -static -march=x86-64-v3 and also left as $CACHE/amd64/v3-check for the host's
+# run; marker SWIFTVMM-V3-DONE).
 # CACHE defaults to .build/guests/debian (override with SWIFTVMM_GUEST_CACHE).
 # Needs: apt-get (packages are fetched with `apt-get download`, never installed),
-# dpkg-deb, cpio, gzip and busybox-static (and gcc with libc6-dev for --variant vsock). Idempotent: re-running reuses the cache.
+# dpkg-deb, cpio, gzip and busybox-static (and gcc with libc6-dev for --variant vsock/v3). Idempotent: re-running reuses the cache.
 set -eu
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -27,11 +30,11 @@ while [ $# -gt 0 ]; do
     --only-i386) ARCHES="i386" ;;
     --variant) [ $# -ge 2 ] || { echo "--variant needs a name" >&2; exit 2; }
                VARIANT=$2; shift ;;
-    *) echo "usage: $0 [--i386|--only-i386] [--variant net|vsock]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--i386|--only-i386] [--variant net|vsock|v3]" >&2; exit 2 ;;
   esac
   shift
 done
-case "$VARIANT" in ""|net|vsock) ;; *) echo "unknown variant $VARIANT (known: net, vsock)" >&2; exit 2 ;; esac
+case "$VARIANT" in ""|net|vsock|v3) ;; *) echo "unknown variant $VARIANT (known: net, vsock, v3)" >&2; exit 2 ;; esac
 
 MARKER="SWIFTVMM-INIT-OK"
 MODULES="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk failover net_failover virtio_net virtio-rng virtio_console"
@@ -109,6 +112,11 @@ build_initramfs() {
   if [ "$VARIANT" = vsock ]; then
     [ "$arch" = amd64 ] || { echo "--variant vsock is built for amd64 only" >&2; exit 1; }
     gcc -static -O2 -Wall -o "$ird/bin/vsock-echo" "$HERE/../vsock-echo.c"
+  fi
+  if [ "$VARIANT" = v3 ]; then
+    [ "$arch" = amd64 ] || { echo "--variant v3 is built for amd64 only" >&2; exit 1; }
+    gcc -static -O2 -Wall -march=x86-64-v3 -o "$out/v3-check" "$HERE/../v3-check.c" -lm
+    cp "$out/v3-check" "$ird/bin/v3-check"
   fi
   { init_head; init_checks_${VARIANT:-default}; init_tail; } > "$ird/init"
   chmod +x "$ird/init"
@@ -270,6 +278,14 @@ arg() { sed -n "s/.*swiftvmm\.$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
 port=$(arg vsock); hostport=$(arg vsockhost)
 ls -l /dev/vsock 2>/dev/null
 /bin/vsock-echo "${port:-1234}" "${hostport:-5000}" && echo "SWIFTVMM-VSOCK-DONE"
+INIT
+}
+
+init_checks_v3() {
+  cat <<'INIT'
+dmesg | grep 'x86/fpu: Enabled xstate'
+echo "cpu flags: $(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -xE 'avx|avx2|fma|f16c|bmi1|bmi2|movbe|xsave' | tr '\n' ' ')"
+/bin/v3-check && echo "SWIFTVMM-V3-DONE"
 INIT
 }
 
