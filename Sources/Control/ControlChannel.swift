@@ -194,9 +194,10 @@ public final class ControlChannel: @unchecked Sendable {
     private struct Versioned: Decodable { var version: Int }
 
     /// Client side: one request, one reply (with any descriptors).
-    public func call(_ request: ControlRequest) throws(ControlError) -> (ControlReply, [Int32]) {
+    /// `fds` travel with the request (`receive`: the state stream).
+    public func call(_ request: ControlRequest, fds: [Int32] = []) throws(ControlError) -> (ControlReply, [Int32]) {
         do {
-            try send(RequestFrame(request))
+            try send(RequestFrame(request), fds: fds)
         } catch {
             // vmd may have refused the connection (too many) with a reply and closed it
             // before the request went out: that reply says why.

@@ -74,6 +74,10 @@ public enum ControlRequest: Codable, Hashable, Sendable {
     /// `vmctl send`: the reply carries a descriptor from which the VM's state stream
     /// (docs/snapshot.md) is read; the VM stops once the stream is written.
     case send(target: VMIdentifier)
+    /// `vmctl receive`: the request carries one descriptor, the state stream to read; vmd
+    /// starts it as VM `name` with start's checks (docs/snapshot.md, "vmctl receive").
+    /// `disks` (`-d`): the receiving side's disk images; empty: the VM's vm.conf disks.
+    case receive(name: String, disks: [DiskSpec])
 
     /// The vmctl command name, for logs and errors.
     public var commandName: String {
@@ -90,6 +94,7 @@ public enum ControlRequest: Codable, Hashable, Sendable {
         case .reset: return "reset"
         case .log: return "log"
         case .send: return "send"
+        case .receive: return "receive"
         }
     }
 }

@@ -30,8 +30,9 @@ func say(_ message: String) {
 let connectTimeout: Double = 10
 let replyTimeout: Double = 120
 
-/// Sends one request to vmd; a failure reply becomes a one-line error and exit status 1.
-func request(_ r: ControlRequest) throws -> (ControlReply, [Int32]) {
+/// Sends one request to vmd (with `fds`, e.g. receive's stream); a failure reply becomes a
+/// one-line error and exit status 1.
+func request(_ r: ControlRequest, fds sent: [Int32] = []) throws -> (ControlReply, [Int32]) {
     let path = socketPath()
     let ch: ControlChannel
     do { ch = try ControlChannel.connect(path: path, timeout: connectTimeout) } catch {
@@ -42,13 +43,14 @@ func request(_ r: ControlRequest) throws -> (ControlReply, [Int32]) {
     }
     let waits: Bool
     switch r {
-    case .wait, .reset: waits = true
+    // A receive answers once the whole stream is in, however long it takes to come.
+    case .wait, .reset, .receive: waits = true
     case .stop(_, _, let wait): waits = wait
     default: waits = false
     }
     UnixSocket.setTimeouts(ch.fd, receive: waits ? nil : replyTimeout, send: connectTimeout)
     let (reply, fds): (ControlReply, [Int32])
-    do { (reply, fds) = try ch.call(r) } catch {
+    do { (reply, fds) = try ch.call(r, fds: sent) } catch {
         if case .system(_, let e, _) = error, e == EAGAIN {
             throw fail("vmd did not answer within \(Int(replyTimeout)) s")
         }
@@ -83,6 +85,15 @@ func warn(_ message: String) {
     let bytes = Array("vmctl: \(message)\n".utf8)
     // SAFETY: write(2) reads bytes.count bytes from the array's storage.
     _ = bytes.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
+}
+
+/// A disk given on the command line (`-d`): `qcow2:path` or `raw:path` names the format,
+/// as `vmctl create` does; the path is made absolute.
+func diskSpec(_ d: String) -> DiskSpec {
+    if let colon = d.firstIndex(of: ":"), let f = DiskFormat(rawValue: String(d[..<colon])) {
+        return DiskSpec(path: absolute(String(d[d.index(after: colon)...])), format: f)
+    }
+    return DiskSpec(path: absolute(d))
 }
 
 /// The real path of a file given on the command line (vmd may have another cwd).

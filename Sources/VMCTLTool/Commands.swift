@@ -43,13 +43,7 @@ struct Start: ParsableCommand {
         r.boot = boot.map(absolute)
         r.bootDevice = bootDevice.flatMap(BootDevice.init(rawValue:))
         r.cdrom = cdrom.map(absolute)
-        // `qcow2:path` or `raw:path` names the format, as `vmctl create` does.
-        r.disks = disks.map { d in
-            if let colon = d.firstIndex(of: ":"), let f = DiskFormat(rawValue: String(d[..<colon])) {
-                return DiskSpec(path: absolute(String(d[d.index(after: colon)...])), format: f)
-            }
-            return DiskSpec(path: absolute(d))
-        }
+        r.disks = disks.map(diskSpec)
         r.interfaceCount = interfaces
         r.localInterface = local
         r.switches = switches
@@ -155,6 +149,26 @@ struct Send: ParsableCommand {
         // A complete stream ends with the 16-byte END section; an empty one means the VM refused.
         if total == 0 { throw fail("vm \(target): the VM could not be sent (see vmd's log)") }
         FileHandle.standardError.write(Data("vmctl: sent vm \(target) successfully (\(total) bytes)\n".utf8))
+    }
+}
+
+struct Receive: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Start a VM from a state stream on standard input.",
+        discussion: "The stream comes from `vmctl send` (or `vmm --save-to`). The VM's disks are its vm.conf disks, or -d's; the stream's own file names are not used. Start's permissions apply.")
+    @Option(name: .customShort("d"), help: ArgumentHelp("Disk image (repeatable), one per disk of the sent machine.", valueName: "disk")) var disks: [String] = []
+    @Argument(help: ArgumentHelp("The name the VM runs as.", valueName: "name")) var name: String
+
+    func validate() throws {
+        if disks.count > VMLimits.maxDisks { throw ValidationError("too many disks") }
+    }
+
+    func run() throws {
+        if isatty(STDIN_FILENO) != 0 { throw fail("receive: standard input is a terminal; redirect it from a file or a pipe") }
+        let (reply, fds) = try request(.receive(name: name, disks: disks.map(diskSpec)), fds: [STDIN_FILENO])
+        for x in fds { close(x) }
+        guard case .vm(let s) = reply else { return }
+        say("vmctl: started vm \(s.id) successfully, tty \(s.tty ?? "-")")
     }
 }
 

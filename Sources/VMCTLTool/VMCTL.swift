@@ -15,7 +15,7 @@ struct VMCTL: ParsableCommand {
         subcommands: commandList)
 
     static var commandList: [any ParsableCommand.Type] {
-        [Start.self, Stop.self, Status.self, Console.self, Pause.self, Unpause.self, Send.self, Wait.self,
+        [Start.self, Stop.self, Status.self, Console.self, Pause.self, Unpause.self, Send.self, Receive.self, Wait.self,
          Load.self, Reload.self, Reset.self, Log.self, Create.self]
     }
 }
@@ -85,6 +85,7 @@ func runVMCTL(_ args: [String]) -> Never {
 let valueOptions: [String: Set<Character>] = [
     "start": ["B", "b", "d", "i", "m", "n", "r", "t"],
     "create": ["b", "i", "s"],
+    "receive": ["d"],
 ]
 
 func splittingGluedValues(_ args: [String]) -> [String] {

@@ -1,5 +1,6 @@
 import VMConfig
 import Storage
+import VMM
 
 /// vmd -> VM process messages (over the socketpair at fd 3 of the VM process).
 ///
@@ -42,6 +43,9 @@ struct ChildSpec: Codable {
     /// The guest's network interfaces; their taps are among the passed descriptors
     /// (Network.swift).
     var interfaces: [ChildInterface] = []
+    /// `vmctl receive`: the CONF section vmd read; the machine is restored from the rest
+    /// of the stream (the `.stateStream` descriptor) instead of booting.
+    var restore: SavedMachineConfig? = nil
 }
 
 /// The descriptors vmd passes, as one typed list: entry i describes descriptor i of the
@@ -57,6 +61,8 @@ struct GuestFile: Codable, Equatable {
         case backing(disk: Int, depth: Int)
         /// Network interface n's tap.
         case tap(Int)
+        /// The state stream to restore from, positioned after its CONF section (receive).
+        case stateStream
     }
     var role: Role
     /// For messages only: the VM process opens nothing by name.

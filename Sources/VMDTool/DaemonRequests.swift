@@ -14,7 +14,7 @@ enum ChildAnswer: Equatable {
 
 // One handler per control request.
 extension Daemon {
-    func handle(_ request: ControlRequest, from c: PeerCredentials) -> (ControlReply, [Int32]) {
+    func handle(_ request: ControlRequest, passing fds: [Int32] = [], from c: PeerCredentials) -> (ControlReply, [Int32]) {
         log.debug("request \(request.commandName) from uid \(c.uid) pid \(c.pid)")
         if let refused = AccessRules.rootOnly(request, c) { return (.failure(refused), []) }
         switch request {
@@ -30,6 +30,7 @@ extension Daemon {
         case .reset(let scope): return handleReset(scope, c)
         case .log(let verbose): return handleLog(verbose, c)
         case .send(let id): return handleSend(id, c)
+        case .receive(let name, let disks): return handleReceive(name, disks: disks, stream: fds, c)
         }
     }
 

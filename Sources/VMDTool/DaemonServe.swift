@@ -52,12 +52,13 @@ extension Daemon {
     private func connection(_ ch: ControlChannel) {
         while true {
             let frame: RequestFrame
+            let passed: [Int32]
             // A silent client (the first request included) is dropped after the idle timeout.
             UnixSocket.setTimeouts(ch.fd, receive: gate.limits.idleTimeout, send: gate.limits.idleTimeout)
             do {
                 guard let (f, fds) = try ch.receive(RequestFrame.self) else { return }
-                for x in fds { close(x) }
                 frame = f
+                passed = fds
             } catch let e as ControlError {
                 if case .versionMismatch = e {
                     try? ch.send(ReplyFrame(.failure(ControlFailure(.versionMismatch, e.description))))
@@ -69,8 +70,11 @@ extension Daemon {
                 return
             }
             // Credentials are checked on every request, not once per connection.
-            guard let creds = try? ch.peerCredentials() else { return }
-            let (reply, fds) = handle(frame.request, from: creds)
+            guard let creds = try? ch.peerCredentials() else { for x in passed { close(x) }; return }
+            // Descriptors a request carries (receive's stream) are the handler's to use
+            // while it runs; they are closed here after it.
+            let (reply, fds) = handle(frame.request, passing: passed, from: creds)
+            for x in passed { close(x) }
             do { try ch.send(ReplyFrame(reply), fds: fds) } catch {}
             for x in fds { close(x) }
         }

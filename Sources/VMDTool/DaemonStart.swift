@@ -89,7 +89,10 @@ extension Daemon {
 
     /// Opens the VM's files and taps, spawns its process and hands it the spec and the
     /// descriptors; the reply is the VM's status or one line saying why it did not start.
-    func startVM(_ e: VMEntry, _ req: StartRequest) -> (ControlReply, [Int32]) {
+    /// `received`: the VM runs this definition and is restored from the stream instead of
+    /// booting (DaemonReceive.swift); no kernel or initrd is opened.
+    func startVM(_ e: VMEntry, _ req: StartRequest,
+                 received: (definition: VMDefinition, stream: ReceivedStream)? = nil) -> (ControlReply, [Int32]) {
         let begun: Result<VMDefinition, ControlFailure> = state.withLock { _ in
             guard e.state == .stopped else {
                 return .failure(ControlFailure(.alreadyRunning,
@@ -97,7 +100,7 @@ extension Daemon {
             }
             e.state = .starting
             e.lastExit = nil
-            return .success(StartOverride.effective(e.definition, req))
+            return .success(received?.definition ?? StartOverride.effective(e.definition, req))
         }
         let d: VMDefinition
         switch begun {
@@ -129,9 +132,17 @@ extension Daemon {
         case .success(let id): processIdentity = id
         }
         let owner = state.withLock { _ in e.owner }
-        switch GuestFiles.open(d, as: rules.fileIdentity(owner, vmUID: processIdentity?.uid ?? 65534)) {
+        var toOpen = d
+        if received != nil { toOpen.boot = nil; toOpen.initrd = nil }   // RAM comes from the stream
+        switch GuestFiles.open(toOpen, as: rules.fileIdentity(owner, vmUID: processIdentity?.uid ?? 65534)) {
         case .failure(let m): return failStart(m.description)
         case .success(let f): files = f
+        }
+        if let stream = received?.stream {
+            // The VM process reads the rest of the stream itself, after it gave up root.
+            let dup = fcntl(stream.fd, F_DUPFD_CLOEXEC, 0)
+            guard dup >= 0 else { files.closeAll(); return failStart("vm \(d.name): \(SystemError("dup"))") }
+            files.add(dup, GuestFile(role: .stateStream, path: "the state stream", format: nil, readOnly: true))
         }
         // Taps for the interfaces, their descriptors after the files (Network.swift).
         let (currentConfig, macsInUse) = state.withLock { s in
@@ -180,8 +191,9 @@ extension Daemon {
             return failStart("vm \(d.name): \(p)")
         }
         let ch = ControlChannel(fd: pair.0)
-        // The VM process has 30 s to say it started.
-        UnixSocket.setTimeouts(pair.0, receive: 30, send: 30)
+        // The VM process has 30 s to say it started; a received one reads its whole
+        // stream first (each read bounded by receiveReadTimeout), so it gets 10 minutes.
+        UnixSocket.setTimeouts(pair.0, receive: received == nil ? 30 : 600, send: 30)
 
         state.withLock { _ in
             e.pid = pid
@@ -198,7 +210,7 @@ extension Daemon {
         do {
             try ch.send(ParentMessage.spec(ChildSpec(vm: d, fake: options.fakeVMs, verbose: options.verbose,
                                                      files: files.files, dropTo: processIdentity,
-                                                     interfaces: interfaces)))
+                                                     interfaces: interfaces, restore: received?.stream.config)))
             try GuestFiles.send(files.fds, over: ch)
             let got = try ch.receive(ChildMessage.self)
             answer = got?.0
@@ -222,7 +234,7 @@ extension Daemon {
         case .started:
             return state.withLock { _ in
                 if e.state == .starting { e.state = .running }
-                log.info("started vm \(e.id) (\(d.name)) pid \(pid) console \(e.ttyPath ?? pty.path)")
+                log.info("\(received == nil ? "started" : "received") vm \(e.id) (\(d.name)) pid \(pid) console \(e.ttyPath ?? pty.path)")
                 return (.vm(status(e)), [])
             }
         case .failed(let m), .error(let m):

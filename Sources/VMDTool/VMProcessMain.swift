@@ -109,6 +109,9 @@ final class MachineGuest: GuestRunner, @unchecked Sendable {
     private let name: String
     let consoleFD: Int32
     let consolePath: String?
+    /// A received VM: the state stream, read on from after its CONF section by `start()`
+    /// (sandboxed, no longer root); -1 otherwise.
+    private let stream: Int32
 
     /// `fds`: the guest's files as vmd opened them (`spec.files` says which is which); the
     /// machine opens none by name.
@@ -142,16 +145,37 @@ final class MachineGuest: GuestRunner, @unchecked Sendable {
         }
         var log = Logger(label: "vm \(vm.name)")
         log.logLevel = spec.verbose > 0 ? .debug : .warning
+        let streamAt = spec.files.firstIndex { $0.role == .stateStream }
+        stream = streamAt.map { fds[$0] } ?? -1
         do {
-            machine = try Machine(config: config, log: log)
+            if let conf = spec.restore {
+                // Received: the machine the stream describes, on the disks vmd opened.
+                guard stream >= 0 else { throw GuestError(description: "no state stream was passed") }
+                machine = try Machine.prepareRestore(conf, console: .pty, diskPaths: vm.disks.map(\.path),
+                                                     passedFiles: passed, log: log)
+            } else {
+                machine = try Machine(config: config, log: log)
+            }
         } catch {
+            if stream >= 0 { close(stream) }
             throw GuestError(description: "vm \(vm.name): \(error)")
         }
         consolePath = machine.consolePath
         consoleFD = machine.consolePath.map { open($0, O_RDWR | O_NOCTTY | O_CLOEXEC) } ?? -1
     }
 
-    func start() throws { try machine.start() }
+    func start() throws {
+        if stream >= 0 {
+            defer { close(stream) }
+            do {
+                try machine.applyState(from: StateStreamReader(fd: stream, continuing: true,
+                                                               timeoutSeconds: Daemon.receiveReadTimeout))
+            } catch {
+                throw GuestError(description: "vm \(name): \(error)")
+            }
+        }
+        try machine.start()
+    }
     func pause() throws { machine.pause() }
     func resume() throws { machine.resume() }
 
@@ -257,7 +281,10 @@ final class FakeGuest: GuestRunner, @unchecked Sendable {
         do {
             // The kernel and initrd are read and closed, as a machine does; taps are not used.
             guard spec.files.count == fds.count else { throw GuestError(description: "vmd's file list does not match the descriptors passed") }
-            for (i, f) in spec.files.enumerated() where f.role == .kernel || f.role == .initrd { close(fds[i]) }
+            for (i, f) in spec.files.enumerated() where f.role == .kernel || f.role == .initrd || f.role == .stateStream {
+                close(fds[i])
+            }
+            if spec.restore != nil { throw GuestError(description: "a stand-in guest cannot be restored from a state stream") }
             let images = try GuestFiles.diskChains(spec.files, fds)
             for chain in images { disks.append(try DiskImage.open(chain: chain)) }
             if let i = spec.files.firstIndex(where: { $0.role == .cdrom }) {

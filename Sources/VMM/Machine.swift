@@ -59,7 +59,9 @@ public final class Machine: @unchecked Sendable {
 
         var image: KernelImage?
         var firmwareImage: FirmwareImage?
-        if config.bootsFirmware {
+        if config.restoringKernelKind != nil {
+            // Restoring: the stream holds RAM as the kernel left it; nothing to read.
+        } else if config.bootsFirmware {
             firmwareImage = try FirmwareImage(path: config.firmwarePath ?? FirmwareImage.defaultPath)
         } else { do {
             if let passed = config.passedFiles {
@@ -78,15 +80,19 @@ public final class Machine: @unchecked Sendable {
         } catch BootError.notAKernel {
             throw VMMError.notAKernel(path: config.kernelPath)
         } }
-        let kind = image.map { KernelKind($0.format, isLinux: $0.isLinux) } ?? .firmware
+        let kind = config.restoringKernelKind ?? image.map { KernelKind($0.format, isLinux: $0.isLinux) } ?? .firmware
         kernelKind = kind
+        let restoring = config.restoringKernelKind != nil
         if let passed = config.passedFiles {
-            guard passed.disks.count == config.diskPaths.count, (passed.initrd == nil) == (config.initrdPath == nil),
+            // A restored machine reads no kernel or initrd: none may be passed.
+            let initrdMatches = restoring ? passed.initrd == nil && passed.kernel == nil
+                                          : (passed.initrd == nil) == (config.initrdPath == nil)
+            guard passed.disks.count == config.diskPaths.count, initrdMatches,
                   (passed.cdrom == nil) == (config.cdromPath == nil) else {
                 throw VMMError.machine("the files passed to the machine do not match its configuration")
             }
         } else {
-            if let initrd = config.initrdPath {
+            if !restoring, let initrd = config.initrdPath {
                 _ = try readHead(path: initrd, count: 1, unreadable: VMMError.initrdUnreadable)
             }
             for disk in config.diskPaths {
@@ -175,6 +181,8 @@ public final class Machine: @unchecked Sendable {
                                        pciRoutes: devices.pciRoutes)
             bootResult = boot
             log.debug("loaded \(image.format) kernel \(config.kernelPath), entry rip 0x\(String(boot.cpuState.regs.rip, radix: 16))")
+        } else if restoring {
+            bootResult = nil
         } else {
             throw VMMError.machine("no kernel and no firmware to boot")
         }

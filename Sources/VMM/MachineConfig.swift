@@ -65,6 +65,10 @@ public struct MachineConfig: Sendable {
     /// The software CPU's instruction-set level (`--cpu-level`; nil: `X86CPULevel.default`).
     /// KVM ignores it (the guest sees KVM's CPUID).
     public var cpuLevel: X86CPULevel? = nil
+    /// Set by `Machine.restore`: RAM and vCPU state come from a state stream, so no kernel
+    /// or initrd is read or loaded and RAM stays as mapped (anonymous memory, zero). The
+    /// value is the kind of kernel the saved machine booted. nil: a normal boot.
+    public var restoringKernelKind: KernelKind? = nil
 
     /// True when there is no kernel: the firmware boots a disk or the CD-ROM.
     public var bootsFirmware: Bool { kernelPath.isEmpty }

@@ -27,6 +27,8 @@ public struct SavedMachineConfig: Codable, Sendable, Equatable {
     public var cpuLevel: String?
     /// The RAM layout (base, size) the memory sections must fall in.
     public var ram: [[UInt64]]
+    /// The kind of kernel the machine booted (`KernelKind`'s text; absent in older streams).
+    public var kernelKind: String?
 }
 
 /// The DEVS section (JSON): every device's state.
@@ -96,7 +98,8 @@ extension Machine {
         let conf = SavedMachineConfig(kernelPath: config.kernelPath, initrdPath: config.initrdPath, cmdline: config.cmdline,
                                       memorySize: config.memorySize, vcpus: config.vcpus, diskPaths: config.diskPaths,
                                       backend: kvmVM == nil ? "emulator" : "kvm", cpuLevel: (config.cpuLevel ?? .default).rawValue,
-                                      ram: memory.regions.map { [$0.guestBase, UInt64($0.size)] })
+                                      ram: memory.regions.map { [$0.guestBase, UInt64($0.size)] },
+                                      kernelKind: kernelKind.rawValue)
         let w = try StateStreamWriter(fd: fd)
         try w.section(StateStream.config, Array(try encoder.encode(conf)))
         try w.section(StateStream.devices, Array(try encoder.encode(saved)))
@@ -162,54 +165,79 @@ extension Machine {
 
     public static func restore(reader: StateStreamReader, console: ConsoleSink,
                                log: Logger = Logger(label: "vmm")) throws -> Machine {
-        let decoder = JSONDecoder()
-        func decode<T: Decodable>(_ t: T.Type, _ payload: [UInt8], _ what: String) throws -> T {
-            do { return try decoder.decode(t, from: Data(payload)) } catch {
-                throw StateStreamError.malformed("the \(what) section does not decode")
-            }
-        }
+        let machine = try prepareRestore(try readConfig(reader), console: console, log: log)
+        try machine.applyState(from: reader)
+        return machine
+    }
+
+    /// The CONF section, which a stream starts with (vmd reads it before it starts the VM
+    /// process: the disks and sizes it names are vmd's business).
+    public static func readConfig(_ reader: StateStreamReader) throws -> SavedMachineConfig {
         guard let first = try reader.next(), first.tag == StateStream.config else {
             throw StateStreamError.malformed("the stream does not start with the machine configuration")
         }
-        let conf = try decode(SavedMachineConfig.self, first.payload, "configuration")
+        let conf = try decodeSection(SavedMachineConfig.self, first.payload, "configuration")
+        guard !conf.kernelPath.isEmpty else { throw StateStreamError.malformed("no kernel in the configuration") }
+        return conf
+    }
+
+    /// The first half of a restore: builds the machine a CONF section describes, with fresh
+    /// (zero) RAM and no kernel loaded, not started. `diskPaths` and `passedFiles` replace
+    /// the saved disk paths (vmd: the disks it opened, as descriptors). The rest of the
+    /// stream is applied with `applyState(from:)` before `start()`.
+    public static func prepareRestore(_ conf: SavedMachineConfig, console: ConsoleSink, diskPaths: [String]? = nil,
+                                      passedFiles: PassedFiles? = nil, log: Logger = Logger(label: "vmm")) throws -> Machine {
         guard let accel = ["emulator": Accelerator.emulator, "kvm": .kvm][conf.backend] else {
             throw StateStreamError.malformed("unknown backend \(conf.backend)")
         }
         guard let level = X86CPULevel(rawValue: conf.cpuLevel ?? X86CPULevel.default.rawValue) else {
             throw StateStreamError.malformed("unknown CPU level")
         }
+        guard let kind = KernelKind(rawValue: conf.kernelKind ?? KernelKind.elf.rawValue), kind != .firmware else {
+            throw StateStreamError.malformed("unknown kernel kind")
+        }
         var config = MachineConfig(kernelPath: conf.kernelPath, initrdPath: conf.initrdPath, cmdline: conf.cmdline,
-                                   memorySize: conf.memorySize, vcpus: conf.vcpus, diskPaths: conf.diskPaths,
+                                   memorySize: conf.memorySize, vcpus: conf.vcpus, diskPaths: diskPaths ?? conf.diskPaths,
                                    accelerator: accel, console: console)
         config.cpuLevel = level
-        guard !config.kernelPath.isEmpty else { throw StateStreamError.malformed("no kernel in the configuration") }
+        config.passedFiles = passedFiles
+        // RAM comes from the stream: no kernel is read or loaded, and fresh anonymous
+        // memory is zero already, so a page the stream does not carry is zero.
+        config.restoringKernelKind = kind
         try config.validateSettings()
         let machine = try Machine(config: config, log: log)
         guard machine.memory.regions.map({ [$0.guestBase, UInt64($0.size)] }) == conf.ram else {
             throw StateStreamError.malformed("the RAM layout differs from the saved one")
         }
-        for region in machine.memory.regions {
-            // SAFETY: the region's mapping is `size` bytes; no vCPU runs yet.
-            memset(region.host, 0, region.size)
+        return machine
+    }
+
+    /// The second half of a restore: reads the rest of the stream (after CONF) into a
+    /// machine `prepareRestore` built: memory, devices and vCPUs. Any error throws before
+    /// anything runs.
+    public func applyState(from reader: StateStreamReader) throws {
+        guard config.restoringKernelKind != nil, state == .created else {
+            throw VMMError.machine("state is applied only to a machine built for a restore, before it starts")
         }
+        let accel = config.accelerator
         var devices: SavedDevices?
         var cpus = [SavedVCPU?](repeating: nil, count: config.vcpus)
         while let (tag, payload) = try reader.next() {
             switch tag {
             case StateStream.devices:
                 guard devices == nil else { throw StateStreamError.malformed("two device sections") }
-                devices = try decode(SavedDevices.self, payload, "device")
+                devices = try Self.decodeSection(SavedDevices.self, payload, "device")
             case StateStream.vcpu:
-                let v = try decode(SavedVCPU.self, payload, "vCPU")
+                let v = try Self.decodeSection(SavedVCPU.self, payload, "vCPU")
                 guard v.index >= 0 && v.index < cpus.count, cpus[v.index] == nil else {
                     throw StateStreamError.malformed("vCPU section for vCPU \(v.index) (the machine has \(cpus.count); each once)")
                 }
                 guard (v.emulator == nil) != (v.kvm == nil), (v.kvm != nil) == (accel == .kvm) else {
-                    throw StateStreamError.malformed("vCPU \(v.index)'s state is not for the \(conf.backend) backend")
+                    throw StateStreamError.malformed("vCPU \(v.index)'s state is not for the \(accel.rawValue) backend")
                 }
                 cpus[v.index] = v
             case StateStream.memory:
-                try machine.applyMemory(payload)
+                try applyMemory(payload)
             default:
                 throw StateStreamError.malformed("section \(StateStream.tagName(tag)) out of place")
             }
@@ -217,11 +245,11 @@ extension Machine {
         guard let devices else { throw StateStreamError.malformed("no device section") }
         let saved = cpus.compactMap { $0 }
         guard saved.count == cpus.count else { throw StateStreamError.malformed("a vCPU's state is missing") }
-        try machine.applyDevices(devices)
-        let vcpus = machine.runner.vcpus
+        try applyDevices(devices)
+        let vcpus = runner.vcpus
         guard vcpus.count == saved.count else { throw VMMError.machine("vCPU count differs") }
         do {
-            if let vm = machine.backend as? KVMVirtualMachine {
+            if let vm = backend as? KVMVirtualMachine {
                 guard let k = devices.kvm else { throw StateStreamError.malformed("no in-kernel device state for a KVM machine") }
                 try vm.restoreState(k)
             }
@@ -233,8 +261,13 @@ extension Machine {
         } catch let error as StateStreamError { throw error } catch {
             throw StateStreamError.malformed("\(error)")
         }
-        machine.runner.discardInitialStates()
-        return machine
+        runner.discardInitialStates()
+    }
+
+    private static func decodeSection<T: Decodable>(_ t: T.Type, _ payload: [UInt8], _ what: String) throws -> T {
+        do { return try JSONDecoder().decode(t, from: Data(payload)) } catch {
+            throw StateStreamError.malformed("the \(what) section does not decode")
+        }
     }
 
     private func applyMemory(_ payload: [UInt8]) throws {

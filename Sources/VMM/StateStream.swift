@@ -132,10 +132,19 @@ public final class StateStreamReader {
     private let readBytes: (UnsafeMutableRawBufferPointer) -> Int
     private var finished = false
 
-    /// Reads from a file descriptor (a file or a pipe).
-    public convenience init(fd: Int32) throws {
-        try self.init { buf in
+    /// Reads from a file descriptor (a file or a pipe). `continuing`: the header (and
+    /// perhaps sections) was read from `fd` already, by another reader, maybe in another
+    /// process; this one goes on from there. `timeoutSeconds`: each read waits at most that
+    /// long for data (a peer that sends nothing fails with ETIMEDOUT instead of hanging).
+    public convenience init(fd: Int32, continuing: Bool = false, timeoutSeconds: Int32? = nil) throws {
+        try self.init(readHeader: !continuing) { buf in
             while true {
+                if let timeoutSeconds {
+                    var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+                    let r = poll(&p, 1, timeoutSeconds * 1000)
+                    if r < 0 && errno == EINTR { continue }
+                    if r == 0 { errno = ETIMEDOUT; return -1 }
+                }
                 // SAFETY: reads into the caller's buffer, at most its size.
                 let n = read(fd, buf.baseAddress, buf.count)
                 if n < 0 && errno == EINTR { continue }
@@ -155,8 +164,9 @@ public final class StateStreamReader {
         }
     }
 
-    init(source: @escaping (UnsafeMutableRawBufferPointer) -> Int) throws {
+    init(readHeader: Bool = true, source: @escaping (UnsafeMutableRawBufferPointer) -> Int) throws {
         readBytes = source
+        guard readHeader else { return }
         let head = try readExactly(16, what: "header")
         guard Array(head[0..<8]) == StateStream.magic else { throw StateStreamError.notAStateStream }
         let version = u32(head, 8)

@@ -34,7 +34,9 @@ final class JITState {
     let entries: UnsafeMutablePointer<JITEntry>
     /// nil when the host gave no executable mapping: every block stays on the block tier.
     let cache: JITCodeCache?
-    /// [0] flags in/out, [1] the block's RIP.
+    /// [0] flags in/out, [1] the block's RIP, [2] instructions done (in: all; a side exit
+    /// stores fewer), [3] the TLB tag bit of the CPL, [4]/[5] the read TLB's tags and host
+    /// pages (`JITCompiler.contextTLBTags`).
     let context: UnsafeMutablePointer<UInt64>
     let threshold: Int
     /// Statistics for tests and benchmarks.
@@ -44,8 +46,8 @@ final class JITState {
     init(cacheSize: Int, threshold: Int) {
         entries = .allocate(capacity: BlockCache.slots)
         entries.initialize(repeating: JITEntry(), count: BlockCache.slots)
-        context = .allocate(capacity: 2)
-        context.initialize(repeating: 0, count: 2)
+        context = .allocate(capacity: 6)
+        context.initialize(repeating: 0, count: 6)
         cache = JITCodeCache(size: cacheSize)
         self.threshold = threshold
     }
@@ -89,8 +91,9 @@ extension X86CPU {
     /// Runs the compiled prefix of the block in `slot` when there is one of at most `limit`
     /// instructions, compiling it first once the block has run often enough. Returns the
     /// guest instructions retired (0: nothing ran, the block tier runs the block) and the
-    /// guest bytes they covered. The prefix never faults (no memory operands), so RIP,
-    /// registers and flags are exact after it.
+    /// guest bytes they covered. The prefix never faults: a load whose TLB probe misses
+    /// leaves before it (a side exit) and the block tier runs it, so RIP, registers and
+    /// flags are exact after it.
     @inline(__always)
     func runCompiled(slot: Int, insns: UnsafePointer<Insn>, count: Int, limit: Int) -> (done: Int, bytes: Int) {
         let js = jitView ?? makeJITView()
@@ -112,16 +115,19 @@ extension X86CPU {
         let ctx = js.context
         if e.pointee.flagsIn { ctx[0] = arithFlags() | 2 }
         ctx[1] = rip
+        ctx[2] = UInt64(n)
+        ctx[3] = userTag
         // SAFETY: `code` is this generation's code for exactly the bytes the block tier has
-        // just validated; it reads and writes only the 16 guest registers at `r` and the two
-        // context words, and returns.
+        // just validated; it reads and writes only the 16 guest registers at `r` and the
+        // context words, reads guest RAM only through pages the read TLB holds, and returns.
         let f = unsafeBitCast(code, to: JITFunction.self)
         let delta = f(r, ctx)
         if e.pointee.flagsOut { setEager(ctx[0]) }
         rip = (rip &+ delta) & ipMask
-        instructions &+= UInt64(n)
+        let done = Int(truncatingIfNeeded: ctx[2])
+        instructions &+= UInt64(done)
         jitRunCount &+= 1
-        return (n, Int(e.pointee.byteLength))
+        return (done, done == n ? Int(e.pointee.byteLength) : Int(truncatingIfNeeded: delta))
     }
 }
 
@@ -129,6 +135,9 @@ extension X86CPU {
     @inline(never) func makeJITView() -> JITView {
         let j = jit
         let v = JITView(entries: j.entries, context: j.context, generation: j.cache?.generationWord, threshold: j.threshold)
+        // The read bank of the TLB (`Access.read`): fixed for the CPU's lifetime.
+        j.context[4] = UInt64(UInt(bitPattern: tlbTag))
+        j.context[5] = UInt64(UInt(bitPattern: tlbHost))
         jitView = v
         return v
     }

@@ -24,11 +24,25 @@ enum JITOp {
     /// The block's last instruction: Jcc (cc) or JMP (cc nil) with a displacement from the
     /// end of the instruction.
     case branch(cc: Int?, rel: UInt64)
+    /// A load (64-bit mode, 64-bit addressing, a segment with base 0) through the inline TLB
+    /// probe: kind 0-7 ALU, 8 test, 9 mov. `memIsDst`: the memory operand is the first one
+    /// (CMP/TEST [m], other: nothing stored); else `other` is the destination register.
+    case memALU(kind: Int, mem: JITMem, other: Source, size: Int, memIsDst: Bool)
+    case memExtend(dst: Int, mem: JITMem, from: Int, signed: Bool, size: Int)
+
+    /// Whether the operation may leave the compiled code before it runs (a load whose
+    /// probe misses): every flag is live there.
+    var mayExit: Bool {
+        switch self {
+        case .memALU, .memExtend: return true
+        default: return false
+        }
+    }
 
     /// Arithmetic flags this operation reads / always writes (RFLAGS bit masks).
     var flagsRead: UInt64 {
         switch self {
-        case let .alu(kind, _, _, _): return kind == 2 || kind == 3 ? Flag.cf : 0
+        case let .alu(kind, _, _, _), let .memALU(kind, _, _, _, _): return kind == 2 || kind == 3 ? Flag.cf : 0
         case let .setcc(cc, _), let .cmov(cc, _, _, _): return JITOp.conditionFlags(cc)
         case let .branch(cc, _): return cc.map(JITOp.conditionFlags) ?? 0
         case let .carry(op): return op == 0xF5 ? Flag.cf : 0
@@ -39,6 +53,7 @@ enum JITOp {
     var flagsWritten: UInt64 {
         switch self {
         case .alu: return Flag.arith
+        case let .memALU(kind, _, _, _, _): return kind == 9 ? 0 : Flag.arith
         case let .unary(kind, _, _): return kind < 2 ? Flag.arith & ~Flag.cf : (kind == 3 ? Flag.arith : 0)
         case let .shift(kind, _, _, count): return count == 0 ? 0 : (kind < 2 ? Flag.cf | Flag.of : Flag.arith)
         case .carry: return Flag.cf
@@ -58,6 +73,15 @@ enum JITOp {
         default: return Flag.zf | Flag.sf | Flag.of
         }
     }
+}
+
+/// A memory operand's address parts (`Insn`'s).
+struct JITMem {
+    var base: Int
+    var index: Int
+    var scale: Int
+    var disp: UInt64
+    var ripRelative: Bool
 }
 
 /// A compiled block prefix: host code, how many guest instructions and bytes it covers,
@@ -98,6 +122,38 @@ enum JITCompiler {
         func loc(_ i: Int, _ s: Int) -> Int { location(i, s, hasREX: rex) }
         func immZ(_ s: Int) -> UInt64 { signExtend(d.imm, s == 2 ? 2 : 4) & sizeMask(s) }
         let branchOK = mode64 || (d.opSize == 2) == (ipMask == 0xFFFF)
+        // Loads the inline TLB probe can do: 64-bit mode and addressing, not FS/GS.
+        let mem: JITMem? = d.mod != 3 && mode64 && d.addrSize == 8 && d.seg < 4
+            ? JITMem(base: d.base, index: d.index, scale: Int(d.scale), disp: d.disp, ripRelative: d.ripRelative) : nil
+        if d.mod != 3, let m = mem {
+            switch op {
+            case 0x00...0x3F where op & 7 < 4:
+                let k = op >> 3, s = op & 1 == 0 ? 1 : d.opSize
+                if op & 2 != 0 { return .memALU(kind: k, mem: m, other: .reg(loc(d.reg, s)), size: s, memIsDst: false) }
+                return k == 7 ? .memALU(kind: 7, mem: m, other: .reg(loc(d.reg, s)), size: s, memIsDst: true) : nil
+            case 0x80, 0x81, 0x83:
+                guard d.reg & 7 == 7 else { return nil }
+                let s = op == 0x80 ? 1 : d.opSize
+                let imm = op == 0x80 ? d.imm & 0xFF : (op == 0x81 ? immZ(s) : signExtend(d.imm, 1) & sizeMask(s))
+                return .memALU(kind: 7, mem: m, other: .imm(imm), size: s, memIsDst: true)
+            case 0x84, 0x85:
+                let s = op == 0x84 ? 1 : d.opSize
+                return .memALU(kind: 8, mem: m, other: .reg(loc(d.reg, s)), size: s, memIsDst: true)
+            case 0xF6, 0xF7:
+                guard d.reg & 7 == 0 else { return nil }
+                let s = op == 0xF6 ? 1 : d.opSize
+                return .memALU(kind: 8, mem: m, other: .imm(op == 0xF6 ? d.imm & 0xFF : immZ(s)), size: s, memIsDst: true)
+            case 0x8A, 0x8B:
+                let s = op == 0x8A ? 1 : d.opSize
+                return .memALU(kind: 9, mem: m, other: .reg(loc(d.reg, s)), size: s, memIsDst: false)
+            case 0x63:
+                return .memExtend(dst: d.reg * 8, mem: m, from: 4, signed: d.opSize == 8, size: d.opSize)
+            case 0x1B6, 0x1B7, 0x1BE, 0x1BF:
+                return .memExtend(dst: d.reg * 8, mem: m, from: op & 1 == 0 ? 1 : 2, signed: op >= 0x1BE, size: d.opSize)
+            default:
+                break
+            }
+        }
         switch op {
         case 0x00...0x3F where op & 7 < 6:
             let k = op >> 3
@@ -225,6 +281,8 @@ enum JITCompiler {
         for i in stride(from: ops.count - 1, through: 0, by: -1) {
             liveAfter[i] = live
             live = (live & ~ops[i].flagsWritten) | ops[i].flagsRead
+            // A side exit before the operation hands every flag to the CPU.
+            if ops[i].mayExit { live = Flag.arith }
             writes |= ops[i].flagsWritten
         }
         let flagsIn = live != 0
@@ -232,9 +290,12 @@ enum JITCompiler {
         var e = X64Emitter()
         if flagsIn { e.pushContext(0); e.popfq() }
         var branch: (cc: Int?, rel: UInt64)? = nil
+        var exits: [SideExit] = []
         for (i, o) in ops.enumerated() {
             if case let .branch(cc, rel) = o { branch = (cc, rel); continue }
-            guard emit(o, into: &e, liveAfter: liveAfter[i], end: ends[i]) else { return nil }
+            let start = i == 0 ? 0 : ends[i - 1]
+            guard emit(o, into: &e, liveAfter: liveAfter[i], end: ends[i],
+                       exit: SideExit(patches: [], index: i, start: start), exits: &exits) else { return nil }
         }
         if flagsOut { e.pushfq(); e.popContext(0) }
         let A = HostReg.rax, D = HostReg.rdx
@@ -252,13 +313,112 @@ enum JITCompiler {
             e.movImm(A, UInt64(len), 4)
         }
         e.ret()
+        // Side exits (a probe missed with the guest flags pushed): the instruction at
+        // `index` has not run; the CPU's flags, the count done ([2]) and its offset go back.
+        for x in exits {
+            for p in x.patches { e.bind(p) }
+            e.popfq()
+            if flagsOut { e.pushfq(); e.popContext(0) }
+            e.movImm(A, UInt64(x.index), 4)
+            e.rmem([0x89], 8, reg: A, base: HostReg.rsi, disp: 16)
+            e.movImm(A, UInt64(x.start), 4)
+            e.ret()
+        }
         return JITCompiled(code: e.bytes, count: ops.count, byteLength: len, flagsIn: flagsIn, flagsOut: flagsOut)
     }
 
+    /// A way out of the compiled code before instruction `index` (at byte offset `start`):
+    /// the jumps to patch.
+    struct SideExit {
+        var patches: [Int]
+        var index: Int
+        var start: Int
+    }
+
+    /// Context words the probe reads: the TLB tag bit of the CPL, the read bank's tags and
+    /// host pages (`X86CPU.tlbTag`/`tlbHost`).
+    static let contextUserTag = 24, contextTLBTags = 32, contextTLBHosts = 40
+
+    /// Computes the address of `m` into rax (`end`: the offset after the instruction, for
+    /// RIP-relative operands), probes the read TLB like `hostPage` and then runs `load`
+    /// with the host page in r8 and the page offset in rax. A non-canonical address, an
+    /// access crossing the page or a TLB miss (also every non-RAM page) leaves through the
+    /// side exit, where the block tier runs the instruction (fault, walk, MMIO exit).
+    static func emitProbe(_ m: JITMem, size: Int, end: Int, into e: inout X64Emitter, exit: SideExit,
+                          exits: inout [SideExit], load: (inout X64Emitter) -> Void) -> Bool {
+        let A = HostReg.rax, C = HostReg.rcx, D = HostReg.rdx, R8 = HostReg.r8
+        var total = Int64(bitPattern: m.disp)
+        if m.ripRelative { total &+= Int64(end) }
+        guard total >= Int64(Int32.min), total <= Int64(Int32.max) else { return false }
+        if m.base >= 0 { e.load(A, m.base * 8, 8) }
+        else if m.ripRelative { e.loadContext(A, 8) }
+        else { e.movImm(A, 0, 4) }
+        if m.index >= 0 { e.load(C, m.index * 8, 8) }
+        e.lea(A, base: A, index: m.index >= 0 ? C : -1, scale: m.scale, disp: Int32(total))
+        var x = exit
+        e.pushfq()
+        // canonical: sign-extending bit 47 gives the address back
+        e.movRR(D, A, 8); e.shift(4, D, 8, 16); e.shift(7, D, 8, 16); e.alu(7, D, A, 8)
+        x.patches.append(e.jccForward(5))
+        // within one page
+        e.movRR(C, A, 4); e.aluImm(4, C, 0xFFF, 4); e.aluImm(7, C, Int32(4096 - size), 4)
+        x.patches.append(e.jccForward(7))
+        // tag = vpn | user bit; index = vpn & (tlbSize - 1)
+        e.movRR(D, A, 8); e.shift(5, D, 8, 12)
+        e.movRR(C, D, 4); e.aluImm(4, C, Int32(X86CPU.tlbSize - 1), 4)
+        e.rmem([0x0B], 8, reg: D, base: HostReg.rsi, disp: contextUserTag)
+        e.loadContext(R8, contextTLBTags)
+        e.rsib([0x39], 8, reg: D, base: R8, index: C, scale: 3)
+        x.patches.append(e.jccForward(5))
+        e.loadContext(R8, contextTLBHosts)
+        e.rsib([0x8B], 8, reg: R8, base: R8, index: C, scale: 3)
+        e.aluImm(4, A, 0xFFF, 4)
+        load(&e)
+        e.popfq()
+        exits.append(x)
+        return true
+    }
+
     /// Emits one non-branch operation. `end` is the byte offset after the instruction.
-    static func emit(_ o: JITOp, into e: inout X64Emitter, liveAfter: UInt64, end: Int) -> Bool {
-        let A = HostReg.rax, C = HostReg.rcx, D = HostReg.rdx
+    static func emit(_ o: JITOp, into e: inout X64Emitter, liveAfter: UInt64, end: Int,
+                     exit: SideExit, exits: inout [SideExit]) -> Bool {
+        let A = HostReg.rax, C = HostReg.rcx, D = HostReg.rdx, R9 = 9, R8 = HostReg.r8
         switch o {
+        case let .memALU(kind, m, other, s, memIsDst):
+            // The loaded value in r9 (a 32-bit load zero-extends it).
+            guard emitProbe(m, size: s, end: end, into: &e, exit: exit, exits: &exits, load: { e in
+                e.rsib([s == 1 ? 0x8A : 0x8B], s, reg: R9, base: R8, index: A, scale: 0)
+            }) else { return false }
+            if memIsDst {
+                switch other {
+                case let .reg(off): e.load(C, off, s)
+                case let .imm(v): e.movImm(C, v, s)
+                }
+                if kind == 8 { e.test(R9, C, s) } else { e.alu(kind, R9, C, s) }
+            } else if case let .reg(dst) = other {
+                if kind == 9 {
+                    e.store(R9, dst, s)
+                } else {
+                    e.load(A, dst, s)
+                    if kind == 8 { e.test(A, R9, s) } else { e.alu(kind, A, R9, s) }
+                    if kind != 7 && kind != 8 { e.store(A, dst, s) }
+                }
+            } else {
+                return false
+            }
+        case let .memExtend(dst, m, from, signed, s):
+            guard emitProbe(m, size: from, end: end, into: &e, exit: exit, exits: &exits, load: { e in
+                let w = s == 8 ? 8 : 4
+                switch (from, signed) {
+                case (1, false): e.rsib([0x0F, 0xB6], 4, reg: R9, base: R8, index: A, scale: 0)
+                case (2, false): e.rsib([0x0F, 0xB7], 4, reg: R9, base: R8, index: A, scale: 0)
+                case (1, true): e.rsib([0x0F, 0xBE], w, reg: R9, base: R8, index: A, scale: 0)
+                case (2, true): e.rsib([0x0F, 0xBF], w, reg: R9, base: R8, index: A, scale: 0)
+                case (_, true): e.rsib([0x63], 8, reg: R9, base: R8, index: A, scale: 0)
+                default: e.rsib([0x8B], 4, reg: R9, base: R8, index: A, scale: 0)
+                }
+            }) else { return false }
+            e.store(R9, dst, s)
         case let .alu(kind, dst, src, s):
             e.load(A, dst, s)
             switch src {

@@ -56,6 +56,27 @@ struct X64Emitter {
         byte(UInt8(bitPattern: Int8(disp)))
     }
 
+    /// An instruction with a `[base + index * 2^scale]` memory operand (base not rbp/r13).
+    mutating func rsib(_ opcode: [UInt8], _ size: Int, reg: Int, base: Int, index: Int, scale: Int) {
+        precondition(base & 7 != 5 && index & 7 != 4)
+        prefix(size, reg: reg, rm: base, index: index)
+        bytes.append(contentsOf: opcode)
+        modrm(0, reg, 4)
+        byte(UInt8(scale << 6 | (index & 7) << 3 | (base & 7)))
+    }
+
+    /// `jcc rel32` to a label bound later (`bind`); returns the patch position.
+    mutating func jccForward(_ cc: Int) -> Int {
+        byte(0x0F); byte(UInt8(0x80 | cc)); imm32(0)
+        return bytes.count
+    }
+
+    /// Points the jump whose rel32 ends at `patch` to the current position.
+    mutating func bind(_ patch: Int) {
+        let rel = UInt32(bitPattern: Int32(bytes.count - patch))
+        for i in 0..<4 { bytes[patch - 4 + i] = UInt8(truncatingIfNeeded: rel >> UInt32(i * 8)) }
+    }
+
     // MARK: moves
 
     /// `mov h, [rdi + off]` (size 1/2 leave the rest of h; 4 zero-extends).

@@ -22,7 +22,8 @@ import VMConfig
                 .stop(target: .id(1), force: false, wait: false), .status(target: nil),
                 .status(target: .name("a")), .console(target: .id(2)), .pause(target: .name("x")),
                 .unpause(target: .id(9)), .wait(target: .name("y")), .load(path: "/etc/vm2.conf"),
-                .reload, .reset(.switches), .log(verbose: true)]
+                .reload, .reset(.switches), .log(verbose: true), .send(target: .name("s")),
+                .receive(name: "r", disks: [DiskSpec(path: "/r.img", format: .raw)])]
     }()
 
     @Test(arguments: requests)

@@ -1,0 +1,95 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import Testing
+
+/// `vmctl receive` (docs/snapshot.md): a stream from `vmctl send` started by vmd as another
+/// VM goes on from where the sent one stopped; bad streams are one line and start nothing;
+/// start's permissions apply.
+@Suite(.serialized) struct ReceiveTests {
+    /// On the software CPU, and on KVM when /dev/kvm is usable (the VM process's sandbox
+    /// must allow every KVM call the state needs).
+    @Test(.enabled(if: SendTests.counterKernel != nil, "the counter guest cannot be built"),
+          arguments: RealGuestTests.accelerators)
+    func sendPipedIntoReceiveCountsOnAsAnotherVM(accel: String) throws {
+        try #require(Binaries.available)
+        let kernel = try #require(SendTests.counterKernel)
+        let d = try TestDaemon(config: RealGuestTests.vmBlock("cnt", kernel: kernel, accel: accel), fake: false)
+        defer { d.stop() }
+        #expect(try d.vmctl("start", "cnt").status == 0, "\(d.log.snapshot())")
+        let c = try ConsoleClient(socket: d.socket, name: "cnt")
+        // Long enough that a guest started over could not reach the same count while the
+        // receiving console attaches (KVM's port exits are slow on this nested host).
+        #expect(c.waitFor("count \(accel == "kvm" ? 5 : 40)\r\n", timeout: 60), "\(c.output.snapshot())")
+        let vmctl = "'\(Binaries.vmctl)' --socket '\(d.socket)'"
+        let file = d.dir + "/cnt.state"
+        // The pipe, with a copy of the stream kept for the truncation case below.
+        let moved = try run("/bin/sh", ["-c", "\(vmctl) send cnt | tee '\(file)' | \(vmctl) receive cnt2"], timeout: 60)
+        #expect(moved.status == 0, "\(moved.stdout) \(moved.stderr) / \(d.log.snapshot())")
+        #expect(moved.stdout.contains("started vm 2 successfully"), "\(moved.stdout)")
+        // A disabled VM that is not running shows as "disabled".
+        #expect(try RealGuestTests.waitState(d, "cnt", ["stopped", "disabled"], timeout: 20)?[7] == "disabled", "the sent VM stops")
+        let last = try #require(SendTests.counts(c.output.snapshot()).last)
+        let status = try d.vmctl("status", "cnt2").stdout
+        #expect(row(status, "cnt2")?[7] == "running", "\(status)")
+        #expect(row(status, "cnt2")?[3] == "32M", "the stream's memory: \(status)")
+
+        let c2 = try ConsoleClient(socket: d.socket, name: "cnt2")
+        #expect(c2.waitFor("\r\n", count: 3, timeout: 30), "\(c2.output.snapshot())")
+        #expect(c2.waitFor("count ", count: 2, timeout: 30), "\(c2.output.snapshot())")
+        let after = SendTests.counts(c2.output.snapshot())
+        #expect(!c2.output.snapshot().contains("counter: page at"), "the guest started over")
+        #expect(after.count >= 2 && after[0] > last && after[1] == after[0] + 1,
+                "counted on from \(last): \(after.prefix(5))")
+
+        // The same stream cut short: one line, and no VM left behind.
+        let bytes = try Data(contentsOf: URL(fileURLWithPath: file))
+        try bytes.prefix(bytes.count / 2).write(to: URL(fileURLWithPath: file + ".cut"))
+        let cut = try run("/bin/sh", ["-c", "\(vmctl) receive cnt3 < '\(file).cut'"], timeout: 60)
+        #expect(cut.status == 1 && cut.stderr.hasPrefix("vmctl: vm cnt3: ") && cut.stderr.contains("truncated"),
+                "\(cut.stderr)")
+        #expect(cut.stderr.split(separator: "\n").count == 1, "\(cut.stderr)")
+        #expect(row(try d.vmctl("status").stdout, "cnt3") == nil, "a failed receive leaves no VM")
+        // A running VM's name is taken.
+        let taken = try run("/bin/sh", ["-c", "\(vmctl) receive cnt2 < '\(file)'"], timeout: 60)
+        #expect(taken.status == 1 && taken.stderr.contains("already running"), "\(taken.stderr)")
+    }
+
+    @Test func garbageIsOneLineAndStartsNothing() throws {
+        try #require(Binaries.available)
+        let d = try TestDaemon(config: "vm \"idle\" {\n disable\n}\n")
+        defer { d.stop() }
+        let bad = try d.vmctl("receive", "newvm", stdin: "this is not a state stream at all")
+        #expect(bad.status == 1 && bad.stderr == "vmctl: vm newvm: not a swiftvmm state stream (bad magic)\n", "\(bad.stderr)")
+        let empty = try d.vmctl("receive", "newvm", stdin: "")
+        #expect(empty.status == 1 && empty.stderr.contains("truncated"), "\(empty.stderr)")
+        let name = try d.vmctl("receive", "9bad", stdin: "x")
+        #expect(name.status == 1 && name.stderr.contains("invalid name"), "\(name.stderr)")
+        let status = try d.vmctl("status").stdout
+        #expect(row(status, "newvm") == nil && row(status, "idle") != nil, "\(status)")
+        #expect(try d.vmctl("status").status == 0, "vmd carries on")
+    }
+
+    @Test(.enabled(if: PermissionTests.usable, "needs root, useradd and setpriv"))
+    func receiveHasStartsPermissions() throws {
+        try #require(Binaries.available)
+        try PermissionTests.ensureUsers()
+        let d = try TestDaemon(config: PermissionTests.config)
+        defer { d.stop() }
+        _ = try d.waitForStatus { row($0, "alice-vm")?[7] == "running" }
+        // A new VM is root's to create; somebody else's VM is refused before the stream is read.
+        let create = try d.vmctl("receive", "mine", stdin: "x", as: "vmdtest1")
+        #expect(create.stderr == "vmctl: vm mine: permission denied (only root may create vms)\n", "\(create.stderr)")
+        let other = try d.vmctl("receive", "root-vm", stdin: "x", as: "vmdtest1")
+        #expect(other.stderr == "vmctl: vm root-vm: permission denied\n", "\(other.stderr)")
+        let disks = try d.vmctl("receive", "-d", "/tmp/x.img", "ops-vm", stdin: "x", as: "vmdtest2")
+        #expect(disks.stderr.contains("only root may change its settings"), "\(disks.stderr)")
+        // The owner passes the checks and gets to the stream (which is not one).
+        let own = try d.vmctl("stop", "-w", "alice-vm", as: "vmdtest1")
+        #expect(own.status == 0)
+        let owner = try d.vmctl("receive", "alice-vm", stdin: "not a state stream, but long enough", as: "vmdtest1")
+        #expect(owner.stderr == "vmctl: vm alice-vm: not a swiftvmm state stream (bad magic)\n", "\(owner.stderr)")
+        #expect(row(try d.vmctl("status").stdout, "alice-vm")?[7] == "stopped")
+    }
+}
