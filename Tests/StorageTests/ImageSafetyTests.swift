@@ -39,8 +39,9 @@ import Testing
         try Qcow2Image.create(path: other, size: 1 << 20, backingFile: base)
         var first: (any DiskBackend)? = try DiskImage.open(top)
         // The same file under another name, writable or read-only: refused.
-        FileManager.default.changeCurrentDirectoryPath(dir.path)
-        expectInUse("./x.qcow2") { _ = try DiskImage.open("./x.qcow2") }
+        // (No chdir: the working directory is the whole test process's, and this one is
+        // deleted at the end, which broke `sh -c` in tests running at the same time.)
+        expectInUse("./x.qcow2") { _ = try DiskImage.open(dir.path + "/./x.qcow2") }
         expectInUse("read-only") { _ = try DiskImage.open(top, readOnly: true) }
         expectInUse("its chain") { _ = try DiskImage.openChain(path: top) }
         // Its backing file is only read: another overlay on it is fine, writing it is not.
