@@ -23,7 +23,8 @@ import VMConfig
                 .status(target: .name("a")), .console(target: .id(2)), .pause(target: .name("x")),
                 .unpause(target: .id(9)), .wait(target: .name("y")), .load(path: "/etc/vm2.conf"),
                 .reload, .reset(.switches), .log(verbose: true), .send(target: .name("s")),
-                .receive(name: "r", disks: [DiskSpec(path: "/r.img", format: .raw)])]
+                .receive(name: "r", disks: [DiskSpec(path: "/r.img", format: .raw)]),
+                .receive(name: "i", disks: [], template: "t")]
     }()
 
     @Test(arguments: requests)
