@@ -381,6 +381,7 @@ extension X86CPU {
         case 1: try fxrstor(ea)
         case 4: try xsave(ea)
         case 5: try xrstor(ea)
+        case 6: try xsave(ea)     // XSAVEOPT: allowed to write what XSAVE writes (`XSave.swift`)
         case 2:
             if cr4 & X86Bits.cr4OSFXSR == 0 { throw udFault() }
             let v = UInt32(try readMem(d.seg, ea, 4))
@@ -515,11 +516,12 @@ public enum CPUIDTable {
             // EBX bit 1: IA32_TSC_ADJUST, at every level (see leaf 0x8000_0007).
             return (0, subleaf == 0 ? level.leaf7EBX | (1 << 1) : 0, 0, 0)
         case 0xD where level >= .v3:
-            // XSAVE (`XSave.swift`): x87, SSE, AVX; standard form only (no XSAVEOPT/XSAVEC/
-            // XGETBV1/XSAVES). Subleaf 0: supported XCR0 bits, the area size for the enabled
-            // ones and for all; subleaf 2: AVX's size and offset.
+            // XSAVE (`XSave.swift`): x87, SSE, AVX; standard form only (no XSAVEC/XGETBV1/
+            // XSAVES). Subleaf 0: supported XCR0 bits, the area size for the enabled ones and
+            // for all; subleaf 1: XSAVEOPT (EAX bit 0); subleaf 2: AVX's size and offset.
             switch subleaf {
             case 0: return (UInt32(X86CPU.xcr0Supported), X86CPU.xsaveAreaSize(xcr0), X86CPU.xsaveAreaSize(X86CPU.xcr0Supported), 0)
+            case 1: return (1, 0, 0, 0)
             case 2: return (X86CPU.ymmHighSize, X86CPU.ymmHighOffset, 0, 0)
             default: return (0, 0, 0, 0)
             }

@@ -54,10 +54,27 @@ extension X86CPU {
 
     /// Runs one thunk encoding on (xmm0 = a, xmm1 = s, xmm2 = c, rax) under the guest's MXCSR
     /// with every exception masked: (xmm0, rax, rflags, the exception flags raised), or nil
-    /// if the encoding is not in the table.
+    /// if the encoding is not in the table. With underflow unmasked (MXCSR.UM clear) the
+    /// hardware ignores FTZ and signals underflow for every tiny result, exact ones too,
+    /// while a masked run flags only inexact tiny ones: so the run is made without FTZ, and
+    /// unless it already raised UE or an unmasked pre-computation exception (which stops
+    /// the instruction first), once more with FTZ, which flags every tiny result with UE.
     func runHostSSE(_ enc: [UInt8], _ a: V2, _ s: V2, rax: UInt64 = 0, c: V2 = V2(0, 0)) -> (V2, UInt64, UInt64, UInt32)? {
+        let ftz: UInt32 = 0x8000, ue: UInt32 = 0x10
+        let underflowUnmasked = mxcsr & 0x800 == 0
+        let control = (mxcsr & ~0x3F & (underflowUnmasked ? ~ftz : ~0)) | 0x1F80
+        guard var result = runHostSSEOnce(enc, a, s, rax: rax, c: c, control: control) else { return nil }
+        let masks = (mxcsr >> 7) & 0x3F
+        if underflowUnmasked && result.3 & ue == 0 && result.3 & 7 & ~masks == 0,
+           let flushed = runHostSSEOnce(enc, a, s, rax: rax, c: c, control: control | ftz) {
+            result.3 |= flushed.3 & ue
+        }
+        return result
+    }
+
+    /// One thunk run under MXCSR `control` (flags clear, every exception masked).
+    private func runHostSSEOnce(_ enc: [UInt8], _ a: V2, _ s: V2, rax: UInt64, c: V2, control guestMXCSR: UInt32) -> (V2, UInt64, UInt64, UInt32)? {
         var out = a, outRAX: UInt64 = 0, outFlags: UInt64 = 0, raised: UInt32 = 0
-        let guestMXCSR = (mxcsr & ~0x3F) | 0x1F80
         let ran = withUnsafeTemporaryAllocation(byteCount: HostFloat.sseContextSize, alignment: 16) { buf -> Bool in
             // SAFETY: the buffer is sseContextSize bytes, 16-aligned, and only the thunk and
             // these stores/loads at the context offsets touch it.

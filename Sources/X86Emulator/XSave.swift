@@ -3,9 +3,11 @@ import Hypervisor
 /// XSAVE, XRSTOR, XGETBV, XSETBV and XCR0 at level v3 (with CR4.OSXSAVE), for the state
 /// components implemented: x87 (bit 0), SSE (bit 1) and AVX (bit 2, the YMM upper halves).
 /// CPUID leaf 0xD offers 0x7 and the standard form: the FXSAVE-format legacy region, the
-/// 64-byte header, AVX at 576 (256 bytes), 832 bytes in all; no XSAVEOPT/XSAVEC/XSAVES/
-/// XGETBV1. XINUSE is taken as always 1 (allowed: an XSAVE may report a component in its
-/// initial state as in use), so XSAVE sets XSTATE_BV for every requested component.
+/// 64-byte header, AVX at 576 (256 bytes), 832 bytes in all; no XSAVEC/XSAVES/XGETBV1.
+/// XINUSE is taken as always 1 (allowed: an XSAVE may report a component in its initial
+/// state as in use), so XSAVE sets XSTATE_BV for every requested component. XSAVEOPT
+/// (0F AE /6, CPUID 0xD.1:EAX[0]) is XSAVE: its init and modified optimizations may skip
+/// writes, never required, and with XINUSE 1 it writes what XSAVE writes.
 extension X86Bits {
     static let cr4OSXSAVE: UInt64 = 1 << 18
 }

@@ -247,6 +247,41 @@ enum AVXCases {
         #expect(m.cpu.r[1] == 2)
     }
 
+    /// With underflow unmasked, a tiny result faults even when exact (the masked host run
+    /// does not flag it), FTZ does not apply, and the destination is left unchanged; the
+    /// flags are those of every element (SDM Vol. 1 11.5.2.5, 11.5.3). Expected values as
+    /// measured with a SIGFPE handler on the host CPU (AMD EPYC): VSUBPD ymm with an inexact
+    /// low element and the exact tiny 2^-1074 in the high lane: #XM, UE|PE; SUBSD of the
+    /// tiny element alone: #XM, UE.
+    @Test func unmaskedUnderflowOfAnExactTinyResultFaults() throws {
+        var operands = "sub rsp, 128\nand rsp, -64\nvpcmpeqb ymm0, ymm0, ymm0\n"
+        let one: UInt64 = 0x3FF0_0000_0000_0000, small: UInt64 = 0x3C30_0000_0000_0000
+        let x: UInt64 = 0x0010_0000_0000_0001, y: UInt64 = 0x0010_0000_0000_0000
+        for (k, q) in [one, 0, 0, x, small, 0, 0, y].enumerated() {
+            operands += "mov rax, \(q)\nmov [rsp+\(64 + k * 8)], rax\n"
+        }
+        operands += "vmovdqu ymm1, [rsp+64]\nvmovdqu ymm2, [rsp+96]\nvmovq xmm3, [rsp+88]\nvmovq xmm5, [rsp+120]\n"
+        for control in [0x1780, 0x9780] {   // UM clear; UM clear with FTZ
+            let set = "mov dword ptr [rsp], \(control)\nldmxcsr [rsp]\n"
+            let (v, m) = try X87Tests.vectorRaisedOn(Self.avxOn + operands + set + "vsubpd ymm0, ymm1, ymm2", level: .v3)
+            #expect(v == 19, "\(control)")
+            #expect(m.cpu.mxcsr & 0x3F == 0x30, "\(control)")
+            #expect(Self.ymm(m, 0) == [.max, .max, .max, .max], "\(control)")
+            let (sv, sm) = try X87Tests.vectorRaisedOn(Self.avxOn + operands + set + "subsd xmm3, xmm5", level: .v3)
+            #expect(sv == 19, "\(control)")
+            #expect(sm.cpu.mxcsr & 0x3F == 0x10, "\(control)")
+            #expect(sm.cpu.xmm[6] == x, "\(control)")
+            #expect(try X87Tests.vectorRaised(Self.avxOn + operands + set + "vsubpd ymm0, ymm1, ymm2",
+                                              cr4Clear: X86Bits.cr4OSXMMEXCPT, level: .v3) == 6)
+        }
+        // Masked: no fault, the exact tiny result is stored and no underflow is flagged.
+        let (v, m) = try X87Tests.vectorRaisedOn(Self.avxOn + operands + "vsubpd ymm0, ymm1, ymm2\nsubsd xmm3, xmm5", level: .v3)
+        #expect(v == nil)
+        #expect(m.cpu.mxcsr & 0x3F == 0x20)
+        #expect(Self.ymm(m, 0) == [one, 0, 0, 1])
+        #expect(m.cpu.xmm[6] == 1)
+    }
+
     static func ymm(_ m: TestMachine, _ i: Int) -> [UInt64] { (0..<2).map { m.cpu.xmm[i * 2 + $0] } + (0..<2).map { m.cpu.xmm[32 + i * 2 + $0] } }
 
     /// XSAVE writes YMM bits 255:128 at offset 576 (16 bytes per register) and sets

@@ -145,6 +145,12 @@ enum X87Cases {
     /// on port 0xE9 and halts); returns the vector raised, or nil if `asm` reached its hlt.
     static func vectorRaised(_ asm: String, cr0Set: UInt64 = 0, cr0Clear: UInt64 = 0, cr4Clear: UInt64 = 0,
                              level: X86CPULevel = .v2) throws -> UInt8? {
+        try vectorRaisedOn(asm, cr0Set: cr0Set, cr0Clear: cr0Clear, cr4Clear: cr4Clear, level: level).0
+    }
+
+    /// `vectorRaised`, and the machine afterwards (its state at the fault).
+    static func vectorRaisedOn(_ asm: String, cr0Set: UInt64 = 0, cr0Clear: UInt64 = 0, cr4Clear: UInt64 = 0,
+                               level: X86CPULevel = .v2) throws -> (UInt8?, TestMachine) {
         let m = try TestMachine()
         m.cpu.cpuLevel = level
         try m.setupLongMode()
@@ -162,7 +168,7 @@ enum X87Cases {
         m.cpu.setSpecialRegisters(s)
         try m.load(try Assembler.assemble(asm + "\nhlt"))
         #expect(try m.run().isHalt)
-        return m.output.first
+        return (m.output.first, m)
     }
 
     @Test func unmaskedExceptionRaisesMFAtTheNextWaitingInstruction() throws {

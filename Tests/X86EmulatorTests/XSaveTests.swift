@@ -31,13 +31,13 @@ import Hypervisor
         // Subleaf 0: supported bits, size for XCR0 (x87 only at reset; with AVX), size for all.
         #expect(q(0xD) == (7, 576, 832, 0))
         #expect(CPUIDTable.query(leaf: 0xD, subleaf: 0, apicID: 0, cr4: 0, level: .v3, xcr0: 7) == (7, 832, 832, 0))
-        #expect(q(0xD, 1) == (0, 0, 0, 0) && q(0xD, 2) == (256, 576, 0, 0) && q(0xD, 3) == (0, 0, 0, 0))
+        #expect(q(0xD, 1) == (1, 0, 0, 0) && q(0xD, 2) == (256, 576, 0, 0) && q(0xD, 3) == (0, 0, 0, 0))
         #expect(q(0xD, 0, .v2) == (0, 0, 0, 0))
     }
 
     @Test func osxsaveAndXCR0FaultLikeHardware() throws {
         // Without CR4.OSXSAVE: #UD; below v3 setting CR4.OSXSAVE is #GP.
-        for insn in ["xgetbv", "xsetbv", "xsave [rsp]", "xrstor [rsp]"] {
+        for insn in ["xgetbv", "xsetbv", "xsave [rsp]", "xrstor [rsp]", "xsaveopt [rsp]"] {
             #expect(try X87Tests.vectorRaised("xor ecx, ecx\nmov eax, 1\nxor edx, edx\nand rsp, -64\n" + insn, level: .v3) == 6, "\(insn)")
         }
         #expect(try X87Tests.vectorRaised(Self.osxsave, level: .v2) == 13)
@@ -54,6 +54,36 @@ import Hypervisor
         #expect(try X87Tests.vectorRaised(xs + "xsave [rsp]", level: .v3) == nil)
         #expect(try X87Tests.vectorRaised(xs + "xsave [rsp+16]", level: .v3) == 13)
         #expect(try X87Tests.vectorRaised(xs + "xsave [rsp]", cr0Set: X86Bits.cr0TS, level: .v3) == 7)
+        #expect(try X87Tests.vectorRaised(xs + "xsaveopt [rsp+16]", level: .v3) == 13)
+        #expect(try X87Tests.vectorRaised(xs + "xsaveopt [rsp]", cr0Set: X86Bits.cr0TS, level: .v3) == 7)
+    }
+
+    /// XSAVEOPT (offered in CPUID 0xD.1) writes the XSAVE image: x87, SSE and AVX state
+    /// and XSTATE_BV, and XRSTOR brings it back.
+    @Test func xsaveoptWritesTheXSaveImage() throws {
+        let m = try Self.run(Self.osxsave + """
+            xor ecx, ecx
+            mov eax, 7
+            xor edx, edx
+            xsetbv
+            mov rdi, \(Self.area)
+            fldpi
+            vpcmpeqb ymm3, ymm3, ymm3
+            mov rax, 0x1122334455667788
+            vmovq xmm1, rax
+            vpbroadcastq ymm9, xmm1
+            mov eax, 7
+            xsave64 [rdi]
+            xsaveopt64 [rdi+0x3000]
+            vpxor ymm9, ymm9, ymm9
+            fninit
+            xrstor64 [rdi+0x3000]
+            """)
+        let x = try m.memory.readBytes(at: Self.area, count: 832)
+        let opt = try m.memory.readBytes(at: Self.area + 0x3000, count: 832)
+        #expect(opt == x)
+        #expect(opt[512] == 7)
+        #expect(AVXStateTests.ymm(m, 9) == [0x1122_3344_5566_7788, 0x1122_3344_5566_7788, 0x1122_3344_5566_7788, 0x1122_3344_5566_7788])
     }
 
     @Test func xgetbvReadsWhatXsetbvWrote() throws {
