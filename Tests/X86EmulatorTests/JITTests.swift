@@ -145,12 +145,12 @@ import Hypervisor
     }
 
     @Test func unsupportedInstructionsStayOnTheBlockTier() throws {
-        // A store first: nothing to compile; the result is still right.
+        // A LOCK-prefixed read-modify-write first: nothing to compile; the result is still right.
         let m = try JITTests.machine(.jit)
         try m.load(try Assembler.assemble("""
             lea rsi, [rip + data]
             mov ecx, 10
-        1:  add [rsi], rcx
+        1:  lock add [rsi], rcx
             dec ecx
             jnz 1b
             mov rax, [rsi]
