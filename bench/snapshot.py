@@ -1,9 +1,10 @@
 """Driver for bench/snapshot.sh: python3 snapshot.py VMM GUEST RUNS MEM...
 
 For each memory size and run: start the guest, wait for "count 3" on its console, ask for
-a save (vmm: SIGUSR2 with --save-to; QEMU: `migrate exec:cat>FILE` on its monitor), time it
-until the file is complete, then start a new process from the file and time until a count
-line newer than the saved ones appears on its console."""
+a save (vmm: SIGUSR2 with --save-to; QEMU: `stop`, then `migrate -d exec:cat>FILE` on its
+monitor, no bandwidth cap), time it until the file is complete, then start a new process
+from the file (QEMU: `-incoming`, then `cont`, as its source was stopped) and time until a
+count line newer than the saved ones appears on its console."""
 import os, re, signal, socket, statistics, subprocess, sys, tempfile, time
 
 vmm, guest, runs, mems = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
@@ -50,8 +51,25 @@ def ours(mem):
     q.kill(); q.wait()
     return size, save, restore
 
-def qmp_hmp(sock, cmd):
-    sock.sendall((cmd + "\n").encode())
+class Monitor:
+    """QEMU's human monitor over its socket, one command at a time: each call sends a line
+    and reads up to the next "(qemu) " prompt (so the socket never fills)."""
+    def __init__(self, path):
+        self.s = socket.socket(socket.AF_UNIX)
+        # The socket file may exist a moment before QEMU listens.
+        wait_for(lambda: self.s.connect_ex(path) == 0)
+        self.read()
+    def read(self, timeout=120):
+        buf = b""; self.s.settimeout(timeout)
+        while not buf.endswith(b"(qemu) "):
+            b = self.s.recv(65536)
+            if not b: raise RuntimeError("qemu monitor closed")
+            buf += b
+        return buf.decode(errors="replace")
+    def __call__(self, cmd, timeout=120):
+        self.s.sendall((cmd + "\n").encode())
+        return self.read(timeout)
+    def close(self): self.s.close()
 
 def qemu(mem):
     f = os.path.join(tmp, "qemu.state"); serial = os.path.join(tmp, "serial.txt"); mon = os.path.join(tmp, "mon.sock")
@@ -60,28 +78,35 @@ def qemu(mem):
     base = ["qemu-system-x86_64", "-M", "pc", "-accel", "tcg", "-m", mem, "-kernel", guest, "-display", "none",
             "-net", "none", "-no-reboot", "-serial", "file:" + serial, "-monitor", "unix:%s,server,nowait" % mon]
     p = subprocess.Popen(base, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for(lambda: os.path.exists(serial) and "count 3\r\n" in open(serial, errors="replace").read())
+    # QEMU's serial file has the guest's bare "\n" (our console shows "\r\n").
+    wait_for(lambda: os.path.exists(serial) and last_count(open(serial, errors="replace").read()) >= 3)
     wait_for(lambda: os.path.exists(mon))
-    s = socket.socket(socket.AF_UNIX); s.connect(mon)
+    m = Monitor(mon)
+    # No bandwidth cap (QEMU's default, 32 MiB/s, is for live migration over a network),
+    # and `migrate -d` polled with `info migrate`: HMP's waiting migrate checks once a second.
+    m("migrate_set_parameter max-bandwidth 100G")
     t0 = time.monotonic()
-    qmp_hmp(s, "stop"); qmp_hmp(s, 'migrate "exec:cat > %s"' % f)
-    # Completion: poll `info migrate` until it says completed.
-    buf = b""; s.settimeout(0.01)
-    end = time.monotonic() + 120
-    while b"completed" not in buf:
-        if time.monotonic() > end: raise RuntimeError("qemu migrate did not complete")
-        qmp_hmp(s, "info migrate")
-        try: buf += s.recv(65536)
-        except socket.timeout: pass
+    m("stop"); m('migrate -d "exec:cat > %s"' % f)
+    def done():
+        i = m("info migrate")
+        if re.search(r"Migration status: (failed|cancelled)", i): raise RuntimeError("qemu migrate failed")
+        return "Migration status: completed" in i
+    wait_for(done, timeout=120)
     save = (time.monotonic() - t0) * 1000
     saved = last_count(open(serial, errors="replace").read()); size = os.path.getsize(f)
-    s.close(); p.kill(); p.wait(); os.unlink(serial); os.unlink(mon)
+    m.close(); p.kill(); p.wait(); os.unlink(serial); os.unlink(mon)
     t0 = time.monotonic()
-    q = subprocess.Popen([a for a in base if a] + ["-incoming", "exec:cat %s" % f],
+    q = subprocess.Popen(base + ["-incoming", "exec:cat %s" % f],
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for(lambda: os.path.exists(serial) and last_count(open(serial, errors="replace").read()) > 0)
+    # The source was stopped before `migrate`, so the incoming side ends paused: `cont` it
+    # once the migration is in (`info status` no longer says "inmigrate").
+    wait_for(lambda: os.path.exists(mon))
+    m = Monitor(mon)
+    wait_for(lambda: re.search(r"VM status: (paused|running)\r?\n", m("info status")))
+    m("cont")
+    wait_for(lambda: os.path.exists(serial) and last_count(open(serial, errors="replace").read()) > saved)
     restore = (time.monotonic() - t0) * 1000
-    q.kill(); q.wait()
+    m.close(); q.kill(); q.wait()
     return size, save, restore
 
 have_qemu = subprocess.run(["which", "qemu-system-x86_64"], capture_output=True).returncode == 0

@@ -77,7 +77,8 @@ public enum ControlRequest: Codable, Hashable, Sendable {
     /// `vmctl receive`: the request carries one descriptor, the state stream to read; vmd
     /// starts it as VM `name` with start's checks (docs/snapshot.md, "vmctl receive").
     /// `disks` (`-d`): the receiving side's disk images; empty: the VM's vm.conf disks.
-    case receive(name: String, disks: [DiskSpec])
+    /// `template` (`-t`): `name` is a new instance of that VM, by its `allow instance` rules.
+    case receive(name: String, disks: [DiskSpec], template: String? = nil)
 
     /// The vmctl command name, for logs and errors.
     public var commandName: String {

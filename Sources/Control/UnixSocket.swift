@@ -58,12 +58,22 @@ public enum UnixSocket {
         return addr
     }
 
-    /// Binds and listens on `path` (replacing a stale socket there); returns the fd.
-    public static func listen(path: String, mode: mode_t = 0o660) throws(ControlError) -> Int32 {
+    /// Listens on `path` (replacing a stale socket there) with `mode` and, if given, `owner`
+    /// (uid, gid; nil leaves one as it is); returns the fd. The socket is bound under a side
+    /// name (`path` + "~"), given its mode and owner, made to listen, and only then renamed
+    /// to `path`: a client that finds `path` can connect at once, never with ECONNREFUSED,
+    /// and never while the socket still has its umask's mode. A `path` too long for the side
+    /// name is bound directly.
+    public static func listen(path: String, mode: mode_t = 0o660,
+                              owner: (uid: uid_t?, gid: gid_t?)? = nil) throws(ControlError) -> Int32 {
         var addr = try address(path)
+        let side = path + "~"
+        let staged = (try? address(side)) != nil
+        if staged { addr = try address(side) }
+        let bound = staged ? side : path
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw .sys("socket") }
-        unlink(path)
+        unlink(bound)
         // SAFETY: addr is a valid sockaddr_un for the duration of the call.
         let rc = withUnsafePointer(to: &addr) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
@@ -71,15 +81,23 @@ public enum UnixSocket {
             }
         }
         guard rc == 0 else {
-            let e = ControlError.sys("bind", path)
+            let e = ControlError.sys("bind", bound)
             close(fd)
             throw e
         }
-        chmod(path, mode)
-        guard Glibc.listen(fd, 64) == 0 else {
-            let e = ControlError.sys("listen", path)
+        func fail(_ call: String) -> ControlError {
+            let e = ControlError.sys(call, path)
             close(fd)
-            throw e
+            if staged { unlink(side) }
+            return e
+        }
+        guard chmod(bound, mode) == 0 else { throw fail("chmod") }
+        if let owner, owner.uid != nil || owner.gid != nil {
+            guard chown(bound, owner.uid ?? uid_t.max, owner.gid ?? gid_t.max) == 0 else { throw fail("chown") }
+        }
+        guard Glibc.listen(fd, 64) == 0 else { throw fail("listen") }
+        if staged {
+            guard rename(side, path) == 0 else { throw fail("rename") }
         }
         return fd
     }

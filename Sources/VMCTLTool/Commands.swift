@@ -155,8 +155,9 @@ struct Send: ParsableCommand {
 struct Receive: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Start a VM from a state stream on standard input.",
-        discussion: "The stream comes from `vmctl send` (or `vmm --save-to`). The VM's disks are its vm.conf disks, or -d's; the stream's own file names are not used. Start's permissions apply.")
+        discussion: "The stream comes from `vmctl send` (or `vmm --save-to`). The VM's disks are its vm.conf disks (with -t the template's), or -d's; the stream's own file names are not used. Start's permissions apply, and with -t the template's allow instance rules.")
     @Option(name: .customShort("d"), help: ArgumentHelp("Disk image (repeatable), one per disk of the sent machine.", valueName: "disk")) var disks: [String] = []
+    @Option(name: .customShort("t"), help: ArgumentHelp("Receive as a new instance of this VM.", valueName: "template")) var template: String?
     @Argument(help: ArgumentHelp("The name the VM runs as.", valueName: "name")) var name: String
 
     func validate() throws {
@@ -165,7 +166,7 @@ struct Receive: ParsableCommand {
 
     func run() throws {
         if isatty(STDIN_FILENO) != 0 { throw fail("receive: standard input is a terminal; redirect it from a file or a pipe") }
-        let (reply, fds) = try request(.receive(name: name, disks: disks.map(diskSpec)), fds: [STDIN_FILENO])
+        let (reply, fds) = try request(.receive(name: name, disks: disks.map(diskSpec), template: template), fds: [STDIN_FILENO])
         for x in fds { close(x) }
         guard case .vm(let s) = reply else { return }
         say("vmctl: started vm \(s.id) successfully, tty \(s.tty ?? "-")")

@@ -26,12 +26,20 @@ extension Daemon {
     /// must not hold a vmd thread for ever); the VM process reads the rest with the same bound.
     static let receiveReadTimeout: Int32 = 30
 
-    func handleReceive(_ name: String, disks: [DiskSpec], stream fds: [Int32], _ c: PeerCredentials) -> (ControlReply, [Int32]) {
+    func handleReceive(_ name: String, disks: [DiskSpec], template: String? = nil, stream fds: [Int32],
+                       _ c: PeerCredentials) -> (ControlReply, [Int32]) {
         guard fds.count == 1 else { return Self.fail(.invalidRequest, "receive: the request carries no state stream") }
         guard ConfigValidator.isValidVMName(name) else { return Self.fail(.invalidRequest, "vm \(name): invalid name") }
         if disks.count > VMLimits.maxDisks { return Self.fail(.invalidRequest, "vm \(name): too many disks") }
         // Who may, before a byte of the stream is read.
-        if let f = state.withLock({ s in receiveRefusal(s, name, disks: disks, c) }) { return (.failure(f), []) }
+        let refused: ControlFailure? = state.withLock { s in
+            if let template {
+                if case .failure(let f) = receivedInstance(s, name, template: template, disks: disks, c) { return f }
+                return nil
+            }
+            return receiveRefusal(s, name, disks: disks, c)
+        }
+        if let refused { return (.failure(refused), []) }
         let conf: SavedMachineConfig
         do {
             conf = try Machine.readConfig(StateStreamReader(fd: fds[0], timeoutSeconds: Self.receiveReadTimeout))
@@ -39,6 +47,21 @@ extension Daemon {
             return Self.fail(.failed, "vm \(name): \(error)")
         }
         let chosen: Result<(VMEntry, VMDefinition, created: Bool), ControlFailure> = state.withLock { s in
+            if let template {
+                // -t: a new instance, made as `start -t` makes one (the checks again: the
+                // name may have been taken while the head was read).
+                return receivedInstance(s, name, template: template, disks: disks, c).flatMap { i in
+                    Self.receivedDefinition(i.definition, conf, disks: [], root: c.uid == 0, memoryAllowed: i.memoryAllowed).map { d in
+                        // It keeps the stream's sizes, and its template's kernel, initrd and
+                        // command line (files of this host) for a later start.
+                        var kept = d
+                        kept.boot = i.definition.boot
+                        kept.initrd = i.definition.initrd
+                        kept.cmdline = i.definition.cmdline
+                        return (s.add(kept, fromConfig: false, owner: i.owner), d, true)
+                    }
+                }
+            }
             if let f = receiveRefusal(s, name, disks: disks, c) { return .failure(f) }
             if let e = s.find(.name(name)) {
                 return Self.receivedDefinition(e.definition, conf, disks: disks, root: c.uid == 0).map { (e, $0, false) }
@@ -65,6 +88,27 @@ extension Daemon {
         return r
     }
 
+    /// The instance `receive -t template name` would make (start -t's rules,
+    /// VMDCore/AccessRules.swift: the template exists, the name is free, a non-root caller
+    /// is the template's `allow instance` owner and `-d` needs `allow instance disk`), or
+    /// why not. `memoryAllowed`: the stream's memory may differ from the template's (root,
+    /// or `allow instance memory`).
+    private func receivedInstance(_ s: DaemonState, _ name: String, template: String, disks: [DiskSpec], _ c: PeerCredentials)
+        -> Result<(definition: VMDefinition, owner: ResolvedOwner, memoryAllowed: Bool), ControlFailure> {
+        var req = StartRequest(target: .name(name))
+        req.template = template
+        req.disks = disks
+        let known = s.vms.map { AccessRules.Known(id: $0.id, definition: $0.definition, owner: $0.owner) }
+        switch rules.startTarget(req, c, among: known) {
+        case .failure(let f): return .failure(f)
+        case .success(.new(let d, let owner, _)):
+            let memory = c.uid == 0 || (s.find(.name(template))?.definition.allowInstance.memory ?? false)
+            return .success((d, owner, memory))
+        case .success(.existing):
+            return .failure(ControlFailure(.failed, "vm \(name): not a new instance"))
+        }
+    }
+
     /// Why `c` may not receive into `name` (nil: it may): start's rules.
     private func receiveRefusal(_ s: DaemonState, _ name: String, disks: [DiskSpec], _ c: PeerCredentials) -> ControlFailure? {
         guard let e = s.find(.name(name)) else {
@@ -83,9 +127,10 @@ extension Daemon {
     /// The definition a received VM runs with: the machine the stream describes (memory,
     /// vCPUs, backend, CPU level; kernel and command line for the record), on `base`'s
     /// disks or `disks`. A configured VM's sizes and backend are its settings, which only
-    /// root may change; devices a received machine cannot have yet are refused.
+    /// root may change (`memoryAllowed`: the memory may differ, as `allow instance memory`
+    /// lets an instance's); devices a received machine cannot have yet are refused.
     static func receivedDefinition(_ base: VMDefinition, _ conf: SavedMachineConfig, disks: [DiskSpec],
-                                   root: Bool) -> Result<VMDefinition, ControlFailure> {
+                                   root: Bool, memoryAllowed: Bool = false) -> Result<VMDefinition, ControlFailure> {
         let n = base.name
         func refuse(_ m: String) -> Result<VMDefinition, ControlFailure> { .failure(ControlFailure(.failed, "vm \(n): \(m)")) }
         if base.effectiveInterfaceCount > 0 || base.cdrom != nil || base.bootDevice != nil {
@@ -102,7 +147,7 @@ extension Daemon {
         }
         if !root {
             let sameBackend = base.accel == nil || base.accel == .auto || base.accel == accel
-            guard base.effectiveMemory == conf.memorySize, (base.vcpus ?? 1) == conf.vcpus, sameBackend else {
+            guard memoryAllowed || base.effectiveMemory == conf.memorySize, (base.vcpus ?? 1) == conf.vcpus, sameBackend else {
                 return .failure(ControlFailure(.permissionDenied,
                     "vm \(n): the stream's machine (\(StatusTable.scaled(conf.memorySize)), \(conf.vcpus) vcpu(s), \(accel.rawValue)) differs from its configuration; only root may change its settings"))
             }

@@ -30,7 +30,7 @@ extension Daemon {
         case .reset(let scope): return handleReset(scope, c)
         case .log(let verbose): return handleLog(verbose, c)
         case .send(let id): return handleSend(id, c)
-        case .receive(let name, let disks): return handleReceive(name, disks: disks, stream: fds, c)
+        case .receive(let name, let disks, let template): return handleReceive(name, disks: disks, template: template, stream: fds, c)
         }
     }
 

@@ -9,11 +9,12 @@ import VMDCore
 // The control socket: listening, admitting connections, reading requests.
 extension Daemon {
     func listen() throws {
-        listener = try UnixSocket.listen(path: options.socketPath, mode: 0o660)
-        if let so = state.withLock({ $0.config.socketOwner }) {
+        // The socket appears under its name only once it listens with its mode and owner.
+        let owner = state.withLock { $0.config.socketOwner }.map { so in
             let r = resolvedOwner(so)
-            chown(options.socketPath, r.uid.map { uid_t($0) } ?? uid_t.max, r.gid.map { gid_t($0) } ?? gid_t.max)
+            return (uid: r.uid.map { uid_t($0) }, gid: r.gid.map { gid_t($0) })
         }
+        listener = try UnixSocket.listen(path: options.socketPath, mode: 0o660, owner: owner)
         log.info("listening on \(options.socketPath)")
     }
 

@@ -23,7 +23,8 @@ import VMConfig
                 .status(target: .name("a")), .console(target: .id(2)), .pause(target: .name("x")),
                 .unpause(target: .id(9)), .wait(target: .name("y")), .load(path: "/etc/vm2.conf"),
                 .reload, .reset(.switches), .log(verbose: true), .send(target: .name("s")),
-                .receive(name: "r", disks: [DiskSpec(path: "/r.img", format: .raw)])]
+                .receive(name: "r", disks: [DiskSpec(path: "/r.img", format: .raw)]),
+                .receive(name: "i", disks: [], template: "t")]
     }()
 
     @Test(arguments: requests)
@@ -155,6 +156,30 @@ import VMConfig
         let (reply, _) = try client.call(.reload)
         #expect(reply == .ok(message: "reloaded"))
         #expect(throws: ControlError.self) { _ = try ControlChannel.connect(path: path + ".missing") }
+    }
+
+    /// A client that sees the path appear connects at once: the socket is renamed into
+    /// place only after it listens (no ECONNREFUSED window), and no side name is left.
+    @Test func aSocketThatAppearsAlreadyListens() throws {
+        for round in 0..<40 {
+            let path = NSTemporaryDirectory() + "ctl-\(getpid())-race\(round).sock"
+            unlink(path)
+            let done = DispatchSemaphore(value: 0)
+            let client = Thread {
+                defer { done.signal() }
+                let deadline = Date().addingTimeInterval(5)
+                while access(path, F_OK) != 0 && Date() < deadline {}
+                let fd = try? UnixSocket.connect(path: path)
+                #expect(fd != nil, "round \(round): the path existed before its socket listened")
+                if let fd { close(fd) }
+            }
+            client.start()
+            let l = try UnixSocket.listen(path: path, mode: 0o600)
+            #expect(done.wait(timeout: .now() + 10) == .success)
+            #expect(access(path + "~", F_OK) != 0)
+            close(l)
+            unlink(path)
+        }
     }
 }
 

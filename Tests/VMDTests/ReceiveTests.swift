@@ -15,7 +15,9 @@ import Testing
     func sendPipedIntoReceiveCountsOnAsAnotherVM(accel: String) throws {
         try #require(Binaries.available)
         let kernel = try #require(SendTests.counterKernel)
-        let d = try TestDaemon(config: RealGuestTests.vmBlock("cnt", kernel: kernel, accel: accel), fake: false)
+        // Templates for `receive -t`: one a received machine fits, one with an interface.
+        let templates = "vm \"tmpl\" {\n disable\n}\nvm \"nettmpl\" {\n disable\n interfaces 1\n}\n"
+        let d = try TestDaemon(config: RealGuestTests.vmBlock("cnt", kernel: kernel, accel: accel) + templates, fake: false)
         defer { d.stop() }
         #expect(try d.vmctl("start", "cnt").status == 0, "\(d.log.snapshot())")
         let c = try ConsoleClient(socket: d.socket, name: "cnt")
@@ -27,13 +29,13 @@ import Testing
         // The pipe, with a copy of the stream kept for the truncation case below.
         let moved = try run("/bin/sh", ["-c", "\(vmctl) send cnt | tee '\(file)' | \(vmctl) receive cnt2"], timeout: 60)
         #expect(moved.status == 0, "\(moved.stdout) \(moved.stderr) / \(d.log.snapshot())")
-        #expect(moved.stdout.contains("started vm 2 successfully"), "\(moved.stdout)")
         // A disabled VM that is not running shows as "disabled".
         #expect(try RealGuestTests.waitState(d, "cnt", ["stopped", "disabled"], timeout: 20)?[7] == "disabled", "the sent VM stops")
         let last = try #require(SendTests.counts(c.output.snapshot()).last)
         let status = try d.vmctl("status", "cnt2").stdout
         #expect(row(status, "cnt2")?[7] == "running", "\(status)")
         #expect(row(status, "cnt2")?[3] == "32M", "the stream's memory: \(status)")
+        #expect(moved.stdout.contains("started vm \(row(status, "cnt2")?[0] ?? "?") successfully"), "\(moved.stdout)")
 
         let c2 = try ConsoleClient(socket: d.socket, name: "cnt2")
         #expect(c2.waitFor("\r\n", count: 3, timeout: 30), "\(c2.output.snapshot())")
@@ -54,6 +56,23 @@ import Testing
         // A running VM's name is taken.
         let taken = try run("/bin/sh", ["-c", "\(vmctl) receive cnt2 < '\(file)'"], timeout: 60)
         #expect(taken.status == 1 && taken.stderr.contains("already running"), "\(taken.stderr)")
+
+        // As an instance of a template (-t): a new VM with the stream's memory, counting on.
+        let inst = try run("/bin/sh", ["-c", "\(vmctl) receive -t tmpl cnt4 < '\(file)'"], timeout: 60)
+        #expect(inst.status == 0 && inst.stdout.contains("started vm"), "\(inst.stderr) / \(d.log.snapshot())")
+        let instRow = row(try d.vmctl("status", "cnt4").stdout, "cnt4")
+        #expect(instRow?[7] == "running" && instRow?[3] == "32M", "\(String(describing: instRow))")
+        let c4 = try ConsoleClient(socket: d.socket, name: "cnt4")
+        #expect(c4.waitFor("count ", count: 2, timeout: 30), "\(c4.output.snapshot())")
+        let fromInstance = SendTests.counts(c4.output.snapshot())
+        #expect(!c4.output.snapshot().contains("counter: page at"), "the instance started over")
+        #expect(fromInstance.first.map { $0 > last } ?? false, "counted on from \(last): \(fromInstance.prefix(5))")
+        // A template a received machine cannot be (an interface): one line, no instance kept.
+        let net = try run("/bin/sh", ["-c", "\(vmctl) receive -t nettmpl cnt5 < '\(file)'"], timeout: 60)
+        #expect(net.status == 1 && net.stderr.hasPrefix("vmctl: vm cnt5: its configuration has network interfaces"),
+                "\(net.stderr)")
+        #expect(net.stderr.split(separator: "\n").count == 1, "\(net.stderr)")
+        #expect(row(try d.vmctl("status").stdout, "cnt5") == nil, "a refused instance is not kept")
     }
 
     @Test func garbageIsOneLineAndStartsNothing() throws {
@@ -66,8 +85,16 @@ import Testing
         #expect(empty.status == 1 && empty.stderr.contains("truncated"), "\(empty.stderr)")
         let name = try d.vmctl("receive", "9bad", stdin: "x")
         #expect(name.status == 1 && name.stderr.contains("invalid name"), "\(name.stderr)")
+        // -t: start -t's checks, each one line; a bad stream keeps no instance.
+        let noTemplate = try d.vmctl("receive", "-t", "nosuch", "inst", stdin: "x")
+        #expect(noTemplate.status == 1 && noTemplate.stderr == "vmctl: vm nosuch: no such vm\n", "\(noTemplate.stderr)")
+        let exists = try d.vmctl("receive", "-t", "idle", "idle", stdin: "x")
+        #expect(exists.status == 1 && exists.stderr == "vmctl: vm idle: already exists\n", "\(exists.stderr)")
+        let badInstance = try d.vmctl("receive", "-t", "idle", "inst", stdin: "this is not a state stream at all")
+        #expect(badInstance.status == 1 && badInstance.stderr == "vmctl: vm inst: not a swiftvmm state stream (bad magic)\n",
+                "\(badInstance.stderr)")
         let status = try d.vmctl("status").stdout
-        #expect(row(status, "newvm") == nil && row(status, "idle") != nil, "\(status)")
+        #expect(row(status, "newvm") == nil && row(status, "inst") == nil && row(status, "idle") != nil, "\(status)")
         #expect(try d.vmctl("status").status == 0, "vmd carries on")
     }
 
@@ -85,6 +112,14 @@ import Testing
         #expect(other.stderr == "vmctl: vm root-vm: permission denied\n", "\(other.stderr)")
         let disks = try d.vmctl("receive", "-d", "/tmp/x.img", "ops-vm", stdin: "x", as: "vmdtest2")
         #expect(disks.stderr.contains("only root may change its settings"), "\(disks.stderr)")
+        // -t: the template's allow instance rules (tmpl: memory, owner vmdtest2).
+        let notAllowed = try d.vmctl("receive", "-t", "tmpl", "inst1", stdin: "x", as: "vmdtest1")
+        #expect(notAllowed.stderr == "vmctl: vm tmpl: permission denied to create instances\n", "\(notAllowed.stderr)")
+        let instDisk = try d.vmctl("receive", "-t", "tmpl", "-d", "/tmp/x.img", "inst2", stdin: "x", as: "vmdtest2")
+        #expect(instDisk.stderr == "vmctl: vm tmpl: instances may not change that setting\n", "\(instDisk.stderr)")
+        let allowed = try d.vmctl("receive", "-t", "tmpl", "inst2", stdin: "not a state stream, but long enough", as: "vmdtest2")
+        #expect(allowed.stderr == "vmctl: vm inst2: not a swiftvmm state stream (bad magic)\n", "\(allowed.stderr)")
+        #expect(row(try d.vmctl("status").stdout, "inst2") == nil, "a failed receive keeps no instance")
         // The owner passes the checks and gets to the stream (which is not one).
         let own = try d.vmctl("stop", "-w", "alice-vm", as: "vmdtest1")
         #expect(own.status == 0)
