@@ -260,9 +260,10 @@ extension X86CPU {
             try vstore(V4(lowHalf: h, highHalf: V2(0, 0)), 16, aligned: false)
         case 0x60...0x63:
             // VPCMPESTRM/ESTRI/ISTRM/ISTRI: VEX.128; the mask forms zero YMM0's upper half.
+            // The VEX checks (`avxCheck`) replace legacy SSE's: CR0.EM and CR4.OSFXSR do not apply.
             if wide { throw udFault() }
             try vexNoV()
-            try sse42(0x300 | b)
+            try stringCompareInsn(0x300 | b)
             if b & 1 == 0 { xmm[32] = 0; xmm[33] = 0 }
         default:
             throw udFault()

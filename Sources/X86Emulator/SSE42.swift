@@ -26,7 +26,13 @@ extension X86CPU {
             xw(d.reg, V2(gt(a[0], s[0]), gt(a[1], s[1])))
             return
         }
-        // The string compares do not require an aligned memory operand.
+        try stringCompareInsn(op)
+    }
+
+    /// PCMPESTRI/ESTRM/ISTRI/ISTRM (`op` 0x360-0x363) once the encoding's checks are made:
+    /// legacy SSE's (CR0.EM, CR4.OSFXSR, CR0.TS) in `sse42`, VEX's (XCR0, CR4.OSXSAVE,
+    /// CR0.TS; `avxCheck`) for VPCMPxSTRx. The memory operand need not be aligned.
+    func stringCompareInsn(_ op: Int) throws(X86Fault) {
         let a = xr(d.reg), b = try xsrc(aligned: false)
         let imm = Int(d.imm & 0xFF)
         let n = imm & 1 != 0 ? 8 : 16

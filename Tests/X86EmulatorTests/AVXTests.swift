@@ -227,6 +227,26 @@ enum AVXCases {
         }
     }
 
+    /// VPCMPxSTRx make the VEX checks (XCR0, CR4.OSXSAVE, CR0.TS), not legacy SSE's: CR0.EM
+    /// set or CR4.OSFXSR clear do not fault them (they do fault PCMPxSTRx), and the result
+    /// is computed.
+    @Test func vexStringComparesIgnoreCR0EMAndOSFXSR() throws {
+        let em = "mov rax, cr0\nor eax, 4\nmov cr0, rax\n"
+        for insn in ["vpcmpistri xmm0, xmm1, 0x0c", "vpcmpestrm xmm1, xmm2, 0x44", "vpcmpestri xmm2, [rsp], 0", "vpcmpistrm xmm0, [rsp+3], 0x18"] {
+            let legacy = String(insn.dropFirst())
+            #expect(try X87Tests.vectorRaised(Self.avxOn + em + insn, level: .v3) == nil, "\(insn)")
+            #expect(try X87Tests.vectorRaised(Self.avxOn + em + legacy, level: .v3) == 6, "\(legacy)")
+            #expect(try X87Tests.vectorRaised(Self.avxOn + insn, cr4Clear: X86Bits.cr4OSFXSR, level: .v3) == nil, "\(insn)")
+            #expect(try X87Tests.vectorRaised(Self.avxOn + legacy, cr4Clear: X86Bits.cr4OSFXSR, level: .v3) == 6, "\(legacy)")
+            #expect(try X87Tests.vectorRaised(Self.avxOn + "mov rax, cr0\nor eax, 8\nmov cr0, rax\n" + insn, level: .v3) == 7, "\(insn)")
+            #expect(try X87Tests.vectorRaised(XSaveTests.xcr0SSE + insn, level: .v3) == 6, "\(insn)")
+            #expect(try X87Tests.vectorRaised(insn, level: .v3) == 6, "\(insn)")
+        }
+        // "ab" found at index 2 of "xxab" (equal ordered) with CR0.EM set.
+        let m = try XSaveTests.run(Self.avxOn + em + "mov eax, 0x6261\nvmovq xmm0, rax\nmov eax, 0x62617878\nvmovq xmm1, rax\nvpcmpistri xmm0, xmm1, 0x0c")
+        #expect(m.cpu.r[1] == 2)
+    }
+
     static func ymm(_ m: TestMachine, _ i: Int) -> [UInt64] { (0..<2).map { m.cpu.xmm[i * 2 + $0] } + (0..<2).map { m.cpu.xmm[32 + i * 2 + $0] } }
 
     /// XSAVE writes YMM bits 255:128 at offset 576 (16 bytes per register) and sets
