@@ -80,8 +80,7 @@ import Hypervisor
     @Test func storeLoopRunsCompiled() throws {
         // After the first iteration (write-TLB fill through the side exit) every store
         // runs as compiled code; the data is on the code page, outside the block.
-        let m = try JITTests.machine(.jit)
-        try m.load(try Assembler.assemble("""
+        let m = try JITTests.ran("""
             lea rsi, [rip + data]
             mov ecx, 1000
         1:  mov [rsi], rcx
@@ -95,8 +94,7 @@ import Hypervisor
             hlt
             .balign 8
         data: .quad 0, 0, 0
-        """))
-        #expect(try m.run().isHalt)
+        """)
         let r = m.cpu.registers()
         #expect(r.rax == 1 && r.rbx == 500_500 && r.rdx == 1000)
         #expect(m.cpu.jitRuns >= 1000)
@@ -111,9 +109,7 @@ import Hypervisor
         // leaves before it, the block tier stores and ends the block, so every
         // iteration adds 5.
         for tier in [CPUTier.interp, .block, .jit] {
-            let m = try JITTests.machine(tier)
-            try m.memory.write(UInt64(0) | 0x83, at: 0x3000 + 100 * 8)
-            try m.load(try Assembler.assemble("""
+            let m = try JITTests.ran("""
                 lea rsi, [rip + patch]
                 add rsi, \(alias)
                 mov ecx, 10
@@ -127,8 +123,7 @@ import Hypervisor
                 dec ecx
                 jnz 1b
                 hlt
-            """))
-            #expect(try m.run().isHalt)
+            """, tier: tier)
             #expect(m.cpu.registers().rax == 50, "tier \(tier)")
             #expect(m.cpu.registers().rdx == 10, "tier \(tier)")
             if tier == .jit { #expect(m.cpu.jitSideExits >= 10) }
@@ -138,8 +133,7 @@ import Hypervisor
     @Test func compiledStoreIntoTheNextBlockRunsTheNewCode() throws {
         // The first block's compiled store rewrites the immediate of the next block's
         // `add eax, imm8` with the loop counter each time: 10 + 9 + ... + 1.
-        let m = try JITTests.machine(.jit)
-        try m.load(try Assembler.assemble("""
+        let m = try JITTests.ran("""
             lea rsi, [rip + patch]
             mov ecx, 10
             xor eax, eax
@@ -150,8 +144,7 @@ import Hypervisor
             dec ecx
             jnz 1b
             hlt
-        """))
-        #expect(try m.run().isHalt)
+        """)
         #expect(m.cpu.registers().rax == 55)
         #expect(m.cpu.jitRuns > m.cpu.jitSideExits)
     }
