@@ -111,7 +111,7 @@ do {
     let cpu = Double(t1.tv_sec - t0.tv_sec) + Double(t1.tv_nsec - t0.tv_nsec) / 1e9
     let count = vcpu.instructionCount
     let c = vcpu.cpu
-    print("\(args[1]): \(count) guest instructions, \(Int(Double(count) / cpu / 1e6)) MIPS per CPU-second, tier \(c.tier.rawValue), jit runs \(c.jitRuns) compiled \(c.jitCompiled)")
+    print("\(args[1]): \(count) guest instructions, \(Int(Double(count) / cpu / 1e6)) MIPS per CPU-second, tier \(c.tier.rawValue), jit runs \(c.jitRuns) side exits \(c.jitSideExits) compiled \(c.jitCompiled)")
 } catch {
     fail("\(error)")
 }

@@ -183,7 +183,7 @@ extension X86CPU {
         var pos = 0
         if jit {
             interruptShadow = false
-            (done, pos) = runCompiled(slot: slot, insns: insns, count: Int(h.pointee.count), limit: count)
+            (done, pos) = runCompiled(slot: slot, insns: insns, count: Int(h.pointee.count), limit: count, host: p)
             if done != 0 && (done >= count || apic.attention.load(ordering: .relaxed) != 0) { return done }
         }
         while done < count {

@@ -36,7 +36,8 @@ final class JITState {
     let cache: JITCodeCache?
     /// [0] flags in/out, [1] the block's RIP, [2] instructions done (in: all; a side exit
     /// stores fewer), [3] the TLB tag bit of the CPL, [4]/[5] the read TLB's tags and host
-    /// pages (`JITCompiler.contextTLBTags`).
+    /// pages (`JITCompiler.contextTLBTags`), [6]/[7] the write TLB's, [8] the host address
+    /// of the running block's first byte.
     let context: UnsafeMutablePointer<UInt64>
     let threshold: Int
     /// Statistics for tests and benchmarks.
@@ -46,8 +47,8 @@ final class JITState {
     init(cacheSize: Int, threshold: Int) {
         entries = .allocate(capacity: BlockCache.slots)
         entries.initialize(repeating: JITEntry(), count: BlockCache.slots)
-        context = .allocate(capacity: 6)
-        context.initialize(repeating: 0, count: 6)
+        context = .allocate(capacity: JITCompiler.contextWords)
+        context.initialize(repeating: 0, count: JITCompiler.contextWords)
         cache = JITCodeCache(size: cacheSize)
         self.threshold = threshold
     }
@@ -91,11 +92,13 @@ extension X86CPU {
     /// Runs the compiled prefix of the block in `slot` when there is one of at most `limit`
     /// instructions, compiling it first once the block has run often enough. Returns the
     /// guest instructions retired (0: nothing ran, the block tier runs the block) and the
-    /// guest bytes they covered. The prefix never faults: a load whose TLB probe misses
-    /// leaves before it (a side exit) and the block tier runs it, so RIP, registers and
-    /// flags are exact after it.
+    /// guest bytes they covered. The prefix never faults: a load or store whose TLB probe
+    /// misses (or a store into the block itself, at host address `host`) leaves before it
+    /// (a side exit) and the block tier runs it, so RIP, registers, flags and memory are
+    /// exact after it.
     @inline(__always)
-    func runCompiled(slot: Int, insns: UnsafePointer<Insn>, count: Int, limit: Int) -> (done: Int, bytes: Int) {
+    func runCompiled(slot: Int, insns: UnsafePointer<Insn>, count: Int, limit: Int,
+                     host: UnsafeMutableRawPointer) -> (done: Int, bytes: Int) {
         let js = jitView ?? makeJITView()
         guard let generation = js.generation else { return (0, 0) }
         let e = js.entries + slot
@@ -117,9 +120,11 @@ extension X86CPU {
         ctx[1] = rip
         ctx[2] = UInt64(n)
         ctx[3] = userTag
+        ctx[8] = UInt64(UInt(bitPattern: host))
         // SAFETY: `code` is this generation's code for exactly the bytes the block tier has
         // just validated; it reads and writes only the 16 guest registers at `r` and the
-        // context words, reads guest RAM only through pages the read TLB holds, and returns.
+        // context words, reads guest RAM only through pages the read TLB holds, writes it
+        // only through pages the write TLB holds and outside the block's bytes, and returns.
         let f = unsafeBitCast(code, to: JITFunction.self)
         let delta = f(r, ctx)
         if e.pointee.flagsOut { setEager(ctx[0]) }
@@ -127,6 +132,7 @@ extension X86CPU {
         let done = Int(truncatingIfNeeded: ctx[2])
         instructions &+= UInt64(done)
         jitRunCount &+= 1
+        if done != n { jitSideExitCount &+= 1 }
         return (done, done == n ? Int(e.pointee.byteLength) : Int(truncatingIfNeeded: delta))
     }
 }
@@ -138,6 +144,9 @@ extension X86CPU {
         // The read bank of the TLB (`Access.read`): fixed for the CPU's lifetime.
         j.context[4] = UInt64(UInt(bitPattern: tlbTag))
         j.context[5] = UInt64(UInt(bitPattern: tlbHost))
+        // The write bank (`Access.write`).
+        j.context[6] = UInt64(UInt(bitPattern: tlbTag + X86CPU.tlbSize))
+        j.context[7] = UInt64(UInt(bitPattern: tlbHost + X86CPU.tlbSize))
         jitView = v
         return v
     }

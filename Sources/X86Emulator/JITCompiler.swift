@@ -29,12 +29,20 @@ enum JITOp {
     /// (CMP/TEST [m], other: nothing stored); else `other` is the destination register.
     case memALU(kind: Int, mem: JITMem, other: Source, size: Int, memIsDst: Bool)
     case memExtend(dst: Int, mem: JITMem, from: Int, signed: Bool, size: Int)
+    /// A store (MOV [m], reg/imm) through the inline write-TLB probe (same address forms
+    /// as the loads).
+    case memStore(mem: JITMem, src: Source, size: Int)
+    /// A read-modify-write of memory through the write-TLB probe: kind 0-6 ALU [m], src
+    /// (not CMP); not LOCK-prefixed ones.
+    case memRMW(kind: Int, mem: JITMem, src: Source, size: Int)
+    /// INC/DEC/NOT/NEG [m] (kind as `unary`) through the write-TLB probe.
+    case memUnary(kind: Int, mem: JITMem, size: Int)
 
-    /// Whether the operation may leave the compiled code before it runs (a load whose
-    /// probe misses): every flag is live there.
+    /// Whether the operation may leave the compiled code before it runs (a load or store
+    /// whose probe misses): every flag is live there.
     var mayExit: Bool {
         switch self {
-        case .memALU, .memExtend: return true
+        case .memALU, .memExtend, .memStore, .memRMW, .memUnary: return true
         default: return false
         }
     }
@@ -42,7 +50,8 @@ enum JITOp {
     /// Arithmetic flags this operation reads / always writes (RFLAGS bit masks).
     var flagsRead: UInt64 {
         switch self {
-        case let .alu(kind, _, _, _), let .memALU(kind, _, _, _, _): return kind == 2 || kind == 3 ? Flag.cf : 0
+        case let .alu(kind, _, _, _), let .memALU(kind, _, _, _, _), let .memRMW(kind, _, _, _):
+            return kind == 2 || kind == 3 ? Flag.cf : 0
         case let .setcc(cc, _), let .cmov(cc, _, _, _): return JITOp.conditionFlags(cc)
         case let .branch(cc, _): return cc.map(JITOp.conditionFlags) ?? 0
         case let .carry(op): return op == 0xF5 ? Flag.cf : 0
@@ -52,9 +61,9 @@ enum JITOp {
 
     var flagsWritten: UInt64 {
         switch self {
-        case .alu: return Flag.arith
+        case .alu, .memRMW: return Flag.arith
         case let .memALU(kind, _, _, _, _): return kind == 9 ? 0 : Flag.arith
-        case let .unary(kind, _, _): return kind < 2 ? Flag.arith & ~Flag.cf : (kind == 3 ? Flag.arith : 0)
+        case let .unary(kind, _, _), let .memUnary(kind, _, _): return kind < 2 ? Flag.arith & ~Flag.cf : (kind == 3 ? Flag.arith : 0)
         case let .shift(kind, _, _, count): return count == 0 ? 0 : (kind < 2 ? Flag.cf | Flag.of : Flag.arith)
         case .carry: return Flag.cf
         default: return 0
@@ -130,12 +139,24 @@ enum JITCompiler {
             case 0x00...0x3F where op & 7 < 4:
                 let k = op >> 3, s = op & 1 == 0 ? 1 : d.opSize
                 if op & 2 != 0 { return .memALU(kind: k, mem: m, other: .reg(loc(d.reg, s)), size: s, memIsDst: false) }
-                return k == 7 ? .memALU(kind: 7, mem: m, other: .reg(loc(d.reg, s)), size: s, memIsDst: true) : nil
+                if k == 7 { return .memALU(kind: 7, mem: m, other: .reg(loc(d.reg, s)), size: s, memIsDst: true) }
+                return d.lock ? nil : .memRMW(kind: k, mem: m, src: .reg(loc(d.reg, s)), size: s)
             case 0x80, 0x81, 0x83:
-                guard d.reg & 7 == 7 else { return nil }
                 let s = op == 0x80 ? 1 : d.opSize
                 let imm = op == 0x80 ? d.imm & 0xFF : (op == 0x81 ? immZ(s) : signExtend(d.imm, 1) & sizeMask(s))
+                if d.reg & 7 != 7 { return d.lock ? nil : .memRMW(kind: d.reg & 7, mem: m, src: .imm(imm), size: s) }
                 return .memALU(kind: 7, mem: m, other: .imm(imm), size: s, memIsDst: true)
+            case 0x88, 0x89:
+                let s = op == 0x88 ? 1 : d.opSize
+                return .memStore(mem: m, src: .reg(loc(d.reg, s)), size: s)
+            case 0xC6, 0xC7:
+                guard d.reg & 7 == 0 else { return nil }
+                let s = op == 0xC6 ? 1 : d.opSize
+                return .memStore(mem: m, src: .imm(op == 0xC6 ? d.imm & 0xFF : immZ(s)), size: s)
+            case 0xF6, 0xF7 where d.reg & 7 == 2 || d.reg & 7 == 3:
+                return d.lock ? nil : .memUnary(kind: d.reg & 7, mem: m, size: op == 0xF6 ? 1 : d.opSize)
+            case 0xFE, 0xFF where d.reg & 7 < 2:
+                return d.lock ? nil : .memUnary(kind: d.reg & 7, mem: m, size: op == 0xFE ? 1 : d.opSize)
             case 0x84, 0x85:
                 let s = op == 0x84 ? 1 : d.opSize
                 return .memALU(kind: 8, mem: m, other: .reg(loc(d.reg, s)), size: s, memIsDst: true)
@@ -273,6 +294,10 @@ enum JITCompiler {
             if case .branch = o { break }
         }
         guard !ops.isEmpty else { return nil }
+        // The whole block's bytes (also past the compiled prefix: the block tier runs the
+        // rest from the decoded copy): a compiled store into them leaves before it.
+        var blockLen = 0
+        for i in 0..<count { blockLen += insns[i].len }
         // Flag liveness, backwards from the exit (where all six are live: they become the
         // CPU's flag state).
         var liveAfter = [UInt64](repeating: 0, count: ops.count)
@@ -294,7 +319,7 @@ enum JITCompiler {
         for (i, o) in ops.enumerated() {
             if case let .branch(cc, rel) = o { branch = (cc, rel); continue }
             let start = i == 0 ? 0 : ends[i - 1]
-            guard emit(o, into: &e, liveAfter: liveAfter[i], end: ends[i],
+            guard emit(o, into: &e, liveAfter: liveAfter[i], end: ends[i], blockLen: blockLen,
                        exit: SideExit(patches: [], index: i, start: start), exits: &exits) else { return nil }
         }
         if flagsOut { e.pushfq(); e.popContext(0) }
@@ -336,16 +361,23 @@ enum JITCompiler {
     }
 
     /// Context words the probe reads: the TLB tag bit of the CPL, the read bank's tags and
-    /// host pages (`X86CPU.tlbTag`/`tlbHost`).
+    /// host pages (`X86CPU.tlbTag`/`tlbHost`), the write bank's, and the host address of
+    /// the running block's first byte.
     static let contextUserTag = 24, contextTLBTags = 32, contextTLBHosts = 40
+    static let contextWriteTags = 48, contextWriteHosts = 56, contextBlockHost = 64
+    static let contextWords = 9
 
     /// Computes the address of `m` into rax (`end`: the offset after the instruction, for
-    /// RIP-relative operands), probes the read TLB like `hostPage` and then runs `load`
-    /// with the host page in r8 and the page offset in rax. A non-canonical address, an
-    /// access crossing the page or a TLB miss (also every non-RAM page) leaves through the
-    /// side exit, where the block tier runs the instruction (fault, walk, MMIO exit).
+    /// RIP-relative operands), probes the read TLB (or with `blockLen` the write TLB) like
+    /// `hostPage` and then runs `load` with the host page in r8 and the page offset in rax.
+    /// A non-canonical address, an access crossing the page or a TLB miss (also every
+    /// non-RAM page) leaves through the side exit, where the block tier runs the
+    /// instruction (fault, walk, MMIO exit). A write also leaves when it would touch any of
+    /// the running block's `blockLen` bytes (host addresses, so also through an alias):
+    /// the block tier stores and then sees its block changed.
     static func emitProbe(_ m: JITMem, size: Int, end: Int, into e: inout X64Emitter, exit: SideExit,
-                          exits: inout [SideExit], load: (inout X64Emitter) -> Void) -> Bool {
+                          exits: inout [SideExit], blockLen: Int? = nil,
+                          load: (inout X64Emitter) -> Void) -> Bool {
         let A = HostReg.rax, C = HostReg.rcx, D = HostReg.rdx, R8 = HostReg.r8
         var total = Int64(bitPattern: m.disp)
         if m.ripRelative { total &+= Int64(end) }
@@ -367,12 +399,20 @@ enum JITCompiler {
         e.movRR(D, A, 8); e.shift(5, D, 8, 12)
         e.movRR(C, D, 4); e.aluImm(4, C, Int32(X86CPU.tlbSize - 1), 4)
         e.rmem([0x0B], 8, reg: D, base: HostReg.rsi, disp: contextUserTag)
-        e.loadContext(R8, contextTLBTags)
+        e.loadContext(R8, blockLen == nil ? contextTLBTags : contextWriteTags)
         e.rsib([0x39], 8, reg: D, base: R8, index: C, scale: 3)
         x.patches.append(e.jccForward(5))
-        e.loadContext(R8, contextTLBHosts)
+        e.loadContext(R8, blockLen == nil ? contextTLBHosts : contextWriteHosts)
         e.rsib([0x8B], 8, reg: R8, base: R8, index: C, scale: 3)
         e.aluImm(4, A, 0xFFF, 4)
+        if let blockLen {
+            // overlap with [block, block + blockLen): (host + size - 1 - block) unsigned
+            // below blockLen + size - 1
+            e.lea(D, base: R8, index: A, scale: 0, disp: Int32(size - 1))
+            e.rmem([0x2B], 8, reg: D, base: HostReg.rsi, disp: contextBlockHost)
+            e.aluImm(7, D, Int32(blockLen + size - 1), 8)
+            x.patches.append(e.jccForward(2))
+        }
         load(&e)
         e.popfq()
         exits.append(x)
@@ -380,7 +420,7 @@ enum JITCompiler {
     }
 
     /// Emits one non-branch operation. `end` is the byte offset after the instruction.
-    static func emit(_ o: JITOp, into e: inout X64Emitter, liveAfter: UInt64, end: Int,
+    static func emit(_ o: JITOp, into e: inout X64Emitter, liveAfter: UInt64, end: Int, blockLen: Int,
                      exit: SideExit, exits: inout [SideExit]) -> Bool {
         let A = HostReg.rax, C = HostReg.rcx, D = HostReg.rdx, R9 = 9, R8 = HostReg.r8
         switch o {
@@ -406,6 +446,30 @@ enum JITCompiler {
             } else {
                 return false
             }
+        case let .memStore(m, src, s):
+            // The value in r9 first, then the probe stores it.
+            switch src {
+            case let .reg(off): e.load(R9, off, s)
+            case let .imm(v): e.movImm(R9, v, s)
+            }
+            guard emitProbe(m, size: s, end: end, into: &e, exit: exit, exits: &exits, blockLen: blockLen, load: { e in
+                e.rsib([s == 1 ? 0x88 : 0x89], s, reg: R9, base: R8, index: A, scale: 0)
+            }) else { return false }
+        case let .memRMW(kind, m, src, s):
+            // The source in r9; after the probe (guest flags back) the host does the same
+            // read-modify-write on the guest's RAM and computes the flags.
+            switch src {
+            case let .reg(off): e.load(R9, off, s)
+            case let .imm(v): e.movImm(R9, v, s)
+            }
+            guard emitProbe(m, size: s, end: end, into: &e, exit: exit, exits: &exits, blockLen: blockLen,
+                            load: { _ in }) else { return false }
+            e.rsib([UInt8(kind << 3 | (s == 1 ? 0 : 1))], s, reg: R9, base: R8, index: A, scale: 0)
+        case let .memUnary(kind, m, s):
+            guard emitProbe(m, size: s, end: end, into: &e, exit: exit, exits: &exits, blockLen: blockLen,
+                            load: { _ in }) else { return false }
+            let opcode: UInt8 = kind < 2 ? (s == 1 ? 0xFE : 0xFF) : (s == 1 ? 0xF6 : 0xF7)
+            e.rsib([opcode], s, reg: kind, base: R8, index: A, scale: 0)
         case let .memExtend(dst, m, from, signed, s):
             guard emitProbe(m, size: from, end: end, into: &e, exit: exit, exits: &exits, load: { e in
                 let w = s == 8 ? 8 : 4

@@ -253,6 +253,7 @@ public final class X86CPU {
     private(set) var jitState: JITState?
     var jitView: JITView?
     var jitRunCount: UInt64 = 0
+    var jitSideExitCount: UInt64 = 0
     var jit: JITState {
         if let j = jitState { return j }
         let j = JITState(cacheSize: jitCacheSize, threshold: jitThreshold)
@@ -260,10 +261,11 @@ public final class X86CPU {
         return j
     }
     /// JIT statistics for tests and benchmarks: blocks compiled, blocks found unsupported,
-    /// compiled-code runs, code-cache flushes.
+    /// compiled-code runs, runs that left through a side exit, code-cache flushes.
     public var jitCompiled: UInt64 { jitState?.compiled ?? 0 }
     public var jitUnsupported: UInt64 { jitState?.unsupported ?? 0 }
     public var jitRuns: UInt64 { jitRunCount }
+    public var jitSideExits: UInt64 { jitSideExitCount }
     public var jitFlushes: Int { jitState?.cache?.flushes ?? 0 }
     /// Whether the host gave the JIT an executable code cache.
     public var jitAvailable: Bool { jit.cache != nil }

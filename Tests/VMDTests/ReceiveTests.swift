@@ -98,6 +98,22 @@ import Testing
         #expect(try d.vmctl("status").status == 0, "vmd carries on")
     }
 
+    /// The head of a state stream (docs/snapshot.md): header and CONF section, all vmd reads
+    /// before it decides; the rest is the VM process's to read.
+    static func streamHead(memory: UInt64, vcpus: Int) throws -> Data {
+        let conf: [String: Any] = ["kernelPath": "/elsewhere/kernel", "cmdline": "", "memorySize": memory, "vcpus": vcpus,
+                                   "diskPaths": [String](), "backend": "emulator", "ram": [[0, memory]]]
+        let json = [UInt8](try JSONSerialization.data(withJSONObject: conf))
+        func le<T: FixedWidthInteger>(_ v: T) -> [UInt8] { withUnsafeBytes(of: v.littleEndian) { Array($0) } }
+        var crc: UInt32 = 0xFFFF_FFFF
+        for b in json {
+            crc ^= UInt32(b)
+            for _ in 0..<8 { crc = crc & 1 != 0 ? (crc >> 1) ^ 0xEDB8_8320 : crc >> 1 }
+        }
+        return Data(Array("SVMSTATE".utf8) + le(UInt32(1)) + le(UInt32(0)) + Array("CONF".utf8) + le(UInt64(json.count))
+                    + json + le(~crc))
+    }
+
     @Test(.enabled(if: PermissionTests.usable, "needs root, useradd and setpriv"))
     func receiveHasStartsPermissions() throws {
         try #require(Binaries.available)
@@ -120,6 +136,19 @@ import Testing
         let allowed = try d.vmctl("receive", "-t", "tmpl", "inst2", stdin: "not a state stream, but long enough", as: "vmdtest2")
         #expect(allowed.stderr == "vmctl: vm inst2: not a swiftvmm state stream (bad magic)\n", "\(allowed.stderr)")
         #expect(row(try d.vmctl("status").stdout, "inst2") == nil, "a failed receive keeps no instance")
+        // A stream's head (what vmd decides on) with the template's allowed memory change
+        // passes; a vCPU count the template does not have is root's. The stand-in guest
+        // then refuses the restore, so nothing runs either way.
+        let head = d.dir + "/head.state"
+        let vmctl = "/usr/bin/setpriv --reuid=vmdtest2 --regid=vmdtest2 --init-groups -- '\(Binaries.vmctl)' --socket '\(d.socket)'"
+        try Self.streamHead(memory: 64 << 20, vcpus: 1).write(to: URL(fileURLWithPath: head))
+        let bigger = try run("/bin/sh", ["-c", "\(vmctl) receive -t tmpl inst3 < '\(head)'"], timeout: 30)
+        #expect(bigger.status == 1 && bigger.stderr == "vmctl: vm inst3: a stand-in guest cannot be restored from a state stream\n", "\(bigger.stderr)")
+        try Self.streamHead(memory: 64 << 20, vcpus: 2).write(to: URL(fileURLWithPath: head))
+        let vcpus = try run("/bin/sh", ["-c", "\(vmctl) receive -t tmpl inst3 < '\(head)'"], timeout: 30)
+        #expect(vcpus.status == 1 && vcpus.stderr.hasPrefix("vmctl: vm inst3: the stream's machine (64M, 2 vcpu(s), emulator) differs")
+                && vcpus.stderr.hasSuffix("only root may change its settings\n"), "\(vcpus.stderr)")
+        #expect(row(try d.vmctl("status").stdout, "inst3") == nil, "a failed receive keeps no instance")
         // The owner passes the checks and gets to the stream (which is not one).
         let own = try d.vmctl("stop", "-w", "alice-vm", as: "vmdtest1")
         #expect(own.status == 0)

@@ -50,6 +50,15 @@ import Hypervisor
         return m
     }
 
+    /// A machine on `tier` that has run `asm` to its HLT.
+    static func ran(_ asm: String, tier: CPUTier = .jit) throws -> TestMachine {
+        let m = try machine(tier)
+        try m.memory.write(UInt64(0) | 0x83, at: 0x3000 + 100 * 8)   // linear 200 MiB = physical 0
+        try m.load(try Assembler.assemble(asm))
+        #expect(try m.run().isHalt)
+        return m
+    }
+
     /// Runs the snippet at `offset` of the loaded code with the given registers and flags.
     static func run(_ m: TestMachine, at offset: UInt64, _ regs: [UInt64], _ flags: UInt64,
                     fix: (inout X86Registers) -> Void = { _ in }) throws -> (X86Registers, VCPUExit) {
@@ -145,12 +154,12 @@ import Hypervisor
     }
 
     @Test func unsupportedInstructionsStayOnTheBlockTier() throws {
-        // A store first: nothing to compile; the result is still right.
+        // A LOCK-prefixed read-modify-write first: nothing to compile; the result is still right.
         let m = try JITTests.machine(.jit)
         try m.load(try Assembler.assemble("""
             lea rsi, [rip + data]
             mov ecx, 10
-        1:  add [rsi], rcx
+        1:  lock add [rsi], rcx
             dec ecx
             jnz 1b
             mov rax, [rsi]
