@@ -43,34 +43,10 @@ import Hypervisor
     }
 
     @Test func storesMatchTheInterpreterIncludingMissesAndFaults() throws {
-        let stride = 64
-        let source = JITStoreTests.ops.map { ".balign \(stride)\n\($0)\nhlt" }.joined(separator: "\n")
-        let code = try Assembler.assemble(source)
-        let interp = try JITTests.machine(.interp), jit = try JITTests.machine(.jit)
-        var g = SplitMix(state: 12)
-        let data = (0..<(5 * 4096)).map { _ in UInt8(truncatingIfNeeded: g.next()) }
-        for m in [interp, jit] { try JITStoreTests.prepare(m); try m.load(code); try m.load(data, at: JITStoreTests.dataBase) }
-        var failures: [String] = []
-        for (i, op) in JITStoreTests.ops.enumerated() {
-            let offset = UInt64(i * stride)
-            for _ in 0..<20 {
-                let regs = (0..<13).map { _ in g.interesting() }
-                let flags = g.next() & Flag.arith
-                let index = g.next() % 64
-                let fix: (inout X86Registers) -> Void = { r in
-                    r.r15 = JITStoreTests.dataBase; r.rbp = JITStoreTests.dataBase + 64; r.r14 = index
-                    r.r13 = 0x3000_0000; r.r12 = 0x8000_0000_0000_0000; r.r10 = JITStoreTests.readOnlyAlias + 128
-                }
-                let (a, ea) = try JITTests.run(interp, at: offset, regs, flags, fix: fix)
-                let (b, eb) = try JITTests.run(jit, at: offset, regs, flags, fix: fix)
-                let memA = try interp.memory.readBytes(at: JITStoreTests.dataBase, count: data.count)
-                let memB = try jit.memory.readBytes(at: JITStoreTests.dataBase, count: data.count)
-                if a != b || "\(ea)" != "\(eb)" || memA != memB {
-                    failures.append("\(op.replacingOccurrences(of: "\n", with: "; ")): inputs \(regs.map(hex)) flags \(hex(flags)): interp \(a) \(ea) jit \(b) \(eb) memory equal: \(memA == memB)")
-                    break
-                }
-                if !ea.isHalt { for m in [interp, jit] { try JITStoreTests.prepare(m) } }
-            }
+        let (jit, failures) = try JITTests.compareMemoryOps(JITStoreTests.ops, seed: 12, dataBase: JITStoreTests.dataBase,
+                                                            prepare: JITStoreTests.prepare) { r, index in
+            r.r15 = JITStoreTests.dataBase; r.rbp = JITStoreTests.dataBase + 64; r.r14 = index
+            r.r13 = 0x3000_0000; r.r12 = 0x8000_0000_0000_0000; r.r10 = JITStoreTests.readOnlyAlias + 128
         }
         #expect(jit.cpu.jitRuns > jit.cpu.jitSideExits)
         for f in failures.prefix(20) { Issue.record(Comment(rawValue: f)) }

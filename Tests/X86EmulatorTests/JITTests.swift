@@ -120,33 +120,48 @@ import Hypervisor
         "inc rcx\nmov rax, [r13]\nadd rax, rcx", "dec rdx\nmov rax, [r12]", "mov rbx, [r15 + 4096 * 3]",
     ]
 
-    @Test func loadsMatchTheInterpreterIncludingMissesAndFaults() throws {
+    /// The memory-operand differential run the load and store tests share: each op (one per
+    /// 64-byte slot, then HLT) runs 20 times from random registers and flags on the
+    /// interpreter and on the JIT, over 5 pages of random data at `dataBase`; `prepare` sets
+    /// a machine up before the code is loaded and again after every exit that is not HLT,
+    /// `fix` pins the address registers. Returns the JIT machine and one line per op whose
+    /// registers, exit or data pages differ.
+    static func compareMemoryOps(_ ops: [String], seed: UInt64, dataBase: UInt64,
+                                 prepare: (TestMachine) throws -> Void,
+                                 fix: @escaping (inout X86Registers, UInt64) -> Void) throws -> (jit: TestMachine, failures: [String]) {
         let stride = 64
-        let source = JITTests.loadOps.map { ".balign \(stride)\n\($0)\nhlt" }.joined(separator: "\n")
+        let source = ops.map { ".balign \(stride)\n\($0)\nhlt" }.joined(separator: "\n")
         let code = try Assembler.assemble(source)
-        let interp = try JITTests.machine(.interp), jit = try JITTests.machine(.jit)
-        var g = SplitMix(state: 11)
+        let interp = try machine(.interp), jit = try machine(.jit)
+        var g = SplitMix(state: seed)
         let data = (0..<(5 * 4096)).map { _ in UInt8(truncatingIfNeeded: g.next()) }
-        let dataBase: UInt64 = 0x20_0000
-        for m in [interp, jit] { try m.load(code); try m.load(data, at: dataBase) }
+        for m in [interp, jit] { try prepare(m); try m.load(code); try m.load(data, at: dataBase) }
         var failures: [String] = []
-        for (i, op) in JITTests.loadOps.enumerated() {
+        for (i, op) in ops.enumerated() {
             let offset = UInt64(i * stride)
             for _ in 0..<20 {
                 let regs = (0..<13).map { _ in g.interesting() }
                 let flags = g.next() & Flag.arith
                 let index = g.next() % 64
-                let fix: (inout X86Registers) -> Void = { r in
-                    r.r15 = dataBase; r.rbp = dataBase + 64; r.r14 = index; r.r13 = 0x3000_0000; r.r12 = 0x8000_0000_0000_0000
-                }
-                let (a, ea) = try JITTests.run(interp, at: offset, regs, flags, fix: fix)
-                let (b, eb) = try JITTests.run(jit, at: offset, regs, flags, fix: fix)
-                if a != b || "\(ea)" != "\(eb)" {
-                    failures.append("\(op.replacingOccurrences(of: "\n", with: "; ")): inputs \(regs.map(hex)) flags \(hex(flags)): interp \(a) \(ea) jit \(b) \(eb)")
+                let (a, ea) = try run(interp, at: offset, regs, flags, fix: { fix(&$0, index) })
+                let (b, eb) = try run(jit, at: offset, regs, flags, fix: { fix(&$0, index) })
+                let memA = try interp.memory.readBytes(at: dataBase, count: data.count)
+                let memB = try jit.memory.readBytes(at: dataBase, count: data.count)
+                if a != b || "\(ea)" != "\(eb)" || memA != memB {
+                    failures.append("\(op.replacingOccurrences(of: "\n", with: "; ")): inputs \(regs.map(hex)) flags \(hex(flags)): interp \(a) \(ea) jit \(b) \(eb) memory equal: \(memA == memB)")
                     break
                 }
-                if !ea.isHalt { for m in [interp, jit] { try m.setupLongMode() } }
+                if !ea.isHalt { for m in [interp, jit] { try prepare(m) } }
             }
+        }
+        return (jit, failures)
+    }
+
+    @Test func loadsMatchTheInterpreterIncludingMissesAndFaults() throws {
+        let dataBase: UInt64 = 0x20_0000
+        let (jit, failures) = try JITTests.compareMemoryOps(JITTests.loadOps, seed: 11, dataBase: dataBase,
+                                                            prepare: { try $0.setupLongMode() }) { r, index in
+            r.r15 = dataBase; r.rbp = dataBase + 64; r.r14 = index; r.r13 = 0x3000_0000; r.r12 = 0x8000_0000_0000_0000
         }
         #expect(jit.cpu.jitRuns > 0)
         for f in failures.prefix(20) { Issue.record(Comment(rawValue: f)) }
