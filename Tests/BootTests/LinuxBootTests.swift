@@ -226,11 +226,9 @@ struct SyntheticBzImage {
         return candidates.first { FileManager.default.isReadableFile(atPath: $0) }
     }
 
-    @Test func debianVmlinuxLoadsAsPVH() throws {
-        guard let path = Self.debianVmlinux else {
-            print("SKIPPED debianVmlinuxLoadsAsPVH: no Debian vmlinux (run guests/debian/build.sh)")
-            return
-        }
+    @Test(.enabled(if: debianVmlinux != nil, "no Debian vmlinux (run guests/debian/build.sh)"))
+    func debianVmlinuxLoadsAsPVH() throws {
+        let path = try #require(Self.debianVmlinux)
         let image = try KernelImage(path: path)
         guard case let .elf(is64, pvh?) = image.format else {
             Issue.record("\(path) should be an ELF64 with a PVH note, is \(image.format)")
@@ -250,11 +248,9 @@ struct SyntheticBzImage {
         }
     }
 
-    @Test func debianKernelHeader() throws {
-        guard let path = Self.debianKernel else {
-            print("SKIPPED debianKernelHeader: no Debian kernel (run guests/debian/build.sh or set SWIFTVMM_KERNEL)")
-            return
-        }
+    @Test(.enabled(if: debianKernel != nil, "no Debian kernel (run guests/debian/build.sh or set SWIFTVMM_KERNEL)"))
+    func debianKernelHeader() throws {
+        let path = try #require(Self.debianKernel)
         let image = try KernelImage(path: path)
         #expect(image.format == .bzImage)
         #expect(image.isLinux)

@@ -72,11 +72,6 @@ import VMM
     }
 
     func runGuest(accel: String, timeout: Double) throws {
-        if let why = Self.tapProblem {
-            print("SKIPPED network guest test (\(accel)): \(why)")
-            return
-        }
-        if accel == "kvm", Harness.skipUnlessKVM() { return }
         let kernel = try Harness.buildGuest(script: "build-virtio-test.sh", arguments: [Self.kernelPath, "net-test.c"])
         let name = "swvt\(accel.prefix(1))\(getpid() % 100_000)"
         let reply = "SWIFTVMM-NET-PONG from-the-host-\(accel)"
@@ -103,11 +98,15 @@ import VMM
         #expect(HostInterfaces.index(of: name) == nil)
     }
 
-    @Test func guestExchangesFramesThroughATapOnKVM() throws {
+    static let canMakeTaps = tapProblem == nil
+
+    @Test(.enabled(if: canMakeTaps && Harness.kvmUsable, "needs a usable /dev/kvm and permission to create taps"))
+    func guestExchangesFramesThroughATapOnKVM() throws {
         try runGuest(accel: "kvm", timeout: 60)
     }
 
-    @Test func guestExchangesFramesThroughATapOnTheEmulator() throws {
+    @Test(.enabled(if: canMakeTaps, "needs permission to create taps"))
+    func guestExchangesFramesThroughATapOnTheEmulator() throws {
         try runGuest(accel: "emulator", timeout: 90)
     }
 
@@ -127,11 +126,8 @@ import VMM
 
 /// Tap and bridge plumbing on the host (what vmd does for `switch`), when taps can be made.
 @Suite(.serialized) struct HostNetworkTests {
-    @Test func tapJoinsABridgeAndGoesAway() throws {
-        if let why = NetworkGuestTests.tapProblem {
-            print("SKIPPED tapJoinsABridgeAndGoesAway: \(why)")
-            return
-        }
+    @Test(.enabled(if: NetworkGuestTests.canMakeTaps, "needs permission to create taps"))
+    func tapJoinsABridgeAndGoesAway() throws {
         let bridge = "swvb\(getpid() % 100_000)"
         try HostInterfaces.createBridge(bridge)
         defer { try? HostInterfaces.setUp(bridge, false); try? HostInterfaces.deleteBridge(bridge) }

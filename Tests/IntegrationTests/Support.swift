@@ -22,14 +22,9 @@ enum Harness {
 
     /// nil when KVM can run guests here; else why not (tests print it and skip).
     static let kvmProblem: String? = HostCapabilities.probeKVM()
+    /// For `.enabled(if: Harness.kvmUsable, ...)`: a test that needs KVM shows as skipped.
+    static let kvmUsable = kvmProblem == nil
 
-    static func skipUnlessKVM(_ test: String = #function) -> Bool {
-        if let why = kvmProblem {
-            print("SKIPPED \(test): KVM is not usable: \(why)")
-            return true
-        }
-        return false
-    }
 
     /// Where built guests go (our own directory: other suites build guests/ in parallel).
     static let guestDir: URL = packageRoot.appendingPathComponent(".build/guests-vmm")

@@ -26,8 +26,8 @@ import VMM
         return (r, r.stdout.replacingOccurrences(of: "\r", with: ""), image, after)
     }
 
-    @Test func guestReadsAndWritesARawDiskThroughVirtioBlk() throws {
-        if Harness.skipUnlessKVM() { return }
+    @Test(.enabled(if: Harness.kvmUsable, "needs a usable /dev/kvm"))
+    func guestReadsAndWritesARawDiskThroughVirtioBlk() throws {
         let (r, log, image, after) = try Self.runDiskGuest(accel: "kvm")
         let marker = Array("HOST-MARKER-SECTOR-ZERO".utf8)
         #expect(!r.timedOut)
@@ -51,8 +51,8 @@ import VMM
 
     /// The same guest in-process: its queue notifies reach the devices through ioeventfds
     /// (served by the machine's virtio event thread), not MMIO exits.
-    @Test func guestNotifiesGoThroughIOEventFDs() throws {
-        if Harness.skipUnlessKVM() { return }
+    @Test(.enabled(if: Harness.kvmUsable, "needs a usable /dev/kvm"))
+    func guestNotifiesGoThroughIOEventFDs() throws {
         let kernel = try Harness.buildGuest(script: "build-virtio-test.sh", arguments: [Self.kernelPath])
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("virtio-fast-\(getpid())")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
