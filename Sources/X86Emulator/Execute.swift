@@ -273,8 +273,11 @@ extension X86CPU {
                 let s = d.opSize
                 let a = reg(8, s), b = reg(0, s); setReg(8, s, b); setReg(0, s, a)
             } else if d.rep == 0xF3 && yieldOnPause {
-                // PAUSE: a spin-wait loop; with several vCPUs hand the turn over soon.
-                yieldRequested = true
+                // PAUSE: a spin-wait loop; with several vCPUs hand the turn over once the
+                // slice has spun a while (like VMX's pause-loop exiting window): yielding on
+                // every PAUSE made a delay loop cost one trip round every vCPU per iteration.
+                pausesInSlice &+= 1
+                if pausesInSlice >= X86CPU.pauseYieldWindow { yieldRequested = true }
             }
             // NOP / PAUSE
         case 0x91, 0x92, 0x93, 0x94, 0x95, 0x96, 0x97:

@@ -177,6 +177,7 @@ extension X86CPU {
     /// Per instruction the loop tests one word (`apic.attention`); the LAPIC timer and RIP
     /// profiling are looked at every 2048 instructions.
     public func run(budget: Int) -> X86StopReason {
+        pausesInSlice = 0
         if let stop = serviceAttention() { return stop }
         switch tier {
         case .block: return runBlockTier(budget: budget)

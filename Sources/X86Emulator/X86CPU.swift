@@ -198,6 +198,10 @@ public final class X86CPU {
     /// Several vCPUs take turns (ExecutionTurnstile): PAUSE asks the run loop to end the
     /// slice (`yieldRequested`, honoured right after the PAUSE).
     var yieldOnPause = false
+    /// PAUSEs retired in this slice (reset by `run(budget:)`); the slice yields at the
+    /// `pauseYieldWindow`th, right after it retires.
+    var pausesInSlice = 0
+    static let pauseYieldWindow = 64
     var yieldRequested = false { didSet { if yieldRequested { apic.noteAttention() } } }
     /// Set from any thread by `EmulatorVCPU.kick()` (which also raises the attention word).
     let kickRequested = Atomic<Bool>(false)
