@@ -89,7 +89,7 @@ let package = Package(
         .testTarget(name: "VMDCoreTests", dependencies: ["VMDCore", "VMConfig", "Control"]),
         .testTarget(name: "X86EmulatorTests", dependencies: ["X86Emulator", "Hypervisor", "GuestMemory", "Devices", "Boot"]),
         .testTarget(name: "VMMTests", dependencies: [
-            "VMM", "VMMTool", "X86Emulator", "Devices", "Hypervisor", "GuestMemory", "Boot", "Storage",
+            "VMM", "VMMTool", "X86Emulator", "Devices", "Hypervisor", "GuestMemory", "Boot", "Storage", "KVM",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .testTarget(name: "IntegrationTests", dependencies: ["VMM", "VMMTool", "Boot", "Hypervisor", "GuestMemory", "Devices", "HostNet", "Control"]),

@@ -49,6 +49,7 @@ public final class EmulatorVirtualMachine: VirtualMachineBackend, @unchecked Sen
         try vcpuTable.withLock { table in
             if table.contains(where: { $0.index == index }) { throw EmulatorError.duplicateVCPU(index) }
             table.append(v)
+            for cpu in table { cpu.cpu.topologyCPUs = table.count }
         }
         return v
     }

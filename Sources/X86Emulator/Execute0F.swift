@@ -404,7 +404,8 @@ extension X86CPU {
 
     func cpuid() {
         let leaf = UInt32(truncatingIfNeeded: r[0]), sub = UInt32(truncatingIfNeeded: r[1])
-        let (a, b, c, dd) = CPUIDTable.query(leaf: leaf, subleaf: sub, apicID: apic.id, cr4: cr4, level: cpuLevel, xcr0: xcr0)
+        let (a, b, c, dd) = CPUIDTable.query(leaf: leaf, subleaf: sub, apicID: apic.id, cr4: cr4, level: cpuLevel, xcr0: xcr0,
+                                             cpus: topologyCPUs)
         r[0] = UInt64(a); r[3] = UInt64(b); r[1] = UInt64(c); r[2] = UInt64(dd)
     }
 
@@ -494,8 +495,19 @@ public enum CPUIDTable {
         return (w(0), w(4), w(8))
     }
 
+    /// Bits of an APIC ID that number `cpus` cores (0 for one).
+    public static func coreIDBits(cpus: Int) -> UInt32 {
+        var bits: UInt32 = 0
+        while (1 << bits) < cpus { bits += 1 }
+        return bits
+    }
+
+    /// - cpus: the machine's vCPU count. The topology is the KVM backend's (`CPUIDPolicy`):
+    ///   one package of `cpus` single-threaded cores, APIC ID = vCPU index, so leaf 1 and
+    ///   leaf 0xB agree with the MADT and the MP table.
     public static func query(leaf: UInt32, subleaf: UInt32, apicID: UInt32, cr4: UInt64, level: X86CPULevel = .default,
-                             xcr0: UInt64 = 1) -> (UInt32, UInt32, UInt32, UInt32) {
+                             xcr0: UInt64 = 1, cpus: Int = 1) -> (UInt32, UInt32, UInt32, UInt32) {
+        let bits = coreIDBits(cpus: cpus)
         switch leaf {
         case 0:
             let v = str("GenuineIntel")
@@ -503,13 +515,15 @@ public enum CPUIDTable {
         case 1:
             // Family 6, model 0x3A (Ivy Bridge-like), stepping 9.
             let eax: UInt32 = 0x0003_06A9
-            let ebx: UInt32 = (apicID << 24) | (1 << 16) | (8 << 8)
+            // EBX: [31:24] initial APIC ID, [23:16] addressable IDs in the package, CLFLUSH 8.
+            let ebx: UInt32 = (apicID << 24) | (((1 << bits) & 0xFF) << 16) | (8 << 8)
             // ECX: the level's features (CPUIDLevel.swift), TSC-deadline(24), hypervisor(31).
             let ecx: UInt32 = level.leaf1ECX | (1 << 24) | (1 << 31)
                 | (cr4 & X86Bits.cr4OSXSAVE != 0 ? 1 << 27 : 0)   // OSXSAVE
             // EDX: FPU PSE TSC MSR PAE CX8 APIC SEP PGE CMOV PAT CLFSH MMX FXSR SSE SSE2
             let edx: UInt32 = (1 << 0) | (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 8) | (1 << 9)
                 | (1 << 11) | (1 << 13) | (1 << 15) | (1 << 16) | (1 << 19) | (1 << 23) | (1 << 24) | (1 << 25) | (1 << 26)
+                | (cpus > 1 ? 1 << 28 : 0)   // HTT: EBX[23:16] is valid
             return (eax, ebx, ecx, edx)
         case 7:
             // Structured extended features, subleaf 0 only (EAX = 0: the last subleaf);
@@ -524,6 +538,14 @@ public enum CPUIDTable {
             case 1: return (1, 0, 0, 0)
             case 2: return (X86CPU.ymmHighSize, X86CPU.ymmHighOffset, 0, 0)
             default: return (0, 0, 0, 0)
+            }
+        case 0xB:
+            // Extended topology: subleaf 0 the SMT level (one thread per core), 1 the core
+            // level (`cpus` cores), then the end of the list. EDX: the x2APIC ID.
+            switch subleaf {
+            case 0: return (0, 1, 1 << 8, apicID)
+            case 1: return (bits, UInt32(truncatingIfNeeded: cpus) & 0xFFFF, 2 << 8 | 1, apicID)
+            default: return (0, 0, subleaf & 0xFF, apicID)
             }
         case 0x15:
             // TSC = crystal (25 MHz) * 40 / 1.

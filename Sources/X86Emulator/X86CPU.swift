@@ -198,6 +198,8 @@ public final class X86CPU {
     /// Several vCPUs take turns (ExecutionTurnstile): PAUSE asks the run loop to end the
     /// slice (`yieldRequested`, honoured right after the PAUSE).
     var yieldOnPause = false
+    /// The machine's vCPU count, for CPUID's topology leaves (set as vCPUs are created).
+    var topologyCPUs = 1
     /// PAUSEs retired in this slice (reset by `run(budget:)`); the slice yields at the
     /// `pauseYieldWindow`th, right after it retires.
     var pausesInSlice = 0
