@@ -80,9 +80,10 @@ public final class UserspaceIRQChip: InterruptController, @unchecked Sendable {
     /// Maps the PIC ports (0x20-0x21, 0xA0-0xA1, ELCR 0x4D0-0x4D1) and the IOAPIC window
     /// (`PhysicalMap.ioapicBase`) as proxies that take the chip lock around each access.
     public func map(on bus: IOBus) throws {
-        try bus.mapPorts(LockedPorts(chip: self, ports: pic.masterPorts), name: "pic master", base: 0x20, count: 2)
-        try bus.mapPorts(LockedPorts(chip: self, ports: pic.slavePorts), name: "pic slave", base: 0xA0, count: 2)
-        try bus.mapPorts(LockedPorts(chip: self, ports: pic.elcrPorts), name: "pic elcr", base: 0x4D0, count: 2)
+        let (master, slave, elcr) = lock.withLock { (pic.masterPorts, pic.slavePorts, pic.elcrPorts) }
+        try bus.mapPorts(LockedPorts(chip: self, ports: master), name: "pic master", base: 0x20, count: 2)
+        try bus.mapPorts(LockedPorts(chip: self, ports: slave), name: "pic slave", base: 0xA0, count: 2)
+        try bus.mapPorts(LockedPorts(chip: self, ports: elcr), name: "pic elcr", base: 0x4D0, count: 2)
         try bus.mapMMIO(LockedMMIO(chip: self), name: "ioapic", base: PhysicalMap.ioapicBase, length: IOAPIC.mmioSize)
     }
 
