@@ -1,25 +1,27 @@
 import Testing
 import Foundation
-import Synchronization
 import GuestMemory
 import Hypervisor
 @testable import Devices
 
 /// Counts the messages a chip delivers, per vector (safe from any thread, so the counts
-/// see only the chip's own races).
-private final class CountingSink: APICMessageSink, Sendable {
-    private let counts = Mutex<[Int]>(Array(repeating: 0, count: 256))
-    func deliver(_ message: APICMessage) { counts.withLock { $0[Int(message.vector)] += 1 } }
-    func count(_ vector: UInt8) -> Int { counts.withLock { $0[Int(vector)] } }
+/// see only the chip's own races). The helpers lock with `NSLock` (a pthread mutex) rather
+/// than `Mutex`, so ThreadSanitizer sees their ordering.
+private final class CountingSink: APICMessageSink, @unchecked Sendable {
+    private let lock = NSLock()
+    private var counts = Array(repeating: 0, count: 256)
+    func deliver(_ message: APICMessage) { lock.withLock { counts[Int(message.vector)] += 1 } }
+    func count(_ vector: UInt8) -> Int { lock.withLock { counts[Int(vector)] } }
 }
 
 /// A few counters shared between the test's threads.
-private final class Counters: Sendable {
-    private let values: Mutex<[Int]>
-    init(_ n: Int) { values = Mutex(Array(repeating: 0, count: n)) }
-    subscript(i: Int) -> Int { values.withLock { $0[i] } }
-    func increment(_ i: Int) { values.withLock { $0[i] += 1 } }
-    var all: [Int] { values.withLock { $0 } }
+private final class Counters: @unchecked Sendable {
+    private let lock = NSLock()
+    private var values: [Int]
+    init(_ n: Int) { values = Array(repeating: 0, count: n) }
+    subscript(i: Int) -> Int { lock.withLock { values[i] } }
+    func increment(_ i: Int) { lock.withLock { values[i] += 1 } }
+    var all: [Int] { lock.withLock { values } }
 }
 
 /// A chip with a counting sink, mapped on a bus through its locking proxies.
