@@ -194,7 +194,7 @@ public final class Machine: @unchecked Sendable {
             vcpus.append(try backend.createVCPU(index: i, startState: i == 0 ? .runnable : .waitingForSIPI))
         }
         if let vm = emulatorVM, let chip = devices.irqChip {
-            emulatorGlue = EmulatorMachineGlue(vm: vm, chip: chip, deviceLock: deviceLock)
+            emulatorGlue = EmulatorMachineGlue(vm: vm, chip: chip)
         } else {
             emulatorGlue = nil
         }

@@ -14,22 +14,26 @@ import X86Emulator
 /// - a local APIC's EOI of a level-triggered vector → `endOfInterrupt` → the IOAPIC's
 ///   remote IRR.
 ///
-/// Chip calls made from the vCPU thread (INTA, EOI) take the machine's device lock; calls
-/// from device code (`deliver`) already run under it. See docs/emulator.md.
+/// Locking: every chip call goes through the `UserspaceIRQChip`'s own lock (the innermost
+/// lock: machine device lock → a device's lock → chip lock), not the device lock, because
+/// virtio devices raise interrupts from their own threads under their own locks. INTA and
+/// EOI from a vCPU thread take only the chip lock. `deliver` and the PIC's output callback
+/// run with the chip lock held (and maybe the device lock or a virtio device's lock): they
+/// only post to the LAPICs' inboxes and wake the vCPU (`vcpuTable`, the APIC inbox and the
+/// parker are leaf locks), and never call back into the chip or take a device lock.
+/// See docs/emulator.md.
 final class EmulatorMachineGlue: APICMessageSink, ExternalInterruptSource, EOIListener, @unchecked Sendable {
     let vm: EmulatorVirtualMachine
     let chip: UserspaceIRQChip
-    let deviceLock: DeviceLock
 
     /// Wires `chip` into `vm`. Call after every vCPU was created (the EOI listener and the
     /// external interrupt source are set on existing vCPUs).
-    init(vm: EmulatorVirtualMachine, chip: UserspaceIRQChip, deviceLock: DeviceLock) {
+    init(vm: EmulatorVirtualMachine, chip: UserspaceIRQChip) {
         self.vm = vm
         self.chip = chip
-        self.deviceLock = deviceLock
-        deviceLock.withLock {
-            chip.ioapic.sink = self
-            chip.pic.onOutputChange = { [weak vm] _ in vm?.notifyExternalInterrupt() }
+        chip.withChips { pic, ioapic in
+            ioapic.sink = self
+            pic.onOutputChange = { [weak vm] _ in vm?.notifyExternalInterrupt() }
         }
         vm.setLegacyInterruptSink(chip)
         vm.setExternalInterruptSource(self)
@@ -41,7 +45,7 @@ final class EmulatorMachineGlue: APICMessageSink, ExternalInterruptSource, EOILi
         EmulatorVirtualMachine(memory: memory, cpuLevel: cpuLevel)
     }
 
-    // MARK: APICMessageSink (called under the device lock)
+    // MARK: APICMessageSink (called with the chip lock held, or after it for MSIs)
 
     func deliver(_ m: APICMessage) {
         guard let mode = X86Emulator.APICDeliveryMode(rawValue: m.deliveryMode.rawValue) else { return }
@@ -51,7 +55,7 @@ final class EmulatorMachineGlue: APICMessageSink, ExternalInterruptSource, EOILi
 
     // MARK: ExternalInterruptSource, EOIListener (called on a vCPU thread)
 
-    func hasPendingInterrupt() -> Bool { deviceLock.withLock { chip.pic.pendingInterrupt() } }
-    func acknowledgeInterrupt() -> UInt8 { deviceLock.withLock { chip.pic.acknowledge() } }
-    func endOfInterrupt(vector: UInt8) { deviceLock.withLock { chip.ioapic.endOfInterrupt(vector: vector) } }
+    func hasPendingInterrupt() -> Bool { chip.pendingInterrupt() }
+    func acknowledgeInterrupt() -> UInt8 { chip.acknowledge() }
+    func endOfInterrupt(vector: UInt8) { chip.endOfInterrupt(vector: vector) }
 }

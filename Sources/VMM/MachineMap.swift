@@ -101,8 +101,7 @@ public enum MachineMap {
 
         var pit: I8254?
         if let chip = userspaceIRQChip {
-            try chip.pic.map(on: bus)
-            try chip.ioapic.map(on: bus)
+            try chip.map(on: bus) // PIC ports and IOAPIC window, behind the chip's lock
             let p = I8254(irq: irq(0), clock: clock)
             try bus.mapPorts(WriteNotifyingPorts(p.counterPorts) { timerWritten.action?() }, name: "pit",
                              base: I8254.basePort, count: 4)

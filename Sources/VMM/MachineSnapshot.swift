@@ -89,11 +89,12 @@ extension Machine {
         let kvmState = try kvmVM?.saveState()
         let devices = self.devices, virtio = self.virtio
         let saved = deviceLock.withLock {
-            SavedDevices(com1: devices.com1.snapshot(), keyboardController: devices.keyboardController.snapshot(),
-                         rtc: devices.rtc.snapshot(), pciHost: devices.pciHost.snapshot(),
-                         acpiPM: devices.acpiPM.snapshot(), pic: devices.irqChip?.pic.snapshot(),
-                         ioapic: devices.irqChip?.ioapic.snapshot(), pit: devices.pit?.snapshot(),
-                         virtio: virtio.all.map { $0.snapshot() }, kvm: kvmState)
+            let chips = devices.irqChip?.withChips { pic, ioapic in (pic: pic.snapshot(), ioapic: ioapic.snapshot()) }
+            return SavedDevices(com1: devices.com1.snapshot(), keyboardController: devices.keyboardController.snapshot(),
+                                rtc: devices.rtc.snapshot(), pciHost: devices.pciHost.snapshot(),
+                                acpiPM: devices.acpiPM.snapshot(), pic: chips?.pic,
+                                ioapic: chips?.ioapic, pit: devices.pit?.snapshot(),
+                                virtio: virtio.all.map { $0.snapshot() }, kvm: kvmState)
         }
         let conf = SavedMachineConfig(kernelPath: config.kernelPath, initrdPath: config.initrdPath, cmdline: config.cmdline,
                                       memorySize: config.memorySize, vcpus: config.vcpus, diskPaths: config.diskPaths,
@@ -301,8 +302,10 @@ extension Machine {
             devices.keyboardController.restore(s.keyboardController)
             devices.rtc.restore(s.rtc)
             devices.acpiPM.restore(s.acpiPM)
-            if let pic = s.pic { devices.irqChip?.pic.restore(pic) }
-            if let io = s.ioapic { devices.irqChip?.ioapic.restore(io) }
+            devices.irqChip?.withChips { pic, ioapic in
+                if let p = s.pic { pic.restore(p) }
+                if let io = s.ioapic { ioapic.restore(io) }
+            }
             if let pit = s.pit { devices.pit?.restore(pit) }
             devices.pciHost.restore(s.pciHost)   // last: remaps every BAR the functions hold
         }

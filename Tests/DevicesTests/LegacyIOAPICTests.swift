@@ -80,7 +80,7 @@ struct IOAPICTests {
         #expect(sink.messages.count == 4)
     }
 
-    @Test func msiDecodingAndUserspaceChipRouting() {
+    @Test func msiDecodingAndUserspaceChipRouting() throws {
         let msi = APICMessage(msiAddress: 0xFEE0_3004, data: 0x0000_8151)
         #expect(msi == APICMessage(vector: 0x51, deliveryMode: .lowestPriority, logicalDestination: true,
                                    destination: 3, levelTriggered: true))
@@ -90,21 +90,28 @@ struct IOAPICTests {
 
         let sink = Sink()
         let chip = UserspaceIRQChip(ioapic: IOAPIC(sink: sink))
+        let bus = IOBus()
+        try chip.map(on: bus) // the chip's locking proxies
         // PIC side: Linux init, unmask IRQ 0 and 4.
         for (p, v) in [(0x20, 0x11), (0x21, 0x30), (0x21, 0x04), (0x21, 0x01), (0x21, 0xEE)] as [(UInt16, UInt8)] {
-            chip.pic.write(.master, offset: Int(p & 1), value: v)
+            bus.portWrite(p, size: 1, value: UInt32(v))
         }
+        #expect(bus.portRead(0x21, size: 1) == 0xEE)
         // IOAPIC side: pin 2 (the PIT's GSI 0), pin 4.
-        write(chip.ioapic, 0x10 + 4, 0x20)
-        write(chip.ioapic, 0x10 + 8, 0x24)
+        for (reg, v) in [(0x10 + 4, 0x20), (0x10 + 8, 0x24)] as [(UInt64, UInt64)] {
+            bus.mmioWrite(PhysicalMap.ioapicBase, size: 4, value: reg)
+            bus.mmioWrite(PhysicalMap.ioapicBase + 0x10, size: 4, value: v)
+        }
+        #expect(bus.mmioRead(PhysicalMap.ioapicBase + 0x10, size: 4) == 0x24)
         let line = IRQLine(controller: chip, gsi: 0)
         line.pulse()
         #expect(sink.messages.map(\.vector) == [0x20])
-        #expect(chip.pic.acknowledge() == 0x30)
-        chip.pic.write(.master, offset: 0, value: 0x20) // EOI, or IRQ 4 would wait behind IRQ 0
+        #expect(chip.acknowledge() == 0x30)
+        bus.portWrite(0x20, size: 1, value: 0x20) // EOI, or IRQ 4 would wait behind IRQ 0
         chip.setIRQ(4, level: true)
         #expect(sink.messages.map(\.vector) == [0x20, 0x24])
-        #expect(chip.pic.pendingInterrupt())
+        #expect(chip.pendingInterrupt())
+        #expect(chip.withChips { pic, _ in pic.master.irr } == 0x10)
         chip.setIRQ(17, level: true) // PCI GSI: IOAPIC only (pin masked)
         #expect(sink.messages.count == 2)
         chip.signalMSI(address: 0xFEE0_0000, data: 0x61)

@@ -14,7 +14,9 @@
 /// halted vCPU). Inputs arrive through `setIRQ(_:level:)` (IRQ 0-15).
 ///
 /// Map with `map(on:)` or the three facets `masterPorts` (0x20, 2), `slavePorts`
-/// (0xA0, 2) and `elcrPorts` (0x4D0, 2). Not thread safe: the VMM serialises calls.
+/// (0xA0, 2) and `elcrPorts` (0x4D0, 2). Not thread safe: in the machine it lives in a
+/// `UserspaceIRQChip`, which serialises every call (and maps locking proxies of the ports)
+/// under its lock; `onOutputChange` then runs with that lock held.
 public final class I8259 {
     /// One 8259A.
     public struct Chip: Sendable, Equatable, Codable {

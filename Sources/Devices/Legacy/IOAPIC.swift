@@ -50,8 +50,9 @@ extension APICMessage {
 }
 
 /// Where the IOAPIC (and the machine's MSI path) sends interrupt messages: the emulator's
-/// local APICs. The emulator helper implements it; `deliver` is called with the device lock
-/// held and must not call back into the IOAPIC synchronously except `endOfInterrupt`.
+/// local APICs. The emulator helper implements it. Inside a `UserspaceIRQChip`, `deliver`
+/// runs with the chip's lock held (the innermost lock): it must not call back into the
+/// chip (nor the IOAPIC) nor take the machine's device lock or a device's lock.
 public protocol APICMessageSink: AnyObject {
     func deliver(_ message: APICMessage)
 }
@@ -67,6 +68,9 @@ public protocol APICMessageSink: AnyObject {
 /// asserted and unmasked with remote IRR clear, set remote IRR, and deliver again after
 /// the LAPIC's EOI (`endOfInterrupt(vector:)`) if still asserted; unmasking an asserted
 /// level pin delivers too.
+///
+/// Not thread safe: in the machine it lives in a `UserspaceIRQChip`, which serialises every
+/// call under its lock.
 public final class IOAPIC: MMIODevice {
     public static let pinCount = 24
     public static let version: UInt32 = 0x11
