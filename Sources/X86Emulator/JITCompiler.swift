@@ -37,12 +37,19 @@ enum JITOp {
     case memRMW(kind: Int, mem: JITMem, src: Source, size: Int)
     /// INC/DEC/NOT/NEG [m] (kind as `unary`) through the write-TLB probe.
     case memUnary(kind: Int, mem: JITMem, size: Int)
+    /// PUSH reg/imm (64-bit mode; 8 bytes, 2 with 0x66): a store at RSP - size through the
+    /// write-TLB probe, RSP lowered only after it (the value is read first: PUSH RSP
+    /// pushes the old RSP).
+    case push(src: Source, size: Int)
+    /// POP reg (64-bit mode; 8 or 2 bytes): a load at RSP through the read-TLB probe, RSP
+    /// raised, then the register written (POP RSP leaves the loaded value in RSP).
+    case pop(dst: Int, size: Int)
 
     /// Whether the operation may leave the compiled code before it runs (a load or store
     /// whose probe misses): every flag is live there.
     var mayExit: Bool {
         switch self {
-        case .memALU, .memExtend, .memStore, .memRMW, .memUnary: return true
+        case .memALU, .memExtend, .memStore, .memRMW, .memUnary, .push, .pop: return true
         default: return false
         }
     }
@@ -190,6 +197,17 @@ enum JITCompiler {
             // INC/DEC r16/r32: only outside 64-bit mode (REX there).
             let s = d.opSize
             return .unary(kind: op < 0x48 ? 0 : 1, loc: (op & 7) * 8, size: s)
+        case 0x50...0x5F:
+            // The stack in 64-bit mode (base 0, 64-bit RSP). Not 0x66 with REX.W (the
+            // interpreter's operand size there is 2, the SDM's 8): left to the interpreter.
+            guard mode64, !(d.has66 && d.rexW) else { return nil }
+            let s = d.has66 ? 2 : 8, r = ((op & 7) | (d.rexB ? 8 : 0)) * 8
+            return op < 0x58 ? .push(src: .reg(r), size: s) : .pop(dst: r, size: s)
+        case 0x68, 0x6A:
+            guard mode64, !(d.has66 && d.rexW) else { return nil }
+            let s = d.has66 ? 2 : 8
+            let v = op == 0x6A ? signExtend(d.imm, 1) : signExtend(d.imm, s == 2 ? 2 : 4)
+            return .push(src: .imm(v & sizeMask(s)), size: s)
         case 0x63:
             guard mode64, d.mod == 3 else { return nil }
             return .extend(dst: d.reg * 8, src: d.rm * 8, from: 4, signed: d.opSize == 8, size: d.opSize)
@@ -470,6 +488,26 @@ enum JITCompiler {
                             load: { _ in }) else { return false }
             let opcode: UInt8 = kind < 2 ? (s == 1 ? 0xFE : 0xFF) : (s == 1 ? 0xF6 : 0xF7)
             e.rsib([opcode], s, reg: kind, base: R8, index: A, scale: 0)
+        case let .push(src, s):
+            // The value in r9 first (the old RSP for PUSH RSP); the probe stores it at
+            // RSP - s and only then is RSP lowered.
+            switch src {
+            case let .reg(off): e.load(R9, off, s)
+            case let .imm(v): e.movImm(R9, v, s)
+            }
+            let top = JITMem(base: 4, index: -1, scale: 0, disp: UInt64(bitPattern: Int64(-s)), ripRelative: false)
+            guard emitProbe(top, size: s, end: end, into: &e, exit: exit, exits: &exits, blockLen: blockLen, load: { e in
+                e.rsib([0x89], s, reg: R9, base: R8, index: A, scale: 0)
+                e.load(D, 4 * 8, 8); e.lea(D, base: D, index: -1, scale: 0, disp: Int32(-s)); e.store(D, 4 * 8, 8)
+            }) else { return false }
+        case let .pop(dst, s):
+            // Load at RSP, raise RSP, then write the register (POP RSP: the loaded value).
+            let top = JITMem(base: 4, index: -1, scale: 0, disp: 0, ripRelative: false)
+            guard emitProbe(top, size: s, end: end, into: &e, exit: exit, exits: &exits, load: { e in
+                e.rsib([0x8B], s, reg: R9, base: R8, index: A, scale: 0)
+                e.load(D, 4 * 8, 8); e.lea(D, base: D, index: -1, scale: 0, disp: Int32(s)); e.store(D, 4 * 8, 8)
+                e.store(R9, dst, s)
+            }) else { return false }
         case let .memExtend(dst, m, from, signed, s):
             guard emitProbe(m, size: from, end: end, into: &e, exit: exit, exits: &exits, load: { e in
                 let w = s == 8 ? 8 : 4
