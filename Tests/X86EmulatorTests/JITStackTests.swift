@@ -32,6 +32,13 @@ import Hypervisor
                 "inc rax\nmov rsp, r12\npush rax", "lea rsp, [r12 + 8]\npop rax",
                 "lea rsp, [r15 + 4096 * 4]\npush rax\npush rbx",
                 "mov rsp, r15\npush rax\npop rbx", ".byte 0x66, 0x48, 0x50"]
+        // CALL rel32 and RET end their block (RET at a target pushed just before).
+        ops += ["call 1f\n1:", "inc rax\ncall 1f\nnop\n1:", "call 1f\njmp 2f\n1: inc rax\nret\n2:",
+                "lea rax, [rip + 1f]\npush rax\nret\nnop\n1:", "lea rcx, [rip + 1f]\npush rcx\nrep ret\n1:",
+                "lea rsp, [r15 + 4100]\ncall 1f\n1:", "lea rcx, [rip + 1f]\nmov [r15 + 4092], rcx\nlea rsp, [r15 + 4092]\nret\n1:",
+                "inc rax\nmov rsp, r11\ncall 1f\n1:", "inc rax\nlea rsp, [r11 + 8]\nret",
+                "mov rsp, r10\ncall 1f\n1:", "inc rdx\nmov rsp, r13\ncall 1f\n1:", "mov rsp, r12\ncall 1f\n1:",
+                "lea rsp, [r12 + 8]\nret", ".byte 0x66\ncall 1f\n.byte 0, 0\n1:"]
         return ops
     }()
 
@@ -83,6 +90,56 @@ import Hypervisor
         #expect(r.rax == 500_500 + 3000 && r.rbx == 0 && r.rdx == 3)
         #expect(m.cpu.jitRuns >= 1000)
         #expect(m.cpu.jitSideExits <= 3)
+    }
+
+    @Test func callRetLoopRunsCompiled() throws {
+        // CALL and RET end their blocks as compiled code: the loop block (call), the
+        // callee (add, ret) and the return block (dec, jnz).
+        let m = try JITTests.ran("""
+            mov ecx, 1000
+            xor eax, eax
+            mov rbx, rsp
+        1:  call 2f
+            dec ecx
+            jnz 1b
+            sub rbx, rsp
+            hlt
+        2:  add rax, rcx
+            push rcx
+            pop rdx
+            ret
+        """)
+        let r = m.cpu.registers()
+        #expect(r.rax == 500_500 && r.rbx == 0 && r.rdx == 1)
+        #expect(m.cpu.jitRuns >= 3000)
+        #expect(m.cpu.jitSideExits <= 3)
+    }
+
+    @Test(arguments: [UInt64(0), 0xC80_0000]) func callPushingIntoItsOwnBlockIsExact(alias: UInt64) throws {
+        // The CALL's return address goes into the imm64 of the block's own `mov rbx, imm64`
+        // (directly or through the alias): the compiled CALL leaves before its push, the
+        // block tier pushes; later runs of the block load the return address.
+        for tier in [CPUTier.interp, .block, .jit] {
+            let m = try JITTests.ran("""
+                mov ecx, 10
+                xor edx, edx
+                lea r8, [rip + 3f]
+                lea r9, [rip + 1f + 10]
+            1:  movabs rbx, 0
+                inc edx
+                lea rsp, [rip + 1b + 10]
+                add rsp, \(alias)
+                call 2f
+            3:  dec ecx
+                jnz 1b
+                hlt
+            2:  ret
+            """, tier: tier)
+            let r = m.cpu.registers()
+            #expect(r.rbx == r.r8 && r.rdx == 10, "tier \(tier)")
+            #expect(r.rsp == r.r9 &+ alias, "tier \(tier)")
+            if tier == .jit { #expect(m.cpu.jitSideExits >= 10) }
+        }
     }
 
     @Test(arguments: [UInt64(0), 0xC80_0000]) func pushIntoItsOwnBlockRunsTheNewCode(alias: UInt64) throws {
