@@ -37,12 +37,33 @@ enum JITOp {
     case memRMW(kind: Int, mem: JITMem, src: Source, size: Int)
     /// INC/DEC/NOT/NEG [m] (kind as `unary`) through the write-TLB probe.
     case memUnary(kind: Int, mem: JITMem, size: Int)
+    /// PUSH reg/imm (64-bit mode; 8 bytes, 2 with 0x66): a store at RSP - size through the
+    /// write-TLB probe, RSP lowered only after it (the value is read first: PUSH RSP
+    /// pushes the old RSP).
+    case push(src: Source, size: Int)
+    /// POP reg (64-bit mode; 8 or 2 bytes): a load at RSP through the read-TLB probe, RSP
+    /// raised, then the register written (POP RSP leaves the loaded value in RSP).
+    case pop(dst: Int, size: Int)
+    /// The block's last instruction: CALL rel32 (64-bit mode, no 0x66): pushes the return
+    /// address like `push`, then ends the block at the target like JMP.
+    case call(rel: UInt64)
+    /// The block's last instruction: RET (64-bit mode, no 0x66): pops the target like
+    /// `pop` and returns its distance from the block's RIP.
+    case ret
 
     /// Whether the operation may leave the compiled code before it runs (a load or store
     /// whose probe misses): every flag is live there.
     var mayExit: Bool {
         switch self {
-        case .memALU, .memExtend, .memStore, .memRMW, .memUnary: return true
+        case .memALU, .memExtend, .memStore, .memRMW, .memUnary, .push, .pop, .call, .ret: return true
+        default: return false
+        }
+    }
+
+    /// A control transfer: only as the block's last instruction.
+    var endsBlock: Bool {
+        switch self {
+        case .branch, .call, .ret: return true
         default: return false
         }
     }
@@ -190,6 +211,17 @@ enum JITCompiler {
             // INC/DEC r16/r32: only outside 64-bit mode (REX there).
             let s = d.opSize
             return .unary(kind: op < 0x48 ? 0 : 1, loc: (op & 7) * 8, size: s)
+        case 0x50...0x5F:
+            // The stack in 64-bit mode (base 0, 64-bit RSP). Not 0x66 with REX.W (the
+            // interpreter's operand size there is 2, the SDM's 8): left to the interpreter.
+            guard mode64, !(d.has66 && d.rexW) else { return nil }
+            let s = d.has66 ? 2 : 8, r = ((op & 7) | (d.rexB ? 8 : 0)) * 8
+            return op < 0x58 ? .push(src: .reg(r), size: s) : .pop(dst: r, size: s)
+        case 0x68, 0x6A:
+            guard mode64, !(d.has66 && d.rexW) else { return nil }
+            let s = d.has66 ? 2 : 8
+            let v = op == 0x6A ? signExtend(d.imm, 1) : signExtend(d.imm, s == 2 ? 2 : 4)
+            return .push(src: .imm(v & sizeMask(s)), size: s)
         case 0x63:
             guard mode64, d.mod == 3 else { return nil }
             return .extend(dst: d.reg * 8, src: d.rm * 8, from: 4, signed: d.opSize == 8, size: d.opSize)
@@ -245,6 +277,12 @@ enum JITCompiler {
             guard d.mod == 3, d.reg & 7 == 0 else { return nil }
             let s = op == 0xC6 ? 1 : d.opSize
             return .mov(dst: loc(d.rm, s), src: .imm(op == 0xC6 ? d.imm & 0xFF : immZ(s)), size: s)
+        case 0xC3:
+            // The interpreter has no canonical check here either (the fetch at the target
+            // faults): RIP becomes the popped value as it is.
+            return mode64 && !d.has66 ? .ret : nil
+        case 0xE8:
+            return mode64 && !d.has66 ? .call(rel: signExtend(d.imm, 4)) : nil
         case 0xE9:
             return branchOK ? .branch(cc: nil, rel: d.opSize == 2 ? signExtend(d.imm, 2) : signExtend(d.imm, 4)) : nil
         case 0xEB:
@@ -287,11 +325,11 @@ enum JITCompiler {
         var len = 0
         for i in 0..<count {
             guard let o = translate(insns[i], mode64: mode64, ipMask: ipMask) else { break }
-            if case .branch = o, i != count - 1 { break }
+            if o.endsBlock, i != count - 1 { break }
             len += insns[i].len
             ops.append(o)
             ends.append(len)
-            if case .branch = o { break }
+            if o.endsBlock { break }
         }
         guard !ops.isEmpty else { return nil }
         // The whole block's bytes (also past the compiled prefix: the block tier runs the
@@ -315,16 +353,21 @@ enum JITCompiler {
         var e = X64Emitter()
         if flagsIn { e.pushContext(0); e.popfq() }
         var branch: (cc: Int?, rel: UInt64)? = nil
+        var returns = false
         var exits: [SideExit] = []
         for (i, o) in ops.enumerated() {
             if case let .branch(cc, rel) = o { branch = (cc, rel); continue }
+            if case let .call(rel) = o { branch = (nil, rel) }
+            if case .ret = o { returns = true }
             let start = i == 0 ? 0 : ends[i - 1]
             guard emit(o, into: &e, liveAfter: liveAfter[i], end: ends[i], blockLen: blockLen,
                        exit: SideExit(patches: [], index: i, start: start), exits: &exits) else { return nil }
         }
         if flagsOut { e.pushfq(); e.popContext(0) }
         let A = HostReg.rax, D = HostReg.rdx
-        if let b = branch {
+        if returns {
+            // rax already holds the popped target minus the block's RIP (`.ret`).
+        } else if let b = branch {
             let taken = Int64(len) &+ Int64(bitPattern: b.rel)
             guard taken >= Int64(Int32.min), taken <= Int64(Int32.max) else { return nil }
             if let cc = b.cc {
@@ -470,6 +513,45 @@ enum JITCompiler {
                             load: { _ in }) else { return false }
             let opcode: UInt8 = kind < 2 ? (s == 1 ? 0xFE : 0xFF) : (s == 1 ? 0xF6 : 0xF7)
             e.rsib([opcode], s, reg: kind, base: R8, index: A, scale: 0)
+        case let .push(src, s):
+            // The value in r9 first (the old RSP for PUSH RSP); the probe stores it at
+            // RSP - s and only then is RSP lowered.
+            switch src {
+            case let .reg(off): e.load(R9, off, s)
+            case let .imm(v): e.movImm(R9, v, s)
+            }
+            let top = JITMem(base: 4, index: -1, scale: 0, disp: UInt64(bitPattern: Int64(-s)), ripRelative: false)
+            guard emitProbe(top, size: s, end: end, into: &e, exit: exit, exits: &exits, blockLen: blockLen, load: { e in
+                e.rsib([0x89], s, reg: R9, base: R8, index: A, scale: 0)
+                e.load(D, 4 * 8, 8); e.lea(D, base: D, index: -1, scale: 0, disp: Int32(-s)); e.store(D, 4 * 8, 8)
+            }) else { return false }
+        case let .pop(dst, s):
+            // Load at RSP, raise RSP, then write the register (POP RSP: the loaded value).
+            let top = JITMem(base: 4, index: -1, scale: 0, disp: 0, ripRelative: false)
+            guard emitProbe(top, size: s, end: end, into: &e, exit: exit, exits: &exits, load: { e in
+                e.rsib([0x8B], s, reg: R9, base: R8, index: A, scale: 0)
+                e.load(D, 4 * 8, 8); e.lea(D, base: D, index: -1, scale: 0, disp: Int32(s)); e.store(D, 4 * 8, 8)
+                e.store(R9, dst, s)
+            }) else { return false }
+        case .call:
+            // Push the return address (the block's RIP + `end`); the block end jumps.
+            e.loadContext(R9, 8)
+            e.lea(R9, base: R9, index: -1, scale: 0, disp: Int32(end))
+            let top = JITMem(base: 4, index: -1, scale: 0, disp: UInt64(bitPattern: -8), ripRelative: false)
+            guard emitProbe(top, size: 8, end: end, into: &e, exit: exit, exits: &exits, blockLen: blockLen, load: { e in
+                e.rsib([0x89], 8, reg: R9, base: R8, index: A, scale: 0)
+                e.load(D, 4 * 8, 8); e.lea(D, base: D, index: -1, scale: 0, disp: -8); e.store(D, 4 * 8, 8)
+            }) else { return false }
+        case .ret:
+            // Pop the target, raise RSP; rax = target - the block's RIP (the return value,
+            // nothing after this touches rax; the flags are saved around it).
+            let top = JITMem(base: 4, index: -1, scale: 0, disp: 0, ripRelative: false)
+            guard emitProbe(top, size: 8, end: end, into: &e, exit: exit, exits: &exits, load: { e in
+                e.rsib([0x8B], 8, reg: R9, base: R8, index: A, scale: 0)
+                e.load(D, 4 * 8, 8); e.lea(D, base: D, index: -1, scale: 0, disp: 8); e.store(D, 4 * 8, 8)
+                e.movRR(A, R9, 8)
+                e.rmem([0x2B], 8, reg: A, base: HostReg.rsi, disp: 8)
+            }) else { return false }
         case let .memExtend(dst, m, from, signed, s):
             guard emitProbe(m, size: from, end: end, into: &e, exit: exit, exits: &exits, load: { e in
                 let w = s == 8 ? 8 : 4

@@ -124,7 +124,7 @@ import Hypervisor
     /// 64-byte slot, then HLT) runs 20 times from random registers and flags on the
     /// interpreter and on the JIT, over 5 pages of random data at `dataBase`; `prepare` sets
     /// a machine up before the code is loaded and again after every exit that is not HLT,
-    /// `fix` pins the address registers. Returns the JIT machine and one line per op whose
+    /// `fix` pins the address registers (a shut-down CPU is revived first). Returns the JIT machine and one line per op whose
     /// registers, exit or data pages differ.
     static func compareMemoryOps(_ ops: [String], seed: UInt64, dataBase: UInt64,
                                  prepare: (TestMachine) throws -> Void,
@@ -151,7 +151,9 @@ import Hypervisor
                     failures.append("\(op.replacingOccurrences(of: "\n", with: "; ")): inputs \(regs.map(hex)) flags \(hex(flags)): interp \(a) \(ea) jit \(b) \(eb) memory equal: \(memA == memB)")
                     break
                 }
-                if !ea.isHalt { for m in [interp, jit] { try prepare(m) } }
+                // A triple fault leaves the CPU shut down (every later run would return
+                // at once): clear it so the following ops really run.
+                if !ea.isHalt { for m in [interp, jit] { m.cpu.shutdownReason = nil; try prepare(m) } }
             }
         }
         return (jit, failures)
