@@ -31,6 +31,20 @@ final class JITState {
         return 4
     }()
 
+    /// At most this many blocks compiled per vCPU: `SWIFTVMM_JIT_LIMIT` (default: no
+    /// limit). A debugging aid: bisecting the limit finds the first block whose compiled
+    /// code makes a guest go wrong; `SWIFTVMM_EMU_TRACE=jit` prints each compiled block.
+    static let compileLimit: UInt64 = {
+        if let p = getenv("SWIFTVMM_JIT_LIMIT"), let n = UInt64(String(cString: p)) { return n }
+        return .max
+    }()
+
+    /// `SWIFTVMM_JIT_CHECK=1`: after each compiled run, rerun the same instructions on the
+    /// interpreter from the saved state (registers, flags and every page the write TLB
+    /// maps, copied before the run) and stop the process at the first difference in RIP,
+    /// registers, arithmetic flags or those pages. A debugging aid, slow.
+    static let lockstep: Bool = getenv("SWIFTVMM_JIT_CHECK").map { String(cString: $0) == "1" } ?? false
+
     let entries: UnsafeMutablePointer<JITEntry>
     /// nil when the host gave no executable mapping: every block stays on the block tier.
     let cache: JITCodeCache?
@@ -65,8 +79,10 @@ final class JITState {
 
     /// Compiles the block in `slot` (its decoded instructions at `insns`).
     @inline(never)
-    func compile(_ e: UnsafeMutablePointer<JITEntry>, _ insns: UnsafePointer<Insn>, count: Int, mode64: Bool, ipMask: UInt64) {
-        guard let cache, let c = JITCompiler.compile(insns, count: count, mode64: mode64, ipMask: ipMask),
+    func compile(_ e: UnsafeMutablePointer<JITEntry>, _ insns: UnsafePointer<Insn>, count: Int, mode64: Bool, ipMask: UInt64,
+                 rip: UInt64) {
+        guard compiled < Self.compileLimit, let cache,
+              let c = JITCompiler.compile(insns, count: count, mode64: mode64, ipMask: ipMask),
               let code = cache.install(c.code) else {
             e.pointee.state = .unsupported
             unsupported &+= 1
@@ -75,6 +91,10 @@ final class JITState {
         e.pointee = JITEntry(code: code, generation: cache.generation, runs: e.pointee.runs, state: .compiled,
                              count: UInt8(c.count), byteLength: UInt8(c.byteLength), flagsIn: c.flagsIn, flagsOut: c.flagsOut)
         compiled &+= 1
+        if EmulatorTrace.settings.jit {
+            let ops = (0..<c.count).map { String(insns[$0].op, radix: 16) }.joined(separator: " ")
+            EmulatorTrace.emit("jit: block \(compiled) rip=0x\(String(rip, radix: 16)) insns=\(c.count) of \(count) ops: \(ops)")
+        }
     }
 }
 
@@ -106,11 +126,11 @@ extension X86CPU {
             guard e.pointee.state == .counting else { return (0, 0) }
             e.pointee.runs &+= 1
             guard Int(e.pointee.runs) > js.threshold else { return (0, 0) }
-            jit.compile(e, insns, count: count, mode64: mode64, ipMask: ipMask)
+            jit.compile(e, insns, count: count, mode64: mode64, ipMask: ipMask, rip: rip)
             guard e.pointee.state == .compiled else { return (0, 0) }
         } else if e.pointee.generation != generation.pointee {
             // The cache was flushed since: the block was hot, compile it again now.
-            jit.compile(e, insns, count: count, mode64: mode64, ipMask: ipMask)
+            jit.compile(e, insns, count: count, mode64: mode64, ipMask: ipMask, rip: rip)
             guard e.pointee.state == .compiled else { return (0, 0) }
         }
         let n = Int(e.pointee.count)
@@ -126,10 +146,12 @@ extension X86CPU {
         // context words, reads guest RAM only through pages the read TLB holds, writes it
         // only through pages the write TLB holds and outside the block's bytes, and returns.
         let f = unsafeBitCast(code, to: JITFunction.self)
+        let before = JITState.lockstep ? lockstepState() : nil
         let delta = f(r, ctx)
         if e.pointee.flagsOut { setEager(ctx[0]) }
         rip = (rip &+ delta) & ipMask
         let done = Int(truncatingIfNeeded: ctx[2])
+        if let before { lockstepCheck(before, done: done, insns: insns, count: count) }
         instructions &+= UInt64(done)
         jitRunCount &+= 1
         if done != n { jitSideExitCount &+= 1 }
@@ -149,5 +171,74 @@ extension X86CPU {
         j.context[7] = UInt64(UInt(bitPattern: tlbHost + X86CPU.tlbSize))
         jitView = v
         return v
+    }
+}
+
+
+// MARK: - Lockstep checking (SWIFTVMM_JIT_CHECK)
+
+struct JITLockstepState {
+    var regs: [UInt64]
+    var rip: UInt64
+    var flags: UInt64
+    var instructions: UInt64
+    /// The RAM pages the write TLB maps (the only ones compiled code can store to), with
+    /// their contents.
+    var pages: [(UnsafeMutableRawPointer, [UInt8])]
+}
+
+extension X86CPU {
+    @inline(never) func lockstepState(withPages: Bool = true) -> JITLockstepState {
+        var pages: [(UnsafeMutableRawPointer, [UInt8])] = []
+        if withPages {
+            var seen = Set<UInt>()
+            for i in 0..<X86CPU.tlbSize where tlbTag[X86CPU.tlbSize + i] != .max {
+                let host = tlbHost[X86CPU.tlbSize + i]
+                guard host != 0, seen.insert(host).inserted, let p = UnsafeMutableRawPointer(bitPattern: host) else { continue }
+                // SAFETY: the write TLB holds only pointers to whole 4 KiB RAM pages.
+                pages.append((p, [UInt8](UnsafeRawBufferPointer(start: p, count: 4096))))
+            }
+        }
+        return JITLockstepState(regs: (0..<16).map { r[$0] }, rip: rip, flags: arithFlags(), instructions: instructions,
+                                pages: pages)
+    }
+
+    /// Reruns the `done` instructions the compiled code just retired on the interpreter from
+    /// `before` (registers, flags and the writable pages put back) and compares RIP,
+    /// registers, arithmetic flags and those pages; on a difference prints them and exits
+    /// the process.
+    @inline(never) func lockstepCheck(_ before: JITLockstepState, done: Int, insns: UnsafePointer<Insn>, count: Int) {
+        var after = lockstepState(withPages: false)
+        after.pages = before.pages.map { p, _ in (p, [UInt8](UnsafeRawBufferPointer(start: p, count: 4096))) }
+        for i in 0..<16 { r[i] = before.regs[i] }
+        rip = before.rip
+        setEager(before.flags)
+        // SAFETY: the same whole RAM pages as above.
+        for (p, bytes) in before.pages { bytes.withUnsafeBytes { p.copyMemory(from: $0.baseAddress!, byteCount: 4096) } }
+        let exceptionsBefore = EmulatorTrace.printed
+        for _ in 0..<done { step() }
+        let interp = lockstepState(withPages: false)
+        instructions = after.instructions
+        let regsDiffer = (0..<16).filter { interp.regs[$0] != after.regs[$0] }
+        var pageDiffs: [String] = []
+        for (k, (p, jitBytes)) in after.pages.enumerated() {
+            // SAFETY: as above.
+            let now = UnsafeRawBufferPointer(start: p, count: 4096)
+            if let off = (0..<4096).first(where: { now[$0] != jitBytes[$0] }) {
+                pageDiffs.append("  page \(k) (host \(p)) +0x\(String(off, radix: 16)): before \(before.pages[k].1[off]) jit \(jitBytes[off]) interp \(now[off])")
+            }
+        }
+        if interp.rip == after.rip && regsDiffer.isEmpty && interp.flags == after.flags && pageDiffs.isEmpty { return }
+        func hex(_ v: UInt64) -> String { "0x" + String(v, radix: 16) }
+        var lines = ["jit lockstep: block at \(hex(before.rip)) (\(done) of \(count) instructions: "
+                     + (0..<count).map { String(insns[$0].op, radix: 16) }.joined(separator: " ") + ") differs from the interpreter"]
+        lines.append("  rip: jit \(hex(after.rip)) interp \(hex(interp.rip))")
+        lines.append("  flags: before \(hex(before.flags)) jit \(hex(after.flags)) interp \(hex(interp.flags))")
+        for i in regsDiffer { lines.append("  r\(i): before \(hex(before.regs[i])) jit \(hex(after.regs[i])) interp \(hex(interp.regs[i]))") }
+        lines += pageDiffs
+        lines.append("  registers before: " + (0..<16).map { "r\($0)=\(hex(before.regs[$0]))" }.joined(separator: " "))
+        if EmulatorTrace.printed != exceptionsBefore { lines.append("  (the interpreter raised an exception)") }
+        for l in lines { EmulatorTrace.emit(l) }
+        exit(3)
     }
 }

@@ -174,9 +174,10 @@ enum JITCompiler {
                 guard d.reg & 7 == 0 else { return nil }
                 let s = op == 0xC6 ? 1 : d.opSize
                 return .memStore(mem: m, src: .imm(op == 0xC6 ? d.imm & 0xFF : immZ(s)), size: s)
-            case 0xF6, 0xF7 where d.reg & 7 == 2 || d.reg & 7 == 3:
+            // (A `where` binds to the last pattern only: each pattern carries its own.)
+            case 0xF6 where d.reg & 7 == 2 || d.reg & 7 == 3, 0xF7 where d.reg & 7 == 2 || d.reg & 7 == 3:
                 return d.lock ? nil : .memUnary(kind: d.reg & 7, mem: m, size: op == 0xF6 ? 1 : d.opSize)
-            case 0xFE, 0xFF where d.reg & 7 < 2:
+            case 0xFE where d.reg & 7 < 2, 0xFF where d.reg & 7 < 2:
                 return d.lock ? nil : .memUnary(kind: d.reg & 7, mem: m, size: op == 0xFE ? 1 : d.opSize)
             case 0x84, 0x85:
                 let s = op == 0x84 ? 1 : d.opSize

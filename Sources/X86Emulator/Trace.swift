@@ -6,11 +6,13 @@ import Glibc
 ///   `exceptions`  every exception the CPU raises (vector, error code, RIP, CR2, CS),
 ///                 the first `SWIFTVMM_EMU_TRACE_LIMIT` (default 200) of them
 ///   `rip`         RIP, mode and instruction count after every run slice (to stderr)
+///   `jit`         every block the JIT compiles (its RIP and opcodes; see SWIFTVMM_JIT_LIMIT)
 /// Output goes to stderr.
 enum EmulatorTrace {
     struct Settings: Sendable {
         var exceptions = false
         var slices = false
+        var jit = false
         var limit = 200
     }
 
@@ -22,6 +24,7 @@ enum EmulatorTrace {
             switch word {
             case "exceptions": s.exceptions = true
             case "rip": s.slices = true
+            case "jit": s.jit = true
             case "all": s.exceptions = true; s.slices = true
             default: break
             }

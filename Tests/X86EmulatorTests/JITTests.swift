@@ -118,6 +118,11 @@ import Hypervisor
         "movsx rcx, word ptr [r15 + 6]", "movsx eax, byte ptr [r15 + 11]", "movsx si, byte ptr [r15 + 2]",
         "movsxd rdx, dword ptr [r15 + 12]", "mov rax, [rip - 16]", "inc rax\nmov rdx, [r15 + 0xffd]\nadd rdx, rax",
         "inc rcx\nmov rax, [r13]\nadd rax, rcx", "dec rdx\nmov rax, [r12]", "mov rbx, [r15 + 4096 * 3]",
+        // Byte-sized group 3 and 5 forms other than NOT/NEG and INC/DEC (TEST, MUL, DIV,
+        // and FE /2, which is #UD) were once compiled as read-modify-writes.
+        "test byte ptr [r15 + 0x90], 1\nsetz cl", "mov [r15 + 0xa0], rax\ntest byte ptr [r15 + 0x90], 1\nje 1f\nmov esi, 1\n1:",
+        "mul byte ptr [r15 + 3]", "imul byte ptr [r15 + 5]", "div byte ptr [r15 + 0x100]", ".byte 0x41, 0xfe, 0x57, 0x08",
+        "call qword ptr [r15 + 8]",
     ]
 
     /// The memory-operand differential run the load and store tests share: each op (one per
