@@ -98,6 +98,7 @@ extension X86CPU {
             return
         }
         if let p = try rmwPointer(la, size) {
+            if d.lock && lockedALU(p, kind, size, src) { return }
             storeSized(p, size, alu(kind, loadSized(p, size), src, size))
         } else {
             let a = try readLinear(la, size, user: cpl == 3)
@@ -114,6 +115,7 @@ extension X86CPU {
         }
         let la = try linear(d.seg, effectiveAddress())
         if let p = try rmwPointer(la, size) {
+            if d.lock && lockedUnary(p, kind, size) { return }
             storeSized(p, size, unary(kind, loadSized(p, size), size))
         } else {
             let a = try readLinear(la, size, user: cpl == 3)
@@ -237,6 +239,8 @@ extension X86CPU {
                 let la = try linear(d.seg, effectiveAddress())
                 let b = reg(d.reg, s)
                 if let p = try rmwPointer(la, s) {
+                    // Implicitly locked, prefix or not.
+                    if let a = lockedExchange(p, s, b) { setReg(d.reg, s, a); break }
                     let a = loadSized(p, s); storeSized(p, s, b); setReg(d.reg, s, a)
                 } else {
                     let a = try readLinear(la, s, user: cpl == 3)

@@ -120,9 +120,14 @@ extension X86CPU {
                 if reg(0, s) == dst { setReg(d.rm, s, src) } else { setReg(0, s, dst) }
             } else {
                 let la = try linear(d.seg, effectiveAddress())
-                _ = try rmwPointer(la, s)
-                let dst = try readLinear(la, s, user: cpl == 3)
+                let p = try rmwPointer(la, s)
                 let acc = reg(0, s)
+                if d.lock, let p, let dst = lockedCompareExchange(p, s, expected: acc, src) {
+                    _ = alu(7, acc, dst, s)
+                    if acc != dst { setReg(0, s, dst) }
+                    break
+                }
+                let dst = try readLinear(la, s, user: cpl == 3)
                 if acc == dst {
                     try writeLinear(la, s, src, user: cpl == 3)
                 } else {
@@ -168,7 +173,11 @@ extension X86CPU {
                 setReg(d.reg, s, dst); setReg(d.rm, s, sum)
             } else {
                 let la = try linear(d.seg, effectiveAddress())
-                _ = try rmwPointer(la, s)
+                let p = try rmwPointer(la, s)
+                if d.lock, let p, let dst = lockedXADD(p, s, src) {
+                    setReg(d.reg, s, dst)
+                    break
+                }
                 let dst = try readLinear(la, s, user: cpl == 3)
                 let sum = (dst &+ src) & sizeMask(s)
                 try writeLinear(la, s, sum, user: cpl == 3)
@@ -219,7 +228,11 @@ extension X86CPU {
             bit = UInt64(bitPattern: soff) & (bits - 1)
         }
         let la = try linear(d.seg, addr)
-        if kind != 0 { _ = try rmwPointer(la, s) }
+        if kind != 0, let p = try rmwPointer(la, s), d.lock, let v = lockedBitOp(p, kind, s, bit: bit) {
+            if (v >> bit) & 1 != 0 { f |= Flag.cf }
+            setEager(f)
+            return
+        }
         let v = try readLinear(la, s, user: cpl == 3)
         if (v >> bit) & 1 != 0 { f |= Flag.cf }
         switch kind {
@@ -340,7 +353,12 @@ extension X86CPU {
             if d.rexW {
                 if !cpuLevelHas(.cx16) { throw udFault() }
                 if la & 0xF != 0 { throw gpFault() }
-                _ = try rmwPointer(la, 8); _ = try rmwPointer(la &+ 8, 8)
+                let p = try rmwPointer(la, 8); _ = try rmwPointer(la &+ 8, 8)
+                if d.lock, let p, let res = lockedCompareExchange16(p, expected: (r[0], r[2]), (r[3], r[1])) {
+                    if !res.2 { r[0] = res.0; r[2] = res.1 }
+                    setEager((arithFlags() & ~Flag.zf) | (res.2 ? Flag.zf : 0))
+                    return
+                }
                 let lo = try readLinear(la, 8, user: cpl == 3), hi = try readLinear(la &+ 8, 8, user: cpl == 3)
                 var f = arithFlags() & ~Flag.zf
                 if lo == r[0] && hi == r[2] {
@@ -351,10 +369,16 @@ extension X86CPU {
                 }
                 setEager(f)
             } else {
-                _ = try rmwPointer(la, 8)
-                let v = try readLinear(la, 8, user: cpl == 3)
+                let p = try rmwPointer(la, 8)
                 let cmp = (r[2] & 0xFFFF_FFFF) << 32 | (r[0] & 0xFFFF_FFFF)
                 var f = arithFlags() & ~Flag.zf
+                let new = (r[1] & 0xFFFF_FFFF) << 32 | (r[3] & 0xFFFF_FFFF)
+                if d.lock, let p, let v = lockedCompareExchange(p, 8, expected: cmp, new) {
+                    if v == cmp { f |= Flag.zf } else { r[0] = v & 0xFFFF_FFFF; r[2] = v >> 32 }
+                    setEager(f)
+                    return
+                }
+                let v = try readLinear(la, 8, user: cpl == 3)
                 if v == cmp {
                     try writeLinear(la, 8, (r[1] & 0xFFFF_FFFF) << 32 | (r[3] & 0xFFFF_FFFF), user: cpl == 3)
                     f |= Flag.zf
