@@ -76,3 +76,22 @@ import Testing
         #expect(try memory.read(UInt64.self, at: Self.spinCounter) == expected, "xchg spinlock")
     }
 }
+
+/// The APIC ID, LDR and DFR that other threads route by are the published copy, which
+/// follows every change the owning vCPU makes.
+@Suite struct APICRoutingCopyTests {
+    @Test func routingSeesIDAndLogicalDestinationChanges() {
+        let apic = LocalAPIC(id: 3)
+        #expect(apic.routingID == 3)
+        #expect(!apic.matchesLogical(0x01))
+        apic.ldr = 0x0400_0000                      // flat model: bit 2
+        #expect(apic.matchesLogical(0x04) && !apic.matchesLogical(0x03))
+        apic.dfr = 0x0FFF_FFFF                      // cluster model: cluster 0, member bit 2
+        apic.ldr = 0x1400_0000                      // cluster 1, member bit 2
+        #expect(apic.matchesLogical(0x14) && !apic.matchesLogical(0x04) && !apic.matchesLogical(0x11))
+        apic.id = 7
+        #expect(apic.routingID == 7)
+        apic.reset()
+        #expect(!apic.matchesLogical(0x14))
+    }
+}
