@@ -36,6 +36,8 @@ public final class EmulatorVirtualMachine: VirtualMachineBackend, @unchecked Sen
     /// turnstile (`SWIFTVMM_EMU_PARALLEL=1`; docs/emulator.md says what it does not
     /// guarantee yet). Set before the first vCPU runs.
     public var parallelVCPUs = EmulatorVirtualMachine.parallelFromEnvironment
+    /// Parallel vCPUs hold it shared while executing; a split lock takes it exclusively.
+    let splitLockGate = SplitLockGate()
 
     /// `SWIFTVMM_EMU_PARALLEL`, read once per process: "1" turns parallel vCPUs on.
     public static let parallelFromEnvironment: Bool = {
@@ -204,8 +206,26 @@ public final class EmulatorVCPU: VirtualCPU, @unchecked Sendable {
     private lazy var serialized: Bool = {
         let several = vm.vcpus.count > 1
         cpu.yieldOnPause = several && !vm.parallelVCPUs
+        if several && vm.parallelVCPUs { cpu.splitLockGate = vm.splitLockGate }
         return several && !vm.parallelVCPUs
     }()
+
+    /// Runs `body` (which executes guest instructions) as the VM's mode wants: through the
+    /// turnstile, holding the split-lock gate shared (parallel), or as it is (one vCPU).
+    @inline(__always)
+    private func executing<T>(_ body: () -> T) -> T {
+        if serialized {
+            vm.turnstile.enter()
+            defer { vm.turnstile.leave() }
+            return body()
+        }
+        if let gate = cpu.splitLockGate {
+            gate.enterShared()
+            defer { gate.leaveShared() }
+            return body()
+        }
+        return body()
+    }
 
     public func run() throws -> VCPUExit {
         if let key = awaitingRead {
@@ -236,14 +256,8 @@ public final class EmulatorVCPU: VirtualCPU, @unchecked Sendable {
                 waitingForSIPI = true
                 continue
             }
-            let reason: X86StopReason
-            if serialized {
-                vm.turnstile.enter()
-                reason = cpu.run(budget: sliceInstructions)
-                vm.turnstile.leave()
-            } else {
-                reason = cpu.run(budget: sliceInstructions)
-            }
+            let budget = sliceInstructions
+            let reason = executing { cpu.run(budget: budget) }
             if EmulatorTrace.settings.slices { cpu.traceSlice() }
             switch reason {
             case .exit:
@@ -278,10 +292,10 @@ public final class EmulatorVCPU: VirtualCPU, @unchecked Sendable {
         cpu.replayValid = true
         awaitingRead = nil
         if !cpu.pendingExits.isEmpty { return makeExit(cpu.pendingExits.removeFirst()) }
-        if serialized { vm.turnstile.enter() }
-        cpu.interruptShadow = false
-        cpu.step()
-        if serialized { vm.turnstile.leave() }
+        executing {
+            cpu.interruptShadow = false
+            cpu.step()
+        }
         cpu.replayValid = false
         if cpu.shutdownReason != nil { return .shutdown(reason: cpu.shutdownReason ?? "triple fault") }
         return cpu.pendingExits.isEmpty ? nil : makeExit(cpu.pendingExits.removeFirst())

@@ -127,14 +127,16 @@ extension X86CPU {
                     if acc != dst { setReg(0, s, dst) }
                     break
                 }
-                let dst = try readLinear(la, s, user: cpl == 3)
-                if acc == dst {
-                    try writeLinear(la, s, src, user: cpl == 3)
-                } else {
-                    try writeLinear(la, s, dst, user: cpl == 3)
+                try splitLocked(d.lock) { () throws(X86Fault) in
+                    let dst = try readLinear(la, s, user: cpl == 3)
+                    if acc == dst {
+                        try writeLinear(la, s, src, user: cpl == 3)
+                    } else {
+                        try writeLinear(la, s, dst, user: cpl == 3)
+                    }
+                    _ = alu(7, acc, dst, s)
+                    if acc != dst { setReg(0, s, dst) }
                 }
-                _ = alu(7, acc, dst, s)
-                if acc != dst { setReg(0, s, dst) }
             }
         case 0xB2: if d.mod == 3 { throw udFault() }; try loadFarPointer(SReg.ss)
         case 0xB4: if d.mod == 3 { throw udFault() }; try loadFarPointer(SReg.fs)
@@ -178,11 +180,13 @@ extension X86CPU {
                     setReg(d.reg, s, dst)
                     break
                 }
-                let dst = try readLinear(la, s, user: cpl == 3)
-                let sum = (dst &+ src) & sizeMask(s)
-                try writeLinear(la, s, sum, user: cpl == 3)
-                _ = alu(0, dst, src, s)
-                setReg(d.reg, s, dst)
+                try splitLocked(d.lock) { () throws(X86Fault) in
+                    let dst = try readLinear(la, s, user: cpl == 3)
+                    let sum = (dst &+ src) & sizeMask(s)
+                    try writeLinear(la, s, sum, user: cpl == 3)
+                    _ = alu(0, dst, src, s)
+                    setReg(d.reg, s, dst)
+                }
             }
         case 0xC3:
             if d.mod == 3 { throw udFault() }
@@ -233,15 +237,17 @@ extension X86CPU {
             setEager(f)
             return
         }
-        let v = try readLinear(la, s, user: cpl == 3)
-        if (v >> bit) & 1 != 0 { f |= Flag.cf }
-        switch kind {
-        case 1: try writeLinear(la, s, v | (1 << bit), user: cpl == 3)
-        case 2: try writeLinear(la, s, v & ~(1 << bit), user: cpl == 3)
-        case 3: try writeLinear(la, s, v ^ (1 << bit), user: cpl == 3)
-        default: break
+        try splitLocked(d.lock && kind != 0) { () throws(X86Fault) in
+            let v = try readLinear(la, s, user: cpl == 3)
+            if (v >> bit) & 1 != 0 { f |= Flag.cf }
+            switch kind {
+            case 1: try writeLinear(la, s, v | (1 << bit), user: cpl == 3)
+            case 2: try writeLinear(la, s, v & ~(1 << bit), user: cpl == 3)
+            case 3: try writeLinear(la, s, v ^ (1 << bit), user: cpl == 3)
+            default: break
+            }
+            setEager(f)
         }
-        setEager(f)
     }
 
     func group6() throws(X86Fault) {
@@ -359,15 +365,17 @@ extension X86CPU {
                     setEager((arithFlags() & ~Flag.zf) | (res.2 ? Flag.zf : 0))
                     return
                 }
-                let lo = try readLinear(la, 8, user: cpl == 3), hi = try readLinear(la &+ 8, 8, user: cpl == 3)
-                var f = arithFlags() & ~Flag.zf
-                if lo == r[0] && hi == r[2] {
-                    try writeLinear(la, 8, r[3], user: cpl == 3); try writeLinear(la &+ 8, 8, r[1], user: cpl == 3)
-                    f |= Flag.zf
-                } else {
-                    r[0] = lo; r[2] = hi
+                try splitLocked(d.lock) { () throws(X86Fault) in
+                    let lo = try readLinear(la, 8, user: cpl == 3), hi = try readLinear(la &+ 8, 8, user: cpl == 3)
+                    var f = arithFlags() & ~Flag.zf
+                    if lo == r[0] && hi == r[2] {
+                        try writeLinear(la, 8, r[3], user: cpl == 3); try writeLinear(la &+ 8, 8, r[1], user: cpl == 3)
+                        f |= Flag.zf
+                    } else {
+                        r[0] = lo; r[2] = hi
+                    }
+                    setEager(f)
                 }
-                setEager(f)
             } else {
                 let p = try rmwPointer(la, 8)
                 let cmp = (r[2] & 0xFFFF_FFFF) << 32 | (r[0] & 0xFFFF_FFFF)
@@ -378,14 +386,16 @@ extension X86CPU {
                     setEager(f)
                     return
                 }
-                let v = try readLinear(la, 8, user: cpl == 3)
-                if v == cmp {
-                    try writeLinear(la, 8, (r[1] & 0xFFFF_FFFF) << 32 | (r[3] & 0xFFFF_FFFF), user: cpl == 3)
-                    f |= Flag.zf
-                } else {
-                    r[0] = v & 0xFFFF_FFFF; r[2] = v >> 32
+                try splitLocked(d.lock) { () throws(X86Fault) in
+                    let v = try readLinear(la, 8, user: cpl == 3)
+                    if v == cmp {
+                        try writeLinear(la, 8, new, user: cpl == 3)
+                        f |= Flag.zf
+                    } else {
+                        r[0] = v & 0xFFFF_FFFF; r[2] = v >> 32
+                    }
+                    setEager(f)
                 }
-                setEager(f)
             }
             return
         }

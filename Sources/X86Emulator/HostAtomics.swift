@@ -14,8 +14,8 @@ import CHostAtomics
 /// written back unchanged, or the CAS fails and retries), so any operand that does not
 /// cross an 8-byte boundary is atomic. Operands that cross one (a misaligned LOCK: a split
 /// lock), cross a page or hit MMIO take the plain path (`hostAtomicUpdate` returns false):
-/// atomic under the turnstile, but under parallel vCPUs they need a stop-the-world path
-/// (not done yet; see docs/emulator.md).
+/// atomic under the turnstile; with parallel vCPUs that path runs with every other vCPU
+/// stopped (`splitLocked`, `SplitLockGate`).
 @inline(__always)
 func hostAtomicUpdate(_ p: UnsafeMutableRawPointer, _ size: Int, _ f: (UInt64) -> UInt64) -> Bool {
     let addr = UInt(bitPattern: p)
@@ -34,6 +34,18 @@ func hostAtomicUpdate(_ p: UnsafeMutableRawPointer, _ size: Int, _ f: (UInt64) -
 }
 
 extension X86CPU {
+    /// Runs the plain (non-atomic) path of a locked instruction: directly, or with every
+    /// other vCPU stopped when the VM runs vCPUs in parallel. `locked` false: just `body`.
+    @inline(__always)
+    func splitLocked(_ locked: Bool, _ body: () throws(X86Fault) -> Void) throws(X86Fault) {
+        if locked, let gate = splitLockGate { try stopTheWorld(gate, body) } else { try body() }
+    }
+
+    @inline(never)
+    func stopTheWorld(_ gate: SplitLockGate, _ body: () throws(X86Fault) -> Void) throws(X86Fault) {
+        try gate.exclusive(body)
+    }
+
     /// LOCK ALU op (0 add, 1 or, 2 adc, 3 sbb, 4 and, 5 sub, 6 xor) on the host page.
     /// False: not atomic on the host (see `hostAtomicUpdate`); nothing was done.
     @inline(__always)
