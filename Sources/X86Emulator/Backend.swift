@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import GuestMemory
 import Hypervisor
 import Synchronization
@@ -26,8 +29,21 @@ public final class EmulatorVirtualMachine: VirtualMachineBackend, @unchecked Sen
     let router: EmulatorInterruptRouter
     public var interrupts: any InterruptController { router }
     private let vcpuTable = Mutex<[EmulatorVCPU]>([])
-    /// One vCPU executes at a time when there are several (see ExecutionTurnstile).
+    /// One vCPU executes at a time when there are several (see ExecutionTurnstile), unless
+    /// `parallelVCPUs`.
     let turnstile = ExecutionTurnstile()
+    /// Experimental: several vCPUs execute at once, one host thread each, without the
+    /// turnstile (`SWIFTVMM_EMU_PARALLEL=1`; docs/emulator.md says what it does not
+    /// guarantee yet). Set before the first vCPU runs.
+    public var parallelVCPUs = EmulatorVirtualMachine.parallelFromEnvironment
+    /// Parallel vCPUs hold it shared while executing; a split lock takes it exclusively.
+    let splitLockGate = SplitLockGate()
+
+    /// `SWIFTVMM_EMU_PARALLEL`, read once per process: "1" turns parallel vCPUs on.
+    public static let parallelFromEnvironment: Bool = {
+        guard let p = getenv("SWIFTVMM_EMU_PARALLEL") else { return false }
+        return String(cString: p) == "1"
+    }()
 
     /// The instruction-set level every vCPU of this machine offers (CPUID and #UD gating).
     public let cpuLevel: X86CPULevel
@@ -77,7 +93,7 @@ public final class EmulatorVirtualMachine: VirtualMachineBackend, @unchecked Sen
                                  mode: APICDeliveryMode, levelTriggered: Bool) {
         let targets = vcpus.filter { v in
             if destination == 0xFF { return true }
-            return logical ? v.cpu.apic.matchesLogical(destination) : v.cpu.apic.id == UInt32(destination)
+            return logical ? v.cpu.apic.matchesLogical(destination) : v.cpu.apic.routingID == UInt32(destination)
         }
         if mode == .lowestPriority, let first = targets.min(by: { $0.index < $1.index }) {
             first.cpu.apic.post(vector: vector, mode: .fixed, levelTriggered: levelTriggered)
@@ -107,7 +123,7 @@ public final class EmulatorVirtualMachine: VirtualMachineBackend, @unchecked Sen
             case 1: hit = a === from
             case 2: hit = true
             case 3: hit = a !== from
-            default: hit = dest == 0xFF || (logical ? a.matchesLogical(dest) : a.id == UInt32(dest))
+            default: hit = dest == 0xFF || (logical ? a.matchesLogical(dest) : a.routingID == UInt32(dest))
             }
             if hit {
                 if a === from && (mode == .fixed) {
@@ -185,13 +201,31 @@ public final class EmulatorVCPU: VirtualCPU, @unchecked Sendable {
         parker.unpark()
     }
 
-    /// Several vCPUs share the VM: execute through the turnstile. Decided at the first run
-    /// (every vCPU is created before any runs).
+    /// Several vCPUs share the VM: execute through the turnstile, unless the VM runs them in
+    /// parallel. Decided at the first run (every vCPU is created before any runs).
     private lazy var serialized: Bool = {
         let several = vm.vcpus.count > 1
-        cpu.yieldOnPause = several
-        return several
+        cpu.yieldOnPause = several && !vm.parallelVCPUs
+        if several && vm.parallelVCPUs { cpu.splitLockGate = vm.splitLockGate }
+        return several && !vm.parallelVCPUs
     }()
+
+    /// Runs `body` (which executes guest instructions) as the VM's mode wants: through the
+    /// turnstile, holding the split-lock gate shared (parallel), or as it is (one vCPU).
+    @inline(__always)
+    private func executing<T>(_ body: () -> T) -> T {
+        if serialized {
+            vm.turnstile.enter()
+            defer { vm.turnstile.leave() }
+            return body()
+        }
+        if let gate = cpu.splitLockGate {
+            gate.enterShared()
+            defer { gate.leaveShared() }
+            return body()
+        }
+        return body()
+    }
 
     public func run() throws -> VCPUExit {
         if let key = awaitingRead {
@@ -222,14 +256,8 @@ public final class EmulatorVCPU: VirtualCPU, @unchecked Sendable {
                 waitingForSIPI = true
                 continue
             }
-            let reason: X86StopReason
-            if serialized {
-                vm.turnstile.enter()
-                reason = cpu.run(budget: sliceInstructions)
-                vm.turnstile.leave()
-            } else {
-                reason = cpu.run(budget: sliceInstructions)
-            }
+            let budget = sliceInstructions
+            let reason = executing { cpu.run(budget: budget) }
             if EmulatorTrace.settings.slices { cpu.traceSlice() }
             switch reason {
             case .exit:
@@ -264,10 +292,10 @@ public final class EmulatorVCPU: VirtualCPU, @unchecked Sendable {
         cpu.replayValid = true
         awaitingRead = nil
         if !cpu.pendingExits.isEmpty { return makeExit(cpu.pendingExits.removeFirst()) }
-        if serialized { vm.turnstile.enter() }
-        cpu.interruptShadow = false
-        cpu.step()
-        if serialized { vm.turnstile.leave() }
+        executing {
+            cpu.interruptShadow = false
+            cpu.step()
+        }
         cpu.replayValid = false
         if cpu.shutdownReason != nil { return .shutdown(reason: cpu.shutdownReason ?? "triple fault") }
         return cpu.pendingExits.isEmpty ? nil : makeExit(cpu.pendingExits.removeFirst())

@@ -97,12 +97,16 @@ extension X86CPU {
             _ = alu(7, try readLinear(la, size, user: cpl == 3), src, size)
             return
         }
-        if let p = try rmwPointer(la, size) {
-            storeSized(p, size, alu(kind, loadSized(p, size), src, size))
-        } else {
-            let a = try readLinear(la, size, user: cpl == 3)
-            let res = alu(kind, a, src, size)
-            try writeLinear(la, size, res, user: cpl == 3)
+        let p = try rmwPointer(la, size)
+        if d.lock, let p, lockedALU(p, kind, size, src) { return }
+        try splitLocked(d.lock) { () throws(X86Fault) in
+            if let p {
+                storeSized(p, size, alu(kind, loadSized(p, size), src, size))
+            } else {
+                let a = try readLinear(la, size, user: cpl == 3)
+                let res = alu(kind, a, src, size)
+                try writeLinear(la, size, res, user: cpl == 3)
+            }
         }
     }
 
@@ -113,11 +117,15 @@ extension X86CPU {
             return
         }
         let la = try linear(d.seg, effectiveAddress())
-        if let p = try rmwPointer(la, size) {
-            storeSized(p, size, unary(kind, loadSized(p, size), size))
-        } else {
-            let a = try readLinear(la, size, user: cpl == 3)
-            try writeLinear(la, size, unary(kind, a, size), user: cpl == 3)
+        let p = try rmwPointer(la, size)
+        if d.lock, let p, lockedUnary(p, kind, size) { return }
+        try splitLocked(d.lock) { () throws(X86Fault) in
+            if let p {
+                storeSized(p, size, unary(kind, loadSized(p, size), size))
+            } else {
+                let a = try readLinear(la, size, user: cpl == 3)
+                try writeLinear(la, size, unary(kind, a, size), user: cpl == 3)
+            }
         }
     }
 
@@ -236,12 +244,17 @@ extension X86CPU {
             } else {
                 let la = try linear(d.seg, effectiveAddress())
                 let b = reg(d.reg, s)
-                if let p = try rmwPointer(la, s) {
-                    let a = loadSized(p, s); storeSized(p, s, b); setReg(d.reg, s, a)
-                } else {
-                    let a = try readLinear(la, s, user: cpl == 3)
-                    try writeLinear(la, s, b, user: cpl == 3)
-                    setReg(d.reg, s, a)
+                let p = try rmwPointer(la, s)
+                // Implicitly locked, prefix or not.
+                if let p, let a = lockedExchange(p, s, b) { setReg(d.reg, s, a); break }
+                try splitLocked(true) { () throws(X86Fault) in
+                    if let p {
+                        let a = loadSized(p, s); storeSized(p, s, b); setReg(d.reg, s, a)
+                    } else {
+                        let a = try readLinear(la, s, user: cpl == 3)
+                        try writeLinear(la, s, b, user: cpl == 3)
+                        setReg(d.reg, s, a)
+                    }
                 }
             }
         case 0x88: try writeRM(1, reg(d.reg, 1))

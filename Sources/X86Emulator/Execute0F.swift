@@ -120,16 +120,23 @@ extension X86CPU {
                 if reg(0, s) == dst { setReg(d.rm, s, src) } else { setReg(0, s, dst) }
             } else {
                 let la = try linear(d.seg, effectiveAddress())
-                _ = try rmwPointer(la, s)
-                let dst = try readLinear(la, s, user: cpl == 3)
+                let p = try rmwPointer(la, s)
                 let acc = reg(0, s)
-                if acc == dst {
-                    try writeLinear(la, s, src, user: cpl == 3)
-                } else {
-                    try writeLinear(la, s, dst, user: cpl == 3)
+                if d.lock, let p, let dst = lockedCompareExchange(p, s, expected: acc, src) {
+                    _ = alu(7, acc, dst, s)
+                    if acc != dst { setReg(0, s, dst) }
+                    break
                 }
-                _ = alu(7, acc, dst, s)
-                if acc != dst { setReg(0, s, dst) }
+                try splitLocked(d.lock) { () throws(X86Fault) in
+                    let dst = try readLinear(la, s, user: cpl == 3)
+                    if acc == dst {
+                        try writeLinear(la, s, src, user: cpl == 3)
+                    } else {
+                        try writeLinear(la, s, dst, user: cpl == 3)
+                    }
+                    _ = alu(7, acc, dst, s)
+                    if acc != dst { setReg(0, s, dst) }
+                }
             }
         case 0xB2: if d.mod == 3 { throw udFault() }; try loadFarPointer(SReg.ss)
         case 0xB4: if d.mod == 3 { throw udFault() }; try loadFarPointer(SReg.fs)
@@ -168,12 +175,18 @@ extension X86CPU {
                 setReg(d.reg, s, dst); setReg(d.rm, s, sum)
             } else {
                 let la = try linear(d.seg, effectiveAddress())
-                _ = try rmwPointer(la, s)
-                let dst = try readLinear(la, s, user: cpl == 3)
-                let sum = (dst &+ src) & sizeMask(s)
-                try writeLinear(la, s, sum, user: cpl == 3)
-                _ = alu(0, dst, src, s)
-                setReg(d.reg, s, dst)
+                let p = try rmwPointer(la, s)
+                if d.lock, let p, let dst = lockedXADD(p, s, src) {
+                    setReg(d.reg, s, dst)
+                    break
+                }
+                try splitLocked(d.lock) { () throws(X86Fault) in
+                    let dst = try readLinear(la, s, user: cpl == 3)
+                    let sum = (dst &+ src) & sizeMask(s)
+                    try writeLinear(la, s, sum, user: cpl == 3)
+                    _ = alu(0, dst, src, s)
+                    setReg(d.reg, s, dst)
+                }
             }
         case 0xC3:
             if d.mod == 3 { throw udFault() }
@@ -219,16 +232,22 @@ extension X86CPU {
             bit = UInt64(bitPattern: soff) & (bits - 1)
         }
         let la = try linear(d.seg, addr)
-        if kind != 0 { _ = try rmwPointer(la, s) }
-        let v = try readLinear(la, s, user: cpl == 3)
-        if (v >> bit) & 1 != 0 { f |= Flag.cf }
-        switch kind {
-        case 1: try writeLinear(la, s, v | (1 << bit), user: cpl == 3)
-        case 2: try writeLinear(la, s, v & ~(1 << bit), user: cpl == 3)
-        case 3: try writeLinear(la, s, v ^ (1 << bit), user: cpl == 3)
-        default: break
+        if kind != 0, let p = try rmwPointer(la, s), d.lock, let v = lockedBitOp(p, kind, s, bit: bit) {
+            if (v >> bit) & 1 != 0 { f |= Flag.cf }
+            setEager(f)
+            return
         }
-        setEager(f)
+        try splitLocked(d.lock && kind != 0) { () throws(X86Fault) in
+            let v = try readLinear(la, s, user: cpl == 3)
+            if (v >> bit) & 1 != 0 { f |= Flag.cf }
+            switch kind {
+            case 1: try writeLinear(la, s, v | (1 << bit), user: cpl == 3)
+            case 2: try writeLinear(la, s, v & ~(1 << bit), user: cpl == 3)
+            case 3: try writeLinear(la, s, v ^ (1 << bit), user: cpl == 3)
+            default: break
+            }
+            setEager(f)
+        }
     }
 
     func group6() throws(X86Fault) {
@@ -340,28 +359,43 @@ extension X86CPU {
             if d.rexW {
                 if !cpuLevelHas(.cx16) { throw udFault() }
                 if la & 0xF != 0 { throw gpFault() }
-                _ = try rmwPointer(la, 8); _ = try rmwPointer(la &+ 8, 8)
-                let lo = try readLinear(la, 8, user: cpl == 3), hi = try readLinear(la &+ 8, 8, user: cpl == 3)
-                var f = arithFlags() & ~Flag.zf
-                if lo == r[0] && hi == r[2] {
-                    try writeLinear(la, 8, r[3], user: cpl == 3); try writeLinear(la &+ 8, 8, r[1], user: cpl == 3)
-                    f |= Flag.zf
-                } else {
-                    r[0] = lo; r[2] = hi
+                let p = try rmwPointer(la, 8); _ = try rmwPointer(la &+ 8, 8)
+                if d.lock, let p, let res = lockedCompareExchange16(p, expected: (r[0], r[2]), (r[3], r[1])) {
+                    if !res.2 { r[0] = res.0; r[2] = res.1 }
+                    setEager((arithFlags() & ~Flag.zf) | (res.2 ? Flag.zf : 0))
+                    return
                 }
-                setEager(f)
+                try splitLocked(d.lock) { () throws(X86Fault) in
+                    let lo = try readLinear(la, 8, user: cpl == 3), hi = try readLinear(la &+ 8, 8, user: cpl == 3)
+                    var f = arithFlags() & ~Flag.zf
+                    if lo == r[0] && hi == r[2] {
+                        try writeLinear(la, 8, r[3], user: cpl == 3); try writeLinear(la &+ 8, 8, r[1], user: cpl == 3)
+                        f |= Flag.zf
+                    } else {
+                        r[0] = lo; r[2] = hi
+                    }
+                    setEager(f)
+                }
             } else {
-                _ = try rmwPointer(la, 8)
-                let v = try readLinear(la, 8, user: cpl == 3)
+                let p = try rmwPointer(la, 8)
                 let cmp = (r[2] & 0xFFFF_FFFF) << 32 | (r[0] & 0xFFFF_FFFF)
                 var f = arithFlags() & ~Flag.zf
-                if v == cmp {
-                    try writeLinear(la, 8, (r[1] & 0xFFFF_FFFF) << 32 | (r[3] & 0xFFFF_FFFF), user: cpl == 3)
-                    f |= Flag.zf
-                } else {
-                    r[0] = v & 0xFFFF_FFFF; r[2] = v >> 32
+                let new = (r[1] & 0xFFFF_FFFF) << 32 | (r[3] & 0xFFFF_FFFF)
+                if d.lock, let p, let v = lockedCompareExchange(p, 8, expected: cmp, new) {
+                    if v == cmp { f |= Flag.zf } else { r[0] = v & 0xFFFF_FFFF; r[2] = v >> 32 }
+                    setEager(f)
+                    return
                 }
-                setEager(f)
+                try splitLocked(d.lock) { () throws(X86Fault) in
+                    let v = try readLinear(la, 8, user: cpl == 3)
+                    if v == cmp {
+                        try writeLinear(la, 8, new, user: cpl == 3)
+                        f |= Flag.zf
+                    } else {
+                        r[0] = v & 0xFFFF_FFFF; r[2] = v >> 32
+                    }
+                    setEager(f)
+                }
             }
             return
         }

@@ -40,7 +40,7 @@ struct APICInbox {
 /// The timer counts at the 25 MHz crystal frequency announced in CPUID leaf 0x15 (Linux
 /// derives its APIC timer period from it); TSC-deadline mode uses the TSC (host ns).
 public final class LocalAPIC: @unchecked Sendable {
-    public internal(set) var id: UInt32
+    public internal(set) var id: UInt32 { didSet { publishRouting() } }
     var baseMSR: UInt64 { didSet { noteAttention() } }
     var tpr: UInt32 = 0
     var svr: UInt32 = 0xFF
@@ -49,8 +49,12 @@ public final class LocalAPIC: @unchecked Sendable {
     var irrAny = false { didSet { if irrAny { noteAttention() } } }
     var isr = [UInt32](repeating: 0, count: 8)
     var tmr = [UInt32](repeating: 0, count: 8)
-    var ldr: UInt32 = 0
-    var dfr: UInt32 = 0xFFFF_FFFF
+    var ldr: UInt32 = 0 { didSet { publishRouting() } }
+    var dfr: UInt32 = 0xFFFF_FFFF { didSet { publishRouting() } }
+    /// `id`, LDR[31:24] and DFR[31:28] as other threads read them to route an interrupt
+    /// (`deliverInterrupt` from device threads, IPIs from other vCPUs): the owning thread
+    /// publishes a copy on every change, so no routing thread reads the plain fields.
+    private let routing = Atomic<UInt64>(0)
     var esr: UInt32 = 0
     var icrLow: UInt32 = 0
     var icrHigh: UInt32 = 0
@@ -99,6 +103,7 @@ public final class LocalAPIC: @unchecked Sendable {
         self.id = id
         self.baseMSR = 0xFEE0_0000 | (1 << 11) | (id == 0 ? (1 << 8) : 0)
         reset()
+        publishRouting()
     }
 
     func reset() {
@@ -347,10 +352,19 @@ public final class LocalAPIC: @unchecked Sendable {
         }
     }
 
-    /// True if this APIC matches a logical destination (flat or cluster model).
+    private func publishRouting() {
+        routing.store(UInt64(id) | UInt64(ldr >> 24) << 32 | UInt64(dfr >> 28) << 40, ordering: .releasing)
+    }
+
+    /// The APIC ID as routing threads see it (the published copy; any thread).
+    var routingID: UInt32 { UInt32(truncatingIfNeeded: routing.load(ordering: .acquiring)) }
+
+    /// True if this APIC matches a logical destination (flat or cluster model), from the
+    /// published LDR/DFR copy (any thread).
     func matchesLogical(_ dest: UInt8) -> Bool {
-        let mine = UInt8(ldr >> 24)
-        if dfr >> 28 == 0xF { return mine & dest != 0 }
+        let w = routing.load(ordering: .acquiring)
+        let mine = UInt8(truncatingIfNeeded: w >> 32)
+        if (w >> 40) & 0xF == 0xF { return mine & dest != 0 }
         return (mine >> 4) == (dest >> 4) && (mine & dest & 0xF) != 0
     }
 }

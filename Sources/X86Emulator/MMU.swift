@@ -4,6 +4,7 @@ import Glibc
 import GuestMemory
 import Hypervisor
 import Synchronization
+import CHostAtomics
 
 // MARK: - MMU
 
@@ -105,10 +106,13 @@ extension X86CPU {
                     switch i { case 0: a = entryAddrs.0; case 1: a = entryAddrs.1; case 2: a = entryAddrs.2; default: a = entryAddrs.3 }
                     if let q = physPointer(a, 8) {
                         // SAFETY: bounds checked by physPointer.
-                        var v = hostLoad64(q)
+                        let v = hostLoad64(q)
                         var nv = v | 0x20
                         if i == n - 1 && access == .write { nv |= 0x40 }
-                        if nv != v { v = nv; q.storeBytes(of: v.littleEndian, as: UInt64.self) }
+                        // An atomic OR, as the hardware's locked update: a plain store of
+                        // the value read would undo another vCPU's change to the entry.
+                        // SAFETY: entries are 8-byte aligned in a RAM page (physPointer).
+                        if nv != v { cha_or(q, 8, nv & ~v) }
                     }
                 }
                 let pageSize: UInt64 = UInt64(1) << shift
@@ -129,7 +133,9 @@ extension X86CPU {
         if pde & 1 == 0 { throw pageFault(la, access, user: user, present: false) }
         if pde & 0x80 != 0 && cr4 & X86Bits.cr4PSE != 0 {
             try checkRights(la, access, user: user, allowWrite: pde & 2 != 0, allowUser: pde & 4 != 0, noExec: false)
-            p.storeBytes(of: (pde | 0x20 | (access == .write ? 0x40 : 0)).littleEndian, as: UInt32.self)
+            // SAFETY: a 4-byte-aligned entry in a RAM page (physPointer); atomic OR as in walkPAE.
+            let bits = 0x20 | (access == .write ? 0x40 : 0) as UInt32
+            if pde & bits != bits { cha_or(p, 4, UInt64(bits & ~pde)) }
             let base = UInt64(pde & 0xFFC0_0000) | (UInt64((pde >> 13) & 0xFF) << 32)
             return Translation(physical: base | (la32 & 0x3F_FFFF), writable: pde & 2 != 0 || (!user && cr0 & X86Bits.cr0WP == 0))
         }
@@ -140,8 +146,10 @@ extension X86CPU {
         if pte & 1 == 0 { throw pageFault(la, access, user: user, present: false) }
         let w = pde & pte & 2 != 0, u = pde & pte & 4 != 0
         try checkRights(la, access, user: user, allowWrite: w, allowUser: u, noExec: false)
-        if pde & 0x20 == 0 { p.storeBytes(of: (pde | 0x20).littleEndian, as: UInt32.self) }
-        q.storeBytes(of: (pte | 0x20 | (access == .write ? 0x40 : 0)).littleEndian, as: UInt32.self)
+        // SAFETY: 4-byte-aligned entries in RAM pages (physPointer); atomic ORs as in walkPAE.
+        if pde & 0x20 == 0 { cha_or(p, 4, 0x20) }
+        let bits = 0x20 | (access == .write ? 0x40 : 0) as UInt32
+        if pte & bits != bits { cha_or(q, 4, UInt64(bits & ~pte)) }
         return Translation(physical: UInt64(pte & 0xFFFF_F000) | (la32 & 0xFFF), writable: w || (!user && cr0 & X86Bits.cr0WP == 0))
     }
 

@@ -198,6 +198,9 @@ public final class X86CPU {
     /// Several vCPUs take turns (ExecutionTurnstile): PAUSE asks the run loop to end the
     /// slice (`yieldRequested`, honoured right after the PAUSE).
     var yieldOnPause = false
+    /// Parallel mode with several vCPUs: the VM's split-lock gate, held shared while this
+    /// CPU executes (see `SplitLockGate`); nil otherwise.
+    var splitLockGate: SplitLockGate?
     /// The machine's vCPU count, for CPUID's topology leaves (set as vCPUs are created).
     var topologyCPUs = 1
     /// PAUSEs retired in this slice (reset by `run(budget:)`); the slice yields at the

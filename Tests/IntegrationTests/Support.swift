@@ -77,11 +77,14 @@ enum Harness {
     }
 
     /// Runs a command with stdin from /dev/null, collecting its output; kills it after
-    /// `timeout` seconds.
-    static func run(_ argv: [String], timeout: Double = 30) throws -> RunResult {
+    /// `timeout` seconds. `environment` is added to (or overrides) this process's.
+    static func run(_ argv: [String], timeout: Double = 30, environment: [String: String] = [:]) throws -> RunResult {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: argv[0])
         p.arguments = Array(argv.dropFirst())
+        if !environment.isEmpty {
+            p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        }
         p.standardInput = FileHandle.nullDevice
         let out = Pipe(), err = Pipe()
         p.standardOutput = out
@@ -110,8 +113,8 @@ enum Harness {
     }
 
     /// Runs the vmm binary.
-    static func vmm(_ arguments: [String], timeout: Double = 30) throws -> RunResult {
-        try run([vmmBinary] + arguments, timeout: timeout)
+    static func vmm(_ arguments: [String], timeout: Double = 30, environment: [String: String] = [:]) throws -> RunResult {
+        try run([vmmBinary] + arguments, timeout: timeout, environment: environment)
     }
 }
 

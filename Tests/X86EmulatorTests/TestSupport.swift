@@ -59,8 +59,13 @@ final class TestMachine {
     var mmio: [UInt64: UInt64] = [:]
     static let codeBase: UInt64 = 0x10_0000
 
-    init(memorySize: Int = 32 << 20) throws {
-        memory = try GuestMemory(size: memorySize)
+    convenience init(memorySize: Int = 32 << 20) throws {
+        try self.init(memory: try GuestMemory(size: memorySize))
+    }
+
+    /// A machine on existing guest memory (several machines may share one).
+    init(memory: GuestMemory) throws {
+        self.memory = memory
         vm = EmulatorVirtualMachine(memory: memory)
         vcpu = try vm.createEmulatorVCPU(index: 0, startState: .runnable)
         vcpu.cpu.cpuLevel = .v3   // everything implemented; tests of lower levels set theirs
