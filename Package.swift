@@ -3,7 +3,7 @@ import PackageDescription
 
 // Dependencies point one way:
 //   executables -> VMM / VMConfig / Control -> Devices, Storage, Boot, KVM, X86Emulator
-//   -> Hypervisor -> GuestMemory.   Only KVM (and VMDCore) see CKVM; only X86Emulator sees CHostAtomics.  Devices never import KVM.
+//   -> Hypervisor -> GuestMemory.   Only KVM (and VMDCore) see CKVM's KVM part; X86Emulator uses only its host atomics (chostatomics.h).  Devices never import KVM.
 let package = Package(
     name: "swiftvmm",
     platforms: [.macOS(.v15)],
@@ -22,7 +22,6 @@ let package = Package(
         .target(name: "CKVM"),
         // C for the software CPU: host atomics on raw guest-RAM pointers (LOCK-prefixed
         // read-modify-writes, page-table A/D bits), which Synchronization cannot do.
-        .target(name: "CHostAtomics"),
         .target(name: "GuestMemory"),
         .target(name: "Hypervisor", dependencies: ["GuestMemory"]),
         .target(name: "KVM", dependencies: ["CKVM", "Hypervisor", "GuestMemory"]),
@@ -30,7 +29,7 @@ let package = Package(
         .executableTarget(name: "KVMExitBench", dependencies: ["KVM", "Hypervisor", "GuestMemory"]),
         // The software CPU is optimized even in debug builds: an unoptimized interpreter is too
         // slow to boot Linux in the test suite (see docs/emulator.md).
-        .target(name: "X86Emulator", dependencies: ["Hypervisor", "GuestMemory", "CHostAtomics"],
+        .target(name: "X86Emulator", dependencies: ["Hypervisor", "GuestMemory", "CKVM"],
                 swiftSettings: [.unsafeFlags(["-O", "-enforce-exclusivity=unchecked", "-wmo", "-num-threads", "2"])]),
         // Benchmark driver for bench/emulator-callgrind.sh (a fixed guest loop, no threads).
         .executableTarget(name: "EmulatorBench", dependencies: ["X86Emulator", "Hypervisor", "GuestMemory"]),

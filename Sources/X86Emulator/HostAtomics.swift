@@ -1,4 +1,4 @@
-import CHostAtomics
+import CKVM   // chostatomics.h only
 
 // MARK: - LOCK-prefixed read-modify-writes as host atomics
 

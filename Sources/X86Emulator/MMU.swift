@@ -4,7 +4,7 @@ import Glibc
 import GuestMemory
 import Hypervisor
 import Synchronization
-import CHostAtomics
+import CKVM   // chostatomics.h only
 
 // MARK: - MMU
 

@@ -1,7 +1,8 @@
 #ifndef CKVM_H
 #define CKVM_H
 /*
- * The only C in the project: what Swift cannot import from <linux/kvm.h> by itself.
+ * The only C in the project: what Swift cannot import from <linux/kvm.h> by itself (and,
+ * in chostatomics.h beside this header, the software CPU's atomics on guest-RAM pointers).
  *
  *  - ioctl request numbers (built from the _IO* function-like macros) re-exported as
  *    constants;

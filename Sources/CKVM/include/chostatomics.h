@@ -4,8 +4,9 @@
  * Host atomics on raw pointers for the software CPU (X86Emulator): a LOCK-prefixed
  * read-modify-write, XCHG with memory and a page-table accessed/dirty update act on the
  * guest page's host address. Swift's Synchronization.Atomic only works on storage it owns,
- * not at an arbitrary address in guest RAM, hence these few C wrappers. Kept apart from
- * CKVM (<linux/kvm.h>, ioctls) so the software CPU does not depend on KVM headers.
+ * not at an arbitrary address in guest RAM, hence these few C wrappers. A header of the
+ * project's one C target (CKVM) of its own: it includes nothing of <linux/kvm.h>, and the
+ * software CPU uses nothing else of CKVM.
  *
  * SAFETY (every function): `p` points into a mapped guest RAM page with the operand's
  * bytes inside that page, naturally aligned for its size (callers check both; 16 bytes
