@@ -57,7 +57,8 @@ import Testing
     /// Boots `arch`'s kernel with a fresh 8 MiB raw disk whose first bytes are a marker;
     /// returns the run and the disk's bytes after power-off.
     static func bootDebian(_ arch: String, kernel: String, initrd: String, memory: String = "256M",
-                           extra: [String] = [], timeout: Double = 1500) throws -> (Harness.RunResult, [UInt8]) {
+                           extra: [String] = [], timeout: Double = 1500,
+                           environment: [String: String] = [:]) throws -> (Harness.RunResult, [UInt8]) {
         let disk = NSTemporaryDirectory() + "swiftvmm-linux-\(arch)-\(getpid()).img"
         defer { unlink(disk) }
         var image = [UInt8](repeating: 0, count: 8 << 20)
@@ -65,7 +66,7 @@ import Testing
         image.replaceSubrange(0..<head.count, with: head)
         try Data(image).write(to: URL(fileURLWithPath: disk))
         let r = try Harness.vmm(["--accel", "emulator", "-k", kernel, "-i", initrd, "-m", memory,
-                                 "-p", "console=ttyS0", "-d", disk] + extra, timeout: timeout)
+                                 "-p", "console=ttyS0", "-d", disk] + extra, timeout: timeout, environment: environment)
         let after = (try? Data(contentsOf: URL(fileURLWithPath: disk))).map { [UInt8]($0) } ?? []
         return (r, after)
     }
@@ -114,5 +115,24 @@ import Testing
         if disk.count >= 1024 {
             #expect(Array(disk[512..<537]) == Array("SWIFTVMM-GUEST-WROTE-THIS".utf8))
         }
+    }
+
+    /// The same kernel and initramfs on the block tier and on the JIT tier (decoded basic
+    /// blocks; host code for the hot ones): the same devices, disk and power-off.
+    @Test(.enabled(if: LinuxGuestTests.canBoot("amd64"), "needs guests/debian/build.sh's amd64 files and no SWIFTVMM_SKIP_LINUX_BOOT"),
+          arguments: ["block", "jit"])
+    func debianAmd64BootsOnTheFasterTiers(tier: String) throws {
+        let (kernel, initrd) = Self.guestFiles("amd64")
+        let (r, disk) = try Self.bootDebian("amd64", kernel: kernel, initrd: initrd, environment: ["SWIFTVMM_CPU_TIER": tier])
+        let log = r.stdout.replacingOccurrences(of: "\r", with: "")
+        #expect(!r.timedOut, "\(tier): no power-off in time; console so far:\n\(log.suffix(3000))")
+        #expect(r.status == 0, "\(tier): vmm status \(r.status): \(r.stderr)\n\(log.suffix(3000))")
+        for m in ["virtio_pci", "virtio_blk", "virtio-rng", "virtio_console"] {
+            #expect(log.contains("loaded \(m)\n"), "\(tier): module \(m): \(log.suffix(2000))")
+        }
+        #expect(log.contains("vda reads: HOST-SAYS-HELLO-TO-LINUX"), "\(tier): \(log.suffix(2000))")
+        #expect(log.contains(Self.marker), "\(tier): \(log.suffix(2000))")
+        #expect(log.contains("reboot: Power down"), "\(tier): \(log.suffix(1000))")
+        #expect(disk.count >= 1024 && Array(disk[512..<537]) == Array("SWIFTVMM-GUEST-WROTE-THIS".utf8))
     }
 }
