@@ -14,18 +14,21 @@ import Testing
     /// TCG and time out (60 s, guest time) on the interpreter; `noisapnp`: ISA PnP probing.
     static let cmdline = "console=ttyS0 cryptomgr.notests noisapnp"
 
-    @Test(.enabled(if: LinuxGuestTests.canBoot("i386"), "needs guests/debian/build.sh --i386's files and no SWIFTVMM_SKIP_LINUX_BOOT"))
-    func debianI386KernelBootsToInitOnTheEmulator() throws {
+    /// On the interpreter (the default tier) and on the JIT tier (which compiles the 32-bit
+    /// register forms; the rest of each block runs on the block tier).
+    @Test(.enabled(if: LinuxGuestTests.canBoot("i386"), "needs guests/debian/build.sh --i386's files and no SWIFTVMM_SKIP_LINUX_BOOT"),
+          arguments: ["interp", "jit"])
+    func debianI386KernelBootsToInitOnTheEmulator(tier: String) throws {
         let (kernel, initrd) = LinuxGuestTests.guestFiles("i386")
         let start = Date()
         // Two vCPUs: SMP Linux on the software CPU (the vCPUs take turns; see ExecutionTurnstile),
         // at level baseline (SSE2 only; the amd64 boot in LinuxGuestTests runs at the
         // default v2), so both levels boot a real kernel.
         let r = try Harness.vmm(["--accel", "emulator", "--cpu-level", "baseline", "-k", kernel, "-i", initrd, "-m", "256M",
-                                 "-c", "2", "-p", Self.cmdline], timeout: 900)
+                                 "-c", "2", "-p", Self.cmdline], timeout: 900, environment: ["SWIFTVMM_CPU_TIER": tier])
         let end = Date()
         let seconds = end.timeIntervalSince(start)
-        print("i386 Debian kernel: init marker after \(String(format: "%.1f", seconds)) s on the emulator")
+        print("i386 Debian kernel: init marker after \(String(format: "%.1f", seconds)) s on the emulator (\(tier) tier)")
         let tail = String(r.stdout.suffix(3000))
         #expect(!r.timedOut, "no power-off within 900 s; console tail:\n\(tail)\nstderr:\n\(r.stderr)")
         #expect(r.stderr.contains("accelerator emulator"), "\(r.stderr)")
