@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Hypervisor
 
 /// A pthread mutex with a condition variable, heap-allocated so its address never moves.
 /// Used for the machine's run-control state (pause, stop, halted vCPUs).
@@ -59,23 +60,12 @@ final class ConditionLock: @unchecked Sendable {
 /// device model, from any vCPU thread, the console input thread or a backend thread,
 /// happens with it held, so device models stay plain single-threaded state machines.
 public final class DeviceLock: @unchecked Sendable {
-    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
+    private let mutex = HostMutex()
 
-    public init() {
-        // SAFETY: allocated and initialised here, destroyed and freed in deinit.
-        mutex = .allocate(capacity: 1)
-        pthread_mutex_init(mutex, nil)
-    }
-
-    deinit {
-        pthread_mutex_destroy(mutex)
-        mutex.deallocate()
-    }
+    public init() {}
 
     @inline(__always)
     public func withLock<R>(_ body: () throws -> R) rethrows -> R {
-        pthread_mutex_lock(mutex)
-        defer { pthread_mutex_unlock(mutex) }
-        return try body()
+        try mutex.withLock(body)
     }
 }

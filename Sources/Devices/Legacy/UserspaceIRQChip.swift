@@ -29,7 +29,7 @@ import Hypervisor
 public final class UserspaceIRQChip: InterruptController, @unchecked Sendable {
     private let pic: I8259
     private let ioapic: IOAPIC
-    private let lock = ChipLock()
+    private let lock = HostMutex()
 
     /// Takes ownership of `pic` and `ioapic`: from now on reach them only through the
     /// chip (`withChips` or the other methods), never directly.
@@ -108,29 +108,5 @@ public final class UserspaceIRQChip: InterruptController, @unchecked Sendable {
         func mmioWrite(offset: UInt64, size: Int, value: UInt64) {
             chip.lock.withLock { chip.ioapic.mmioWrite(offset: offset, size: size, value: value) }
         }
-    }
-}
-
-/// The chip's lock: a pthread mutex, heap-allocated so its address never moves.
-private final class ChipLock: @unchecked Sendable {
-    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
-
-    init() {
-        // SAFETY: allocated and initialised here, destroyed and freed only in deinit, when
-        // no thread can hold a reference any more.
-        mutex = .allocate(capacity: 1)
-        pthread_mutex_init(mutex, nil)
-    }
-
-    deinit {
-        pthread_mutex_destroy(mutex)
-        mutex.deallocate()
-    }
-
-    @inline(__always)
-    func withLock<R>(_ body: () throws -> R) rethrows -> R {
-        pthread_mutex_lock(mutex)
-        defer { pthread_mutex_unlock(mutex) }
-        return try body()
     }
 }
