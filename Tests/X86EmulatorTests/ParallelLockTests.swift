@@ -49,27 +49,10 @@ import Testing
             try m.setupLongMode()
         }
         try machines[0].load(code)
-        let ready = Atomic<Int>(0)
-        let halted = Atomic<Int>(0)
-        let group = DispatchGroup()
-        for m in machines {
-            nonisolated(unsafe) let cpu = m.cpu
-            group.enter()
-            Thread {
-                ready.add(1, ordering: .sequentiallyConsistent)
-                while ready.load(ordering: .sequentiallyConsistent) < 2 {}   // start together
-                // Bounded: a spinlock whose XCHG is not atomic can end up held by nobody
-                // (a store of 1 landing after the holder's release), and then spins forever.
-                for _ in 0..<Self.maxSlices {
-                    let reason = cpu.run(budget: 100_000)
-                    if reason == .halted { halted.add(1, ordering: .sequentiallyConsistent); break }
-                    if reason != .budget && reason != .attention { break }
-                }
-                group.leave()
-            }.start()
-        }
-        group.wait()
-        #expect(halted.load(ordering: .sequentiallyConsistent) == 2)
+        // Bounded: a spinlock whose XCHG is not atomic can end up held by nobody (a store of
+        // 1 landing after the holder's release), and then spins forever.
+        let halted = runTogether(machines.map(\.cpu), slices: Self.maxSlices) { $0.run(budget: 100_000) }
+        #expect(halted == 2)
         let expected = UInt64(2 * Self.rounds)
         #expect(UInt64(try memory.read(UInt32.self, at: Self.xaddCounter)) == expected, "lock xadd")
         #expect(try memory.read(UInt64.self, at: Self.incCounter) == expected, "lock inc")
@@ -94,4 +77,29 @@ import Testing
         apic.reset()
         #expect(!apic.matchesLogical(0x14))
     }
+}
+
+/// Runs each CPU on a host thread of its own, all released at once, for at most `slices`
+/// calls of `slice` each (a CPU stops early at HLT or at a stop other than the budget or
+/// attention); returns how many CPUs halted.
+func runTogether(_ cpus: [X86CPU], slices: Int, slice: @escaping @Sendable (X86CPU) -> X86StopReason) -> Int {
+    let ready = Atomic<Int>(0), halted = Atomic<Int>(0)
+    let group = DispatchGroup()
+    let count = cpus.count
+    for c in cpus {
+        nonisolated(unsafe) let cpu = c
+        group.enter()
+        Thread {
+            ready.add(1, ordering: .sequentiallyConsistent)
+            while ready.load(ordering: .sequentiallyConsistent) < count {}   // start together
+            for _ in 0..<slices {
+                let reason = slice(cpu)
+                if reason == .halted { halted.add(1, ordering: .sequentiallyConsistent); break }
+                if reason != .budget && reason != .attention { break }
+            }
+            group.leave()
+        }.start()
+    }
+    group.wait()
+    return halted.load(ordering: .sequentiallyConsistent)
 }

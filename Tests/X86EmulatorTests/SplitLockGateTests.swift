@@ -36,27 +36,13 @@ import Testing
             m.cpu.splitLockGate = gate
         }
         try machines[0].load(code)
-        let ready = Atomic<Int>(0), halted = Atomic<Int>(0)
-        let group = DispatchGroup()
-        for m in machines {
-            nonisolated(unsafe) let cpu = m.cpu
-            group.enter()
-            Thread {
-                ready.add(1, ordering: .sequentiallyConsistent)
-                while ready.load(ordering: .sequentiallyConsistent) < 2 {}
-                // Short slices: a split lock waits for the other CPU's slice to end.
-                for _ in 0..<(Self.rounds * 100) {
-                    gate.enterShared()
-                    let reason = cpu.run(budget: 500)
-                    gate.leaveShared()
-                    if reason == .halted { halted.add(1, ordering: .sequentiallyConsistent); break }
-                    if reason != .budget && reason != .attention { break }
-                }
-                group.leave()
-            }.start()
+        // Short slices: a split lock waits for the other CPU's slice to end.
+        let halted = runTogether(machines.map(\.cpu), slices: Self.rounds * 100) { cpu in
+            gate.enterShared()
+            defer { gate.leaveShared() }
+            return cpu.run(budget: 500)
         }
-        group.wait()
-        #expect(halted.load(ordering: .sequentiallyConsistent) == 2)
+        #expect(halted == 2)
         let expected = UInt64(2 * Self.rounds)
         #expect(UInt64(try memory.read(UInt32.self, at: Self.acrossWord)) == expected, "lock xadd across a word")
         #expect(UInt64(try memory.read(UInt32.self, at: Self.acrossPage)) == expected, "lock add across a page")
