@@ -17,6 +17,9 @@ struct JITEntry {
     var byteLength: UInt8 = 0
     var flagsIn = false
     var flagsOut = false
+    /// The byte offset of the block-ending JMP/Jcc, `noBranch` without one.
+    var branchStart: UInt8 = JITEntry.noBranch
+    static let noBranch: UInt8 = 0xFF
 }
 
 /// The generated code's C signature (see `JITCompiler`).
@@ -73,7 +76,8 @@ final class JITState {
             return
         }
         e.pointee = JITEntry(code: code, generation: cache.generation, runs: e.pointee.runs, state: .compiled,
-                             count: UInt8(c.count), byteLength: UInt8(c.byteLength), flagsIn: c.flagsIn, flagsOut: c.flagsOut)
+                             count: UInt8(c.count), byteLength: UInt8(c.byteLength), flagsIn: c.flagsIn, flagsOut: c.flagsOut,
+                             branchStart: c.branchStart.map { UInt8($0) } ?? JITEntry.noBranch)
         compiled &+= 1
     }
 }
@@ -128,8 +132,20 @@ extension X86CPU {
         let f = unsafeBitCast(code, to: JITFunction.self)
         let delta = f(r, ctx)
         if e.pointee.flagsOut { setEager(ctx[0]) }
-        rip = (rip &+ delta) & ipMask
+        let target = (rip &+ delta) & ipMask
         let done = Int(truncatingIfNeeded: ctx[2])
+        if mode64 && !X86CPU.isCanonical(target) && done == n && e.pointee.branchStart != JITEntry.noBranch {
+            // A JMP/Jcc to a non-canonical target (it changes nothing but RIP): rewind to
+            // it, the block tier runs it and raises #GP there. CALL and RET check in the
+            // compiled code.
+            let at = Int(e.pointee.branchStart)
+            rip = (rip &+ UInt64(at)) & ipMask
+            instructions &+= UInt64(n - 1)
+            jitRunCount &+= 1
+            jitSideExitCount &+= 1
+            return (n - 1, at)
+        }
+        rip = target
         instructions &+= UInt64(done)
         jitRunCount &+= 1
         if done != n { jitSideExitCount &+= 1 }

@@ -122,6 +122,9 @@ struct JITCompiled {
     var byteLength: Int
     var flagsIn: Bool
     var flagsOut: Bool
+    /// The byte offset of a block-ending JMP/Jcc (nil: none), so the caller can rewind to
+    /// it when its target is not canonical.
+    var branchStart: Int? = nil
 }
 
 /// Translates the longest prefix of a decoded block made only of supported operations
@@ -212,14 +215,14 @@ enum JITCompiler {
             let s = d.opSize
             return .unary(kind: op < 0x48 ? 0 : 1, loc: (op & 7) * 8, size: s)
         case 0x50...0x5F:
-            // The stack in 64-bit mode (base 0, 64-bit RSP). Not 0x66 with REX.W (the
-            // interpreter's operand size there is 2, the SDM's 8): left to the interpreter.
-            guard mode64, !(d.has66 && d.rexW) else { return nil }
-            let s = d.has66 ? 2 : 8, r = ((op & 7) | (d.rexB ? 8 : 0)) * 8
+            // The stack in 64-bit mode (base 0, 64-bit RSP): 8 bytes, 2 with 0x66 (not with
+            // REX.W too, which takes precedence: `X86CPU.stackOpSize`).
+            guard mode64 else { return nil }
+            let s = d.opSize == 2 ? 2 : 8, r = ((op & 7) | (d.rexB ? 8 : 0)) * 8
             return op < 0x58 ? .push(src: .reg(r), size: s) : .pop(dst: r, size: s)
         case 0x68, 0x6A:
-            guard mode64, !(d.has66 && d.rexW) else { return nil }
-            let s = d.has66 ? 2 : 8
+            guard mode64 else { return nil }
+            let s = d.opSize == 2 ? 2 : 8
             let v = op == 0x6A ? signExtend(d.imm, 1) : signExtend(d.imm, s == 2 ? 2 : 4)
             return .push(src: .imm(v & sizeMask(s)), size: s)
         case 0x63:
@@ -278,11 +281,11 @@ enum JITCompiler {
             let s = op == 0xC6 ? 1 : d.opSize
             return .mov(dst: loc(d.rm, s), src: .imm(op == 0xC6 ? d.imm & 0xFF : immZ(s)), size: s)
         case 0xC3:
-            // The interpreter has no canonical check here either (the fetch at the target
-            // faults): RIP becomes the popped value as it is.
-            return mode64 && !d.has66 ? .ret : nil
+            // 64-bit mode: the decoder forces the operand size of near branches to 8
+            // (0x66 ignored, as on Intel).
+            return mode64 ? .ret : nil
         case 0xE8:
-            return mode64 && !d.has66 ? .call(rel: signExtend(d.imm, 4)) : nil
+            return mode64 ? .call(rel: signExtend(d.imm, 4)) : nil
         case 0xE9:
             return branchOK ? .branch(cc: nil, rel: d.opSize == 2 ? signExtend(d.imm, 2) : signExtend(d.imm, 4)) : nil
         case 0xEB:
@@ -392,7 +395,10 @@ enum JITCompiler {
             e.movImm(A, UInt64(x.start), 4)
             e.ret()
         }
-        return JITCompiled(code: e.bytes, count: ops.count, byteLength: len, flagsIn: flagsIn, flagsOut: flagsOut)
+        var branchStart: Int? = nil
+        if case .branch = ops[ops.count - 1] { branchStart = ops.count == 1 ? 0 : ends[ops.count - 2] }
+        return JITCompiled(code: e.bytes, count: ops.count, byteLength: len, flagsIn: flagsIn, flagsOut: flagsOut,
+                           branchStart: branchStart)
     }
 
     /// A way out of the compiled code before instruction `index` (at byte offset `start`):
@@ -420,7 +426,7 @@ enum JITCompiler {
     /// the block tier stores and then sees its block changed.
     static func emitProbe(_ m: JITMem, size: Int, end: Int, into e: inout X64Emitter, exit: SideExit,
                           exits: inout [SideExit], blockLen: Int? = nil,
-                          load: (inout X64Emitter) -> Void) -> Bool {
+                          load: (inout X64Emitter, inout SideExit) -> Void) -> Bool {
         let A = HostReg.rax, C = HostReg.rcx, D = HostReg.rdx, R8 = HostReg.r8
         var total = Int64(bitPattern: m.disp)
         if m.ripRelative { total &+= Int64(end) }
@@ -456,10 +462,18 @@ enum JITCompiler {
             e.aluImm(7, D, Int32(blockLen + size - 1), 8)
             x.patches.append(e.jccForward(2))
         }
-        load(&e)
+        load(&e, &x)
         e.popfq()
         exits.append(x)
         return true
+    }
+
+    /// Leaves through `exit` unless host register `h` holds a canonical address (rcx is
+    /// clobbered; inside a probe, where the guest flags are saved).
+    static func emitCanonicalCheck(_ h: Int, into e: inout X64Emitter, exit x: inout SideExit) {
+        let C = HostReg.rcx
+        e.movRR(C, h, 8); e.shift(4, C, 8, 16); e.shift(7, C, 8, 16); e.alu(7, C, h, 8)
+        x.patches.append(e.jccForward(5))
     }
 
     /// Emits one non-branch operation. `end` is the byte offset after the instruction.
@@ -469,7 +483,7 @@ enum JITCompiler {
         switch o {
         case let .memALU(kind, m, other, s, memIsDst):
             // The loaded value in r9 (a 32-bit load zero-extends it).
-            guard emitProbe(m, size: s, end: end, into: &e, exit: exit, exits: &exits, load: { e in
+            guard emitProbe(m, size: s, end: end, into: &e, exit: exit, exits: &exits, load: { e, _ in
                 e.rsib([s == 1 ? 0x8A : 0x8B], s, reg: R9, base: R8, index: A, scale: 0)
             }) else { return false }
             if memIsDst {
@@ -495,7 +509,7 @@ enum JITCompiler {
             case let .reg(off): e.load(R9, off, s)
             case let .imm(v): e.movImm(R9, v, s)
             }
-            guard emitProbe(m, size: s, end: end, into: &e, exit: exit, exits: &exits, blockLen: blockLen, load: { e in
+            guard emitProbe(m, size: s, end: end, into: &e, exit: exit, exits: &exits, blockLen: blockLen, load: { e, _ in
                 e.rsib([s == 1 ? 0x88 : 0x89], s, reg: R9, base: R8, index: A, scale: 0)
             }) else { return false }
         case let .memRMW(kind, m, src, s):
@@ -506,11 +520,11 @@ enum JITCompiler {
             case let .imm(v): e.movImm(R9, v, s)
             }
             guard emitProbe(m, size: s, end: end, into: &e, exit: exit, exits: &exits, blockLen: blockLen,
-                            load: { _ in }) else { return false }
+                            load: { _, _ in }) else { return false }
             e.rsib([UInt8(kind << 3 | (s == 1 ? 0 : 1))], s, reg: R9, base: R8, index: A, scale: 0)
         case let .memUnary(kind, m, s):
             guard emitProbe(m, size: s, end: end, into: &e, exit: exit, exits: &exits, blockLen: blockLen,
-                            load: { _ in }) else { return false }
+                            load: { _, _ in }) else { return false }
             let opcode: UInt8 = kind < 2 ? (s == 1 ? 0xFE : 0xFF) : (s == 1 ? 0xF6 : 0xF7)
             e.rsib([opcode], s, reg: kind, base: R8, index: A, scale: 0)
         case let .push(src, s):
@@ -521,39 +535,47 @@ enum JITCompiler {
             case let .imm(v): e.movImm(R9, v, s)
             }
             let top = JITMem(base: 4, index: -1, scale: 0, disp: UInt64(bitPattern: Int64(-s)), ripRelative: false)
-            guard emitProbe(top, size: s, end: end, into: &e, exit: exit, exits: &exits, blockLen: blockLen, load: { e in
+            guard emitProbe(top, size: s, end: end, into: &e, exit: exit, exits: &exits, blockLen: blockLen, load: { e, _ in
                 e.rsib([0x89], s, reg: R9, base: R8, index: A, scale: 0)
                 e.load(D, 4 * 8, 8); e.lea(D, base: D, index: -1, scale: 0, disp: Int32(-s)); e.store(D, 4 * 8, 8)
             }) else { return false }
         case let .pop(dst, s):
             // Load at RSP, raise RSP, then write the register (POP RSP: the loaded value).
             let top = JITMem(base: 4, index: -1, scale: 0, disp: 0, ripRelative: false)
-            guard emitProbe(top, size: s, end: end, into: &e, exit: exit, exits: &exits, load: { e in
+            guard emitProbe(top, size: s, end: end, into: &e, exit: exit, exits: &exits, load: { e, _ in
                 e.rsib([0x8B], s, reg: R9, base: R8, index: A, scale: 0)
                 e.load(D, 4 * 8, 8); e.lea(D, base: D, index: -1, scale: 0, disp: Int32(s)); e.store(D, 4 * 8, 8)
                 e.store(R9, dst, s)
             }) else { return false }
-        case .call:
-            // Push the return address (the block's RIP + `end`); the block end jumps.
+        case let .call(rel):
+            // Push the return address (the block's RIP + `end`); the block end jumps. A
+            // non-canonical target leaves before the push (the block tier raises #GP).
+            let taken = Int64(end) &+ Int64(bitPattern: rel)
+            guard taken >= Int64(Int32.min), taken <= Int64(Int32.max) else { return false }
             e.loadContext(R9, 8)
             e.lea(R9, base: R9, index: -1, scale: 0, disp: Int32(end))
             let top = JITMem(base: 4, index: -1, scale: 0, disp: UInt64(bitPattern: -8), ripRelative: false)
-            guard emitProbe(top, size: 8, end: end, into: &e, exit: exit, exits: &exits, blockLen: blockLen, load: { e in
+            guard emitProbe(top, size: 8, end: end, into: &e, exit: exit, exits: &exits, blockLen: blockLen, load: { e, x in
+                e.loadContext(D, 8)
+                e.lea(D, base: D, index: -1, scale: 0, disp: Int32(taken))
+                emitCanonicalCheck(D, into: &e, exit: &x)
                 e.rsib([0x89], 8, reg: R9, base: R8, index: A, scale: 0)
                 e.load(D, 4 * 8, 8); e.lea(D, base: D, index: -1, scale: 0, disp: -8); e.store(D, 4 * 8, 8)
             }) else { return false }
         case .ret:
             // Pop the target, raise RSP; rax = target - the block's RIP (the return value,
-            // nothing after this touches rax; the flags are saved around it).
+            // nothing after this touches rax; the flags are saved around it). A
+            // non-canonical target leaves before RSP moves (the block tier raises #GP).
             let top = JITMem(base: 4, index: -1, scale: 0, disp: 0, ripRelative: false)
-            guard emitProbe(top, size: 8, end: end, into: &e, exit: exit, exits: &exits, load: { e in
+            guard emitProbe(top, size: 8, end: end, into: &e, exit: exit, exits: &exits, load: { e, x in
                 e.rsib([0x8B], 8, reg: R9, base: R8, index: A, scale: 0)
+                emitCanonicalCheck(R9, into: &e, exit: &x)
                 e.load(D, 4 * 8, 8); e.lea(D, base: D, index: -1, scale: 0, disp: 8); e.store(D, 4 * 8, 8)
                 e.movRR(A, R9, 8)
                 e.rmem([0x2B], 8, reg: A, base: HostReg.rsi, disp: 8)
             }) else { return false }
         case let .memExtend(dst, m, from, signed, s):
-            guard emitProbe(m, size: from, end: end, into: &e, exit: exit, exits: &exits, load: { e in
+            guard emitProbe(m, size: from, end: end, into: &e, exit: exit, exits: &exits, load: { e, _ in
                 let w = s == 8 ? 8 : 4
                 switch (from, signed) {
                 case (1, false): e.rsib([0x0F, 0xB6], 4, reg: R9, base: R8, index: A, scale: 0)
