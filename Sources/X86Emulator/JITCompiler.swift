@@ -50,12 +50,18 @@ enum JITOp {
     /// The block's last instruction: RET (64-bit mode, no 0x66): pops the target like
     /// `pop` and returns its distance from the block's RIP.
     case ret
+    /// IMUL r, r/m (0F AF: a = dst, b = the source) or IMUL r, r/m, imm (69, 6B: a = the
+    /// source, b = the immediate) of 2, 4 or 8 bytes into register `dst`.
+    case imul(dst: Int, a: Source, b: Source, size: Int)
+    /// The same with a memory source through the read-TLB probe: [m] times register `dst`
+    /// (`imm` nil, 0F AF) or times `imm` (69, 6B).
+    case memImul(dst: Int, mem: JITMem, imm: UInt64?, size: Int)
 
     /// Whether the operation may leave the compiled code before it runs (a load or store
     /// whose probe misses): every flag is live there.
     var mayExit: Bool {
         switch self {
-        case .memALU, .memExtend, .memStore, .memRMW, .memUnary, .push, .pop, .call, .ret: return true
+        case .memALU, .memExtend, .memStore, .memRMW, .memUnary, .push, .pop, .call, .ret, .memImul: return true
         default: return false
         }
     }
@@ -82,7 +88,7 @@ enum JITOp {
 
     var flagsWritten: UInt64 {
         switch self {
-        case .alu, .memRMW: return Flag.arith
+        case .alu, .memRMW, .imul, .memImul: return Flag.arith
         case let .memALU(kind, _, _, _, _): return kind == 9 ? 0 : Flag.arith
         case let .unary(kind, _, _), let .memUnary(kind, _, _): return kind < 2 ? Flag.arith & ~Flag.cf : (kind == 3 ? Flag.arith : 0)
         case let .shift(kind, _, _, count): return count == 0 ? 0 : (kind < 2 ? Flag.cf | Flag.of : Flag.arith)
@@ -195,6 +201,12 @@ enum JITCompiler {
                 return .memExtend(dst: d.reg * 8, mem: m, from: 4, signed: d.opSize == 8, size: d.opSize)
             case 0x1B6, 0x1B7, 0x1BE, 0x1BF:
                 return .memExtend(dst: d.reg * 8, mem: m, from: op & 1 == 0 ? 1 : 2, signed: op >= 0x1BE, size: d.opSize)
+            case 0x1AF:
+                return .memImul(dst: d.reg * 8, mem: m, imm: nil, size: d.opSize)
+            case 0x69, 0x6B:
+                let s = d.opSize
+                let v = op == 0x6B ? signExtend(d.imm, 1) : signExtend(d.imm, s == 2 ? 2 : 4)
+                return .memImul(dst: d.reg * 8, mem: m, imm: v & sizeMask(s), size: s)
             default:
                 break
             }
@@ -225,6 +237,14 @@ enum JITCompiler {
             let s = d.opSize == 2 ? 2 : 8
             let v = op == 0x6A ? signExtend(d.imm, 1) : signExtend(d.imm, s == 2 ? 2 : 4)
             return .push(src: .imm(v & sizeMask(s)), size: s)
+        case 0x69, 0x6B:
+            guard d.mod == 3 else { return nil }
+            let s = d.opSize
+            let v = op == 0x6B ? signExtend(d.imm, 1) : signExtend(d.imm, s == 2 ? 2 : 4)
+            return .imul(dst: d.reg * 8, a: .reg(d.rm * 8), b: .imm(v & sizeMask(s)), size: s)
+        case 0x1AF:
+            guard d.mod == 3 else { return nil }
+            return .imul(dst: d.reg * 8, a: .reg(d.reg * 8), b: .reg(d.rm * 8), size: d.opSize)
         case 0x63:
             guard mode64, d.mod == 3 else { return nil }
             return .extend(dst: d.reg * 8, src: d.rm * 8, from: 4, signed: d.opSize == 8, size: d.opSize)
@@ -476,6 +496,22 @@ enum JITCompiler {
         x.patches.append(e.jccForward(5))
     }
 
+    /// `imul rax, b` (size 2, 4 or 8; rax holds the first factor), then, when a flag other
+    /// than CF/OF is live, the interpreter's values for the ones the SDM leaves undefined:
+    /// SF/ZF/PF from the truncated product, AF = 0 (`add rax, 0` sets exactly those and
+    /// clears CF/OF, which are then set back from the IMUL's CF). rcx/rdx are clobbered.
+    static func emitImul(_ b: Int, _ s: Int, liveAfter: UInt64, into e: inout X64Emitter) {
+        let A = HostReg.rax, C = HostReg.rcx, D = HostReg.rdx
+        e.rr([0x0F, 0xAF], s, reg: A, rm: b)
+        guard liveAfter & (Flag.sf | Flag.zf | Flag.pf | Flag.af) != 0 else { return }
+        e.alu(3, D, D, 8)                       // sbb rdx, rdx: -CF (CF = OF after IMUL)
+        e.aluImm(0, A, 0, s)                    // SF/ZF/PF of the product, CF = OF = AF = 0
+        e.pushfq(); e.pop(C)
+        e.aluImm(4, D, Int32(Flag.cf | Flag.of), 8)
+        e.alu(1, C, D, 8)
+        e.push(C); e.popfq()
+    }
+
     /// Emits one non-branch operation. `end` is the byte offset after the instruction.
     static func emit(_ o: JITOp, into e: inout X64Emitter, liveAfter: UInt64, end: Int, blockLen: Int,
                      exit: SideExit, exits: inout [SideExit]) -> Bool {
@@ -587,6 +623,25 @@ enum JITCompiler {
                 }
             }) else { return false }
             e.store(R9, dst, s)
+        case let .imul(dst, a, b, s):
+            switch a {
+            case let .reg(off): e.load(A, off, s)
+            case let .imm(v): e.movImm(A, v, s)
+            }
+            switch b {
+            case let .reg(off): e.load(C, off, s)
+            case let .imm(v): e.movImm(C, v, s)
+            }
+            emitImul(C, s, liveAfter: liveAfter, into: &e)
+            e.store(A, dst, s)
+        case let .memImul(dst, m, imm, s):
+            // The loaded factor in r9; after the probe the other one in rax.
+            guard emitProbe(m, size: s, end: end, into: &e, exit: exit, exits: &exits, load: { e, _ in
+                e.rsib([0x8B], s, reg: R9, base: R8, index: A, scale: 0)
+            }) else { return false }
+            if let imm { e.movImm(A, imm, s) } else { e.load(A, dst, s) }
+            emitImul(R9, s, liveAfter: liveAfter, into: &e)
+            e.store(A, dst, s)
         case let .alu(kind, dst, src, s):
             e.load(A, dst, s)
             switch src {

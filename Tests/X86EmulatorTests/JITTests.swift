@@ -39,6 +39,13 @@ import Hypervisor
         ops += ["cmovb ax, bx", "setg ah", "xchg rax, rbx", "xchg ecx, edx", "xchg al, bh", "xchg r8, rax",
                 "xchg eax, eax", "nop", "cbw", "cwde", "cdqe", "cwd", "cdq", "cqo",
                 "clc\nadc rax, rbx", "stc\nsbb ecx, edx", "cmc\nadc dl, bl", "inc rax\njmp 1f\nnop\n1:"]
+        // IMUL: random operands overflow most of the time, small ones do not.
+        ops += ["imul rax, rbx", "imul ecx, edx", "imul si, di", "imul r9, r10", "imul rdx, rdx",
+                "imul rax, rbx, 0x12345678", "imul ecx, edx, -3", "imul si, di, 0x7fff", "imul r11d, r12d, 0x7f",
+                "imul rdx, rdx, -0x80000000", "imul r8w, r9w, -2", "imul eax, ebx, 1", "imul rcx, rsi, 0",
+                "movzx eax, al\nmovzx ebx, bl\nimul eax, ebx", "movsx rcx, cx\nimul rcx, rcx, 3",
+                "imul ax, bx\nsetc cl\nsets ch\nsetz dl\nsetp dh", "imul rax, rcx\njo 1f\nmov esi, 1\n1:",
+                "imul ecx, ecx\nadc edx, 0", "imul rbx, rdi\ncmovs rax, rbx"]
         return ops
     }()
 
@@ -118,6 +125,10 @@ import Hypervisor
         "movsx rcx, word ptr [r15 + 6]", "movsx eax, byte ptr [r15 + 11]", "movsx si, byte ptr [r15 + 2]",
         "movsxd rdx, dword ptr [r15 + 12]", "mov rax, [rip - 16]", "inc rax\nmov rdx, [r15 + 0xffd]\nadd rdx, rax",
         "inc rcx\nmov rax, [r13]\nadd rax, rcx", "dec rdx\nmov rax, [r12]", "mov rbx, [r15 + 4096 * 3]",
+        "imul rax, [r15 + 8]", "imul ecx, [r15 + r14 * 4]", "imul dx, [r15 + 2]", "imul rbx, [r15], -7",
+        "imul esi, dword ptr [r15 + 12], 0x12345", "imul di, word ptr [r15 + 6], 300",
+        "imul r9, qword ptr [rbp + 1], 0x7fffffff\nsetz al", "inc rax\nimul rax, [r13]", "dec rcx\nimul rcx, [r12]",
+        "add rdx, rcx\nimul rdx, [r15 + 0xffd]",
     ]
 
     /// The memory-operand differential run the load and store tests share: each op (one per
@@ -168,6 +179,28 @@ import Hypervisor
         #expect(jit.cpu.jitRuns > 0)
         for f in failures.prefix(20) { Issue.record(Comment(rawValue: f)) }
         #expect(failures.isEmpty)
+    }
+
+    @Test func imulLoopWithMemorySourceRunsCompiled() throws {
+        // After the first iteration (TLB fill through the side exit) the loop body runs as
+        // compiled code: rax = 3^10 * 5^10 (mod 2^64), rbx = 7 * 10.
+        let m = try JITTests.ran("""
+            lea rsi, [rip + data]
+            mov ecx, 10
+            mov eax, 1
+            xor ebx, ebx
+        1:  imul rax, [rsi]
+            imul rax, rax, 5
+            imul rdx, qword ptr [rsi + 8], 7
+            add rbx, rdx
+            dec ecx
+            jnz 1b
+            hlt
+        data: .quad 3, 1
+        """)
+        let r = m.cpu.registers()
+        #expect(r.rax == 576_650_390_625 && r.rbx == 70)
+        #expect(m.cpu.jitRuns >= 10 && m.cpu.jitSideExits <= 2)
     }
 
     @Test func unsupportedInstructionsStayOnTheBlockTier() throws {
