@@ -20,6 +20,9 @@ struct JITEntry {
     /// The byte offset of the block-ending JMP/Jcc, `noBranch` without one.
     var branchStart: UInt8 = JITEntry.noBranch
     static let noBranch: UInt8 = 0xFF
+    /// The code treats the stack as flat and 32-bit (SS base 0, B = 1): it runs only while
+    /// that holds (the block key does not include SS).
+    var stack32 = false
 }
 
 /// The generated code's C signature (see `JITCompiler`).
@@ -68,8 +71,9 @@ final class JITState {
 
     /// Compiles the block in `slot` (its decoded instructions at `insns`).
     @inline(never)
-    func compile(_ e: UnsafeMutablePointer<JITEntry>, _ insns: UnsafePointer<Insn>, count: Int, mode64: Bool, ipMask: UInt64) {
-        guard let cache, let c = JITCompiler.compile(insns, count: count, mode64: mode64, ipMask: ipMask),
+    func compile(_ e: UnsafeMutablePointer<JITEntry>, _ insns: UnsafePointer<Insn>, count: Int, mode64: Bool, ipMask: UInt64,
+                 flatStack32: Bool) {
+        guard let cache, let c = JITCompiler.compile(insns, count: count, mode64: mode64, ipMask: ipMask, flatStack32: flatStack32),
               let code = cache.install(c.code) else {
             e.pointee.state = .unsupported
             unsupported &+= 1
@@ -77,7 +81,7 @@ final class JITState {
         }
         e.pointee = JITEntry(code: code, generation: cache.generation, runs: e.pointee.runs, state: .compiled,
                              count: UInt8(c.count), byteLength: UInt8(c.byteLength), flagsIn: c.flagsIn, flagsOut: c.flagsOut,
-                             branchStart: c.branchStart.map { UInt8($0) } ?? JITEntry.noBranch)
+                             branchStart: c.branchStart.map { UInt8($0) } ?? JITEntry.noBranch, stack32: c.usesStack32)
         compiled &+= 1
     }
 }
@@ -110,15 +114,16 @@ extension X86CPU {
             guard e.pointee.state == .counting else { return (0, 0) }
             e.pointee.runs &+= 1
             guard Int(e.pointee.runs) > js.threshold else { return (0, 0) }
-            jit.compile(e, insns, count: count, mode64: mode64, ipMask: ipMask)
+            jit.compile(e, insns, count: count, mode64: mode64, ipMask: ipMask, flatStack32: flatStack32)
             guard e.pointee.state == .compiled else { return (0, 0) }
         } else if e.pointee.generation != generation.pointee {
             // The cache was flushed since: the block was hot, compile it again now.
-            jit.compile(e, insns, count: count, mode64: mode64, ipMask: ipMask)
+            jit.compile(e, insns, count: count, mode64: mode64, ipMask: ipMask, flatStack32: flatStack32)
             guard e.pointee.state == .compiled else { return (0, 0) }
         }
         let n = Int(e.pointee.count)
         guard n <= limit, let code = e.pointee.code else { return (0, 0) }
+        if e.pointee.stack32 && !flatStack32 { return (0, 0) }
         let ctx = js.context
         if e.pointee.flagsIn { ctx[0] = arithFlags() | 2 }
         ctx[1] = rip
@@ -154,6 +159,11 @@ extension X86CPU {
 }
 
 extension X86CPU {
+    /// Outside 64-bit mode: the stack is ESP in a segment based at 0 (SS.B = 1), so the JIT
+    /// may address it as the linear (ESP +/- n) mod 2^32 (the interpreter checks no
+    /// segment limits either).
+    var flatStack32: Bool { !mode64 && stackSize == 4 && seg[SReg.ss].base == 0 }
+
     @inline(never) func makeJITView() -> JITView {
         let j = jit
         let v = JITView(entries: j.entries, context: j.context, generation: j.cache?.generationWord, threshold: j.threshold)

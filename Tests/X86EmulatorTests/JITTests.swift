@@ -135,14 +135,15 @@ import Hypervisor
     /// 64-byte slot, then HLT) runs 20 times from random registers and flags on the
     /// interpreter and on the JIT, over 5 pages of random data at `dataBase`; `prepare` sets
     /// a machine up before the code is loaded and again after every exit that is not HLT,
-    /// `fix` pins the address registers (a shut-down CPU is revived first). Returns the JIT machine and one line per op whose
+    /// `fix` pins the address registers (a shut-down CPU is revived first); `bits`: the
+    /// code's mode (`prepare` sets up 32-bit mode for 32). Returns the JIT machine and one line per op whose
     /// registers, exit or data pages differ.
-    static func compareMemoryOps(_ ops: [String], seed: UInt64, dataBase: UInt64,
+    static func compareMemoryOps(_ ops: [String], seed: UInt64, dataBase: UInt64, bits: Int = 64,
                                  prepare: (TestMachine) throws -> Void,
                                  fix: @escaping (inout X86Registers, UInt64) -> Void) throws -> (jit: TestMachine, failures: [String]) {
         let stride = 64
         let source = ops.map { ".balign \(stride)\n\($0)\nhlt" }.joined(separator: "\n")
-        let code = try Assembler.assemble(source)
+        let code = try Assembler.assemble(source, bits: bits)
         let interp = try machine(.interp), jit = try machine(.jit)
         var g = SplitMix(state: seed)
         let data = (0..<(5 * 4096)).map { _ in UInt8(truncatingIfNeeded: g.next()) }
