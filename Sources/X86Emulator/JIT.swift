@@ -123,7 +123,7 @@ extension X86CPU {
         }
         let n = Int(e.pointee.count)
         guard n <= limit, let code = e.pointee.code else { return (0, 0) }
-        if e.pointee.stack32 && !flatStack32 { return (0, 0) }
+        if _slowPath(e.pointee.stack32), !flatStack32 { return (0, 0) }
         let ctx = js.context
         if e.pointee.flagsIn { ctx[0] = arithFlags() | 2 }
         ctx[1] = rip
@@ -139,17 +139,8 @@ extension X86CPU {
         if e.pointee.flagsOut { setEager(ctx[0]) }
         let target = (rip &+ delta) & ipMask
         let done = Int(truncatingIfNeeded: ctx[2])
-        if mode64 && !X86CPU.isCanonical(target) && done == n && e.pointee.branchStart != JITEntry.noBranch {
-            // A JMP/Jcc to a non-canonical target (it changes nothing but RIP): rewind to
-            // it, the block tier runs it and raises #GP there. CALL and RET check in the
-            // compiled code.
-            let at = Int(e.pointee.branchStart)
-            rip = (rip &+ UInt64(at)) & ipMask
-            instructions &+= UInt64(n - 1)
-            jitRunCount &+= 1
-            jitSideExitCount &+= 1
-            return (n - 1, at)
-        }
+        // Outside 64-bit mode the masked target is always canonical.
+        if _slowPath(!X86CPU.isCanonical(target)), let rewound = rewindBranch(e, n: n, done: done) { return rewound }
         rip = target
         instructions &+= UInt64(done)
         jitRunCount &+= 1
@@ -159,10 +150,24 @@ extension X86CPU {
 }
 
 extension X86CPU {
+    /// The compiled block ended in a JMP/Jcc to a non-canonical target (it changed nothing
+    /// but RIP): rewinds to that branch, so the block tier runs it and raises #GP there
+    /// (CALL and RET check in the compiled code). nil when the block ended otherwise.
+    @inline(never)
+    func rewindBranch(_ e: UnsafeMutablePointer<JITEntry>, n: Int, done: Int) -> (done: Int, bytes: Int)? {
+        guard done == n, e.pointee.branchStart != JITEntry.noBranch else { return nil }
+        let at = Int(e.pointee.branchStart)
+        rip = (rip &+ UInt64(at)) & ipMask
+        instructions &+= UInt64(n - 1)
+        jitRunCount &+= 1
+        jitSideExitCount &+= 1
+        return (n - 1, at)
+    }
+
     /// Outside 64-bit mode: the stack is ESP in a segment based at 0 (SS.B = 1), so the JIT
     /// may address it as the linear (ESP +/- n) mod 2^32 (the interpreter checks no
     /// segment limits either).
-    var flatStack32: Bool { !mode64 && stackSize == 4 && seg[SReg.ss].base == 0 }
+    var flatStack32: Bool { @inline(never) get { !mode64 && stackSize == 4 && seg[SReg.ss].base == 0 } }
 
     @inline(never) func makeJITView() -> JITView {
         let j = jit
