@@ -191,17 +191,21 @@ enum JITCompiler {
                 guard d.reg & 7 == 0 else { return nil }
                 let s = op == 0xC6 ? 1 : d.opSize
                 return .memStore(mem: m, src: .imm(op == 0xC6 ? d.imm & 0xFF : immZ(s)), size: s)
-            case 0xF6, 0xF7 where d.reg & 7 == 2 || d.reg & 7 == 3:
-                return d.lock ? nil : .memUnary(kind: d.reg & 7, mem: m, size: op == 0xF6 ? 1 : d.opSize)
-            case 0xFE, 0xFF where d.reg & 7 < 2:
+            // (One `case` per opcode group: a `where` after several patterns applies only to
+            // the last one, which once turned F6 /0 TEST [m], imm8 into INC [m].)
+            case 0xF6, 0xF7:
+                let s = op == 0xF6 ? 1 : d.opSize
+                switch d.reg & 7 {
+                case 0: return .memALU(kind: 8, mem: m, other: .imm(op == 0xF6 ? d.imm & 0xFF : immZ(s)), size: s, memIsDst: true)
+                case 2, 3: return d.lock ? nil : .memUnary(kind: d.reg & 7, mem: m, size: s)
+                default: return nil
+                }
+            case 0xFE, 0xFF:
+                guard d.reg & 7 < 2 else { return nil }
                 return d.lock ? nil : .memUnary(kind: d.reg & 7, mem: m, size: op == 0xFE ? 1 : d.opSize)
             case 0x84, 0x85:
                 let s = op == 0x84 ? 1 : d.opSize
                 return .memALU(kind: 8, mem: m, other: .reg(loc(d.reg, s)), size: s, memIsDst: true)
-            case 0xF6, 0xF7:
-                guard d.reg & 7 == 0 else { return nil }
-                let s = op == 0xF6 ? 1 : d.opSize
-                return .memALU(kind: 8, mem: m, other: .imm(op == 0xF6 ? d.imm & 0xFF : immZ(s)), size: s, memIsDst: true)
             case 0x8A, 0x8B:
                 let s = op == 0x8A ? 1 : d.opSize
                 return .memALU(kind: 9, mem: m, other: .reg(loc(d.reg, s)), size: s, memIsDst: false)
