@@ -257,6 +257,16 @@ extension X86CPU {
                 }
             }
         }
+        // Near branches in 64-bit mode (CALL, RET, JMP, Jcc; SDM Vol. 1 6.3.7): the operand
+        // size is forced to 64 bits and 0x66 is silently ignored, as on Intel (CPUID says
+        // GenuineIntel): a relative one still has a 32-bit displacement.
+        if mode64 {
+            switch op {
+            case 0xC2, 0xC3, 0xE8, 0xE9, 0x180...0x18F: d.opSize = 8
+            case 0xFF where d.reg & 7 == 2 || d.reg & 7 == 4: d.opSize = 8
+            default: break
+            }
+        }
         // Immediates.
         var kind = ImmKind(rawValue: attr & 0xF) ?? .none
         if op == 0xF6 && d.reg & 7 < 2 { kind = .ib }

@@ -44,11 +44,25 @@ extension X86CPU {
         return nil
     }
 
-    @inline(__always) var stackOpSize: Int { mode64 ? (d.has66 ? 2 : 8) : d.opSize }
+    /// The operand size of an instruction that implicitly uses the stack. In 64-bit mode it
+    /// defaults to 64 bits, 0x66 makes it 16 and REX.W takes precedence over 0x66 (64): the
+    /// decoder's operand size is 2 exactly for 0x66 without REX.W (and never for a near
+    /// branch, which it forces to 8).
+    @inline(__always) var stackOpSize: Int { mode64 ? (d.opSize == 2 ? 2 : 8) : d.opSize }
 
-    @inline(__always) func branch(_ target: UInt64) {
-        if mode64 { nextRIP = target }
-        else { nextRIP = target & (d.opSize == 2 ? 0xFFFF : 0xFFFF_FFFF) }
+    /// Whether `x` is a canonical 48-bit linear address.
+    @inline(__always) static func isCanonical(_ x: UInt64) -> Bool {
+        UInt64(bitPattern: Int64(bitPattern: x << 16) >> 16) == x
+    }
+
+    /// A near branch to `target`: in 64-bit mode a non-canonical target raises #GP(0) at
+    /// the branch (nothing changed), not at the fetch there; outside it the target is
+    /// truncated to the operand size.
+    @inline(__always) func branch(_ target: UInt64) throws(X86Fault) {
+        if mode64 {
+            guard X86CPU.isCanonical(target) else { throw gpFault() }
+            nextRIP = target
+        } else { nextRIP = target & (d.opSize == 2 ? 0xFFFF : 0xFFFF_FFFF) }
     }
 
     @inline(__always) func setIndex(_ i: Int, _ v: UInt64) {
@@ -221,7 +235,7 @@ extension X86CPU {
         case 0x6C, 0x6D, 0x6E, 0x6F, 0xA4, 0xA5, 0xA6, 0xA7, 0xAA, 0xAB, 0xAC, 0xAD, 0xAE, 0xAF:
             try stringOp(op)
         case 0x70, 0x71, 0x72, 0x73, 0x74, 0x75, 0x76, 0x77, 0x78, 0x79, 0x7A, 0x7B, 0x7C, 0x7D, 0x7E, 0x7F:
-            if condition(op & 0xF) { branch(nextRIP &+ signExtend(d.imm, 1)) }
+            if condition(op & 0xF) { try branch(nextRIP &+ signExtend(d.imm, 1)) }
         case 0x80, 0x82:
             if op == 0x82 && mode64 { throw udFault() }
             try aluToRM(d.reg & 7, 1, d.imm)
@@ -345,8 +359,10 @@ extension X86CPU {
         case 0xC2, 0xC3:
             let s = stackOpSize
             let target = try readMem(SReg.ss, stackTop(), s)
+            // 64-bit mode: s is 8; a non-canonical target faults before RSP moves.
+            if mode64 && !X86CPU.isCanonical(target) { throw gpFault() }
             adjustSP(UInt64(s) &+ (op == 0xC2 ? d.imm : 0))
-            if mode64 { nextRIP = s == 2 ? target & 0xFFFF : target } else { nextRIP = target & sizeMask(s) }
+            nextRIP = mode64 ? target : target & sizeMask(s)
         case 0xC4, 0xC5:
             if mode64 || d.mod == 3 { throw udFault() }
             try loadFarPointer(op == 0xC4 ? SReg.es : SReg.ds)
@@ -407,9 +423,9 @@ extension X86CPU {
             var take = c != 0
             if op == 0xE0 { take = take && !zf }
             if op == 0xE1 { take = take && zf }
-            if take { branch(nextRIP &+ signExtend(d.imm, 1)) }
+            if take { try branch(nextRIP &+ signExtend(d.imm, 1)) }
         case 0xE3:
-            if reg(1, d.addrSize) == 0 { branch(nextRIP &+ signExtend(d.imm, 1)) }
+            if reg(1, d.addrSize) == 0 { try branch(nextRIP &+ signExtend(d.imm, 1)) }
         case 0xE4, 0xE5:
             let s = op == 0xE4 ? 1 : (d.opSize == 2 ? 2 : 4)
             try checkIOPL()
@@ -429,15 +445,17 @@ extension X86CPU {
         case 0xE8:
             let s = stackOpSize
             let rel = d.opSize == 2 ? signExtend(d.imm, 2) : signExtend(d.imm, 4)
+            let target = nextRIP &+ rel
+            if mode64 && !X86CPU.isCanonical(target) { throw gpFault() }
             try push(nextRIP & sizeMask(s), s)
-            branch(nextRIP &+ rel)
+            try branch(target)
         case 0xE9:
             let rel = d.opSize == 2 ? signExtend(d.imm, 2) : signExtend(d.imm, 4)
-            branch(nextRIP &+ rel)
+            try branch(nextRIP &+ rel)
         case 0xEA:
             try farJump(selector: UInt16(d.imm2), offset: d.imm)
         case 0xEB:
-            branch(nextRIP &+ signExtend(d.imm, 1))
+            try branch(nextRIP &+ signExtend(d.imm, 1))
         case 0xF1:
             try softwareInterrupt(Vec.db)
         case 0xF4:
@@ -504,12 +522,13 @@ extension X86CPU {
         case 0, 1: try unaryRM(d.opSize, k)
         case 2:
             let s = stackOpSize
-            let target = try readRM(mode64 ? (d.has66 ? 2 : 8) : d.opSize)
+            let target = try readRM(s)
+            if mode64 && !X86CPU.isCanonical(target) { throw gpFault() }
             try push(nextRIP & sizeMask(s), s)
             nextRIP = mode64 ? target : target & sizeMask(s)
         case 4:
-            let target = try readRM(mode64 ? (d.has66 ? 2 : 8) : d.opSize)
-            nextRIP = mode64 ? target : target & sizeMask(d.opSize)
+            let target = try readRM(d.opSize)
+            try branch(target)
         case 3, 5:
             if d.mod == 3 { throw udFault() }
             let s = d.opSize

@@ -17,6 +17,12 @@ struct JITEntry {
     var byteLength: UInt8 = 0
     var flagsIn = false
     var flagsOut = false
+    /// The byte offset of the block-ending JMP/Jcc, `noBranch` without one.
+    var branchStart: UInt8 = JITEntry.noBranch
+    static let noBranch: UInt8 = 0xFF
+    /// The code treats the stack as flat and 32-bit (SS base 0, B = 1): it runs only while
+    /// that holds (the block key does not include SS).
+    var stack32 = false
 }
 
 /// The generated code's C signature (see `JITCompiler`).
@@ -80,16 +86,17 @@ final class JITState {
     /// Compiles the block in `slot` (its decoded instructions at `insns`).
     @inline(never)
     func compile(_ e: UnsafeMutablePointer<JITEntry>, _ insns: UnsafePointer<Insn>, count: Int, mode64: Bool, ipMask: UInt64,
-                 rip: UInt64) {
+                 rip: UInt64, flatStack32: Bool) {
         guard compiled < Self.compileLimit, let cache,
-              let c = JITCompiler.compile(insns, count: count, mode64: mode64, ipMask: ipMask),
+              let c = JITCompiler.compile(insns, count: count, mode64: mode64, ipMask: ipMask, flatStack32: flatStack32),
               let code = cache.install(c.code) else {
             e.pointee.state = .unsupported
             unsupported &+= 1
             return
         }
         e.pointee = JITEntry(code: code, generation: cache.generation, runs: e.pointee.runs, state: .compiled,
-                             count: UInt8(c.count), byteLength: UInt8(c.byteLength), flagsIn: c.flagsIn, flagsOut: c.flagsOut)
+                             count: UInt8(c.count), byteLength: UInt8(c.byteLength), flagsIn: c.flagsIn, flagsOut: c.flagsOut,
+                             branchStart: c.branchStart.map { UInt8($0) } ?? JITEntry.noBranch, stack32: c.usesStack32)
         compiled &+= 1
         if EmulatorTrace.settings.jit {
             let ops = (0..<c.count).map { String(insns[$0].op, radix: 16) }.joined(separator: " ")
@@ -126,15 +133,16 @@ extension X86CPU {
             guard e.pointee.state == .counting else { return (0, 0) }
             e.pointee.runs &+= 1
             guard Int(e.pointee.runs) > js.threshold else { return (0, 0) }
-            jit.compile(e, insns, count: count, mode64: mode64, ipMask: ipMask, rip: rip)
+            jit.compile(e, insns, count: count, mode64: mode64, ipMask: ipMask, rip: rip, flatStack32: flatStack32)
             guard e.pointee.state == .compiled else { return (0, 0) }
         } else if e.pointee.generation != generation.pointee {
             // The cache was flushed since: the block was hot, compile it again now.
-            jit.compile(e, insns, count: count, mode64: mode64, ipMask: ipMask, rip: rip)
+            jit.compile(e, insns, count: count, mode64: mode64, ipMask: ipMask, rip: rip, flatStack32: flatStack32)
             guard e.pointee.state == .compiled else { return (0, 0) }
         }
         let n = Int(e.pointee.count)
         guard n <= limit, let code = e.pointee.code else { return (0, 0) }
+        if _slowPath(e.pointee.stack32), !flatStack32 { return (0, 0) }
         let ctx = js.context
         if e.pointee.flagsIn { ctx[0] = arithFlags() | 2 }
         ctx[1] = rip
@@ -149,8 +157,11 @@ extension X86CPU {
         let before = JITState.lockstep ? lockstepState() : nil
         let delta = f(r, ctx)
         if e.pointee.flagsOut { setEager(ctx[0]) }
-        rip = (rip &+ delta) & ipMask
+        let target = (rip &+ delta) & ipMask
         let done = Int(truncatingIfNeeded: ctx[2])
+        // Outside 64-bit mode the masked target is always canonical.
+        if _slowPath(!X86CPU.isCanonical(target)), let rewound = rewindBranch(e, n: n, done: done) { return rewound }
+        rip = target
         if let before { lockstepCheck(before, done: done, insns: insns, count: count) }
         instructions &+= UInt64(done)
         jitRunCount &+= 1
@@ -160,6 +171,25 @@ extension X86CPU {
 }
 
 extension X86CPU {
+    /// The compiled block ended in a JMP/Jcc to a non-canonical target (it changed nothing
+    /// but RIP): rewinds to that branch, so the block tier runs it and raises #GP there
+    /// (CALL and RET check in the compiled code). nil when the block ended otherwise.
+    @inline(never)
+    func rewindBranch(_ e: UnsafeMutablePointer<JITEntry>, n: Int, done: Int) -> (done: Int, bytes: Int)? {
+        guard done == n, e.pointee.branchStart != JITEntry.noBranch else { return nil }
+        let at = Int(e.pointee.branchStart)
+        rip = (rip &+ UInt64(at)) & ipMask
+        instructions &+= UInt64(n - 1)
+        jitRunCount &+= 1
+        jitSideExitCount &+= 1
+        return (n - 1, at)
+    }
+
+    /// Outside 64-bit mode: the stack is ESP in a segment based at 0 (SS.B = 1), so the JIT
+    /// may address it as the linear (ESP +/- n) mod 2^32 (the interpreter checks no
+    /// segment limits either).
+    var flatStack32: Bool { @inline(never) get { !mode64 && stackSize == 4 && seg[SReg.ss].base == 0 } }
+
     @inline(never) func makeJITView() -> JITView {
         let j = jit
         let v = JITView(entries: j.entries, context: j.context, generation: j.cache?.generationWord, threshold: j.threshold)

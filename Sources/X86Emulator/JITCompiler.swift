@@ -37,25 +37,33 @@ enum JITOp {
     case memRMW(kind: Int, mem: JITMem, src: Source, size: Int)
     /// INC/DEC/NOT/NEG [m] (kind as `unary`) through the write-TLB probe.
     case memUnary(kind: Int, mem: JITMem, size: Int)
-    /// PUSH reg/imm (64-bit mode; 8 bytes, 2 with 0x66): a store at RSP - size through the
-    /// write-TLB probe, RSP lowered only after it (the value is read first: PUSH RSP
-    /// pushes the old RSP).
+    /// PUSH reg/imm (64-bit mode: 8 bytes, 2 with 0x66 alone; a flat 32-bit stack: the
+    /// operand size): a store at RSP - size through the write-TLB probe, RSP lowered only
+    /// after it (the value is read first: PUSH RSP pushes the old RSP). The stack pointer
+    /// is RSP, or ESP wrapping at 32 bits (`JITCompiler.compile`'s `flatStack32`).
     case push(src: Source, size: Int)
-    /// POP reg (64-bit mode; 8 or 2 bytes): a load at RSP through the read-TLB probe, RSP
-    /// raised, then the register written (POP RSP leaves the loaded value in RSP).
+    /// POP reg (sizes as `push`): a load at RSP through the read-TLB probe, RSP raised,
+    /// then the register written (POP RSP leaves the loaded value in RSP).
     case pop(dst: Int, size: Int)
-    /// The block's last instruction: CALL rel32 (64-bit mode, no 0x66): pushes the return
-    /// address like `push`, then ends the block at the target like JMP.
+    /// The block's last instruction: CALL rel32 (64-bit mode, 0x66 ignored; or 32-bit code
+    /// and operand size on a flat 32-bit stack): pushes the return address like `push`
+    /// (8 or 4 bytes), then ends the block at the target like JMP.
     case call(rel: UInt64)
-    /// The block's last instruction: RET (64-bit mode, no 0x66): pops the target like
-    /// `pop` and returns its distance from the block's RIP.
+    /// The block's last instruction: RET (same conditions): pops the target like `pop`
+    /// and returns its distance from the block's RIP.
     case ret
+    /// IMUL r, r/m (0F AF: a = dst, b = the source) or IMUL r, r/m, imm (69, 6B: a = the
+    /// source, b = the immediate) of 2, 4 or 8 bytes into register `dst`.
+    case imul(dst: Int, a: Source, b: Source, size: Int)
+    /// The same with a memory source through the read-TLB probe: [m] times register `dst`
+    /// (`imm` nil, 0F AF) or times `imm` (69, 6B).
+    case memImul(dst: Int, mem: JITMem, imm: UInt64?, size: Int)
 
     /// Whether the operation may leave the compiled code before it runs (a load or store
     /// whose probe misses): every flag is live there.
     var mayExit: Bool {
         switch self {
-        case .memALU, .memExtend, .memStore, .memRMW, .memUnary, .push, .pop, .call, .ret: return true
+        case .memALU, .memExtend, .memStore, .memRMW, .memUnary, .push, .pop, .call, .ret, .memImul: return true
         default: return false
         }
     }
@@ -82,7 +90,7 @@ enum JITOp {
 
     var flagsWritten: UInt64 {
         switch self {
-        case .alu, .memRMW: return Flag.arith
+        case .alu, .memRMW, .imul, .memImul: return Flag.arith
         case let .memALU(kind, _, _, _, _): return kind == 9 ? 0 : Flag.arith
         case let .unary(kind, _, _), let .memUnary(kind, _, _): return kind < 2 ? Flag.arith & ~Flag.cf : (kind == 3 ? Flag.arith : 0)
         case let .shift(kind, _, _, count): return count == 0 ? 0 : (kind < 2 ? Flag.cf | Flag.of : Flag.arith)
@@ -122,6 +130,11 @@ struct JITCompiled {
     var byteLength: Int
     var flagsIn: Bool
     var flagsOut: Bool
+    /// The byte offset of a block-ending JMP/Jcc (nil: none), so the caller can rewind to
+    /// it when its target is not canonical.
+    var branchStart: Int? = nil
+    /// The code uses ESP as a flat 32-bit stack (see `compile`).
+    var usesStack32 = false
 }
 
 /// Translates the longest prefix of a decoded block made only of supported operations
@@ -146,12 +159,16 @@ enum JITCompiler {
     }
 
     /// The operation for one decoded instruction, or nil when it is not supported.
-    static func translate(_ d: Insn, mode64: Bool, ipMask: UInt64) -> JITOp? {
+    static func translate(_ d: Insn, mode64: Bool, ipMask: UInt64, flatStack32: Bool = false) -> JITOp? {
         let op = d.op
         let rex = d.hasREX
         func loc(_ i: Int, _ s: Int) -> Int { location(i, s, hasREX: rex) }
         func immZ(_ s: Int) -> UInt64 { signExtend(d.imm, s == 2 ? 2 : 4) & sizeMask(s) }
         let branchOK = mode64 || (d.opSize == 2) == (ipMask == 0xFFFF)
+        // Outside 64-bit mode the stack ops need SS base 0 with B = 1 (the caller's
+        // `flatStack32`); CALL/RET also 32-bit code without 0x66 (4-byte return addresses).
+        let stackOK = mode64 || flatStack32
+        let nearOK = mode64 || (flatStack32 && d.opSize == 4 && ipMask == 0xFFFF_FFFF)
         // Loads the inline TLB probe can do: 64-bit mode and addressing, not FS/GS.
         let mem: JITMem? = d.mod != 3 && mode64 && d.addrSize == 8 && d.seg < 4
             ? JITMem(base: d.base, index: d.index, scale: Int(d.scale), disp: d.disp, ripRelative: d.ripRelative) : nil
@@ -174,18 +191,21 @@ enum JITCompiler {
                 guard d.reg & 7 == 0 else { return nil }
                 let s = op == 0xC6 ? 1 : d.opSize
                 return .memStore(mem: m, src: .imm(op == 0xC6 ? d.imm & 0xFF : immZ(s)), size: s)
-            // (A `where` binds to the last pattern only: each pattern carries its own.)
-            case 0xF6 where d.reg & 7 == 2 || d.reg & 7 == 3, 0xF7 where d.reg & 7 == 2 || d.reg & 7 == 3:
-                return d.lock ? nil : .memUnary(kind: d.reg & 7, mem: m, size: op == 0xF6 ? 1 : d.opSize)
-            case 0xFE where d.reg & 7 < 2, 0xFF where d.reg & 7 < 2:
+            // (One `case` per opcode group: a `where` after several patterns applies only to
+            // the last one, which once turned F6 /0 TEST [m], imm8 into INC [m].)
+            case 0xF6, 0xF7:
+                let s = op == 0xF6 ? 1 : d.opSize
+                switch d.reg & 7 {
+                case 0: return .memALU(kind: 8, mem: m, other: .imm(op == 0xF6 ? d.imm & 0xFF : immZ(s)), size: s, memIsDst: true)
+                case 2, 3: return d.lock ? nil : .memUnary(kind: d.reg & 7, mem: m, size: s)
+                default: return nil
+                }
+            case 0xFE, 0xFF:
+                guard d.reg & 7 < 2 else { return nil }
                 return d.lock ? nil : .memUnary(kind: d.reg & 7, mem: m, size: op == 0xFE ? 1 : d.opSize)
             case 0x84, 0x85:
                 let s = op == 0x84 ? 1 : d.opSize
                 return .memALU(kind: 8, mem: m, other: .reg(loc(d.reg, s)), size: s, memIsDst: true)
-            case 0xF6, 0xF7:
-                guard d.reg & 7 == 0 else { return nil }
-                let s = op == 0xF6 ? 1 : d.opSize
-                return .memALU(kind: 8, mem: m, other: .imm(op == 0xF6 ? d.imm & 0xFF : immZ(s)), size: s, memIsDst: true)
             case 0x8A, 0x8B:
                 let s = op == 0x8A ? 1 : d.opSize
                 return .memALU(kind: 9, mem: m, other: .reg(loc(d.reg, s)), size: s, memIsDst: false)
@@ -193,6 +213,12 @@ enum JITCompiler {
                 return .memExtend(dst: d.reg * 8, mem: m, from: 4, signed: d.opSize == 8, size: d.opSize)
             case 0x1B6, 0x1B7, 0x1BE, 0x1BF:
                 return .memExtend(dst: d.reg * 8, mem: m, from: op & 1 == 0 ? 1 : 2, signed: op >= 0x1BE, size: d.opSize)
+            case 0x1AF:
+                return .memImul(dst: d.reg * 8, mem: m, imm: nil, size: d.opSize)
+            case 0x69, 0x6B:
+                let s = d.opSize
+                let v = op == 0x6B ? signExtend(d.imm, 1) : signExtend(d.imm, s == 2 ? 2 : 4)
+                return .memImul(dst: d.reg * 8, mem: m, imm: v & sizeMask(s), size: s)
             default:
                 break
             }
@@ -213,16 +239,25 @@ enum JITCompiler {
             let s = d.opSize
             return .unary(kind: op < 0x48 ? 0 : 1, loc: (op & 7) * 8, size: s)
         case 0x50...0x5F:
-            // The stack in 64-bit mode (base 0, 64-bit RSP). Not 0x66 with REX.W (the
-            // interpreter's operand size there is 2, the SDM's 8): left to the interpreter.
-            guard mode64, !(d.has66 && d.rexW) else { return nil }
-            let s = d.has66 ? 2 : 8, r = ((op & 7) | (d.rexB ? 8 : 0)) * 8
+            // The stack in 64-bit mode (base 0, 64-bit RSP): 8 bytes, 2 with 0x66 (not with
+            // REX.W too, which takes precedence: `X86CPU.stackOpSize`); a flat 32-bit stack:
+            // the operand size.
+            guard stackOK else { return nil }
+            let s = mode64 ? (d.opSize == 2 ? 2 : 8) : d.opSize, r = ((op & 7) | (d.rexB ? 8 : 0)) * 8
             return op < 0x58 ? .push(src: .reg(r), size: s) : .pop(dst: r, size: s)
         case 0x68, 0x6A:
-            guard mode64, !(d.has66 && d.rexW) else { return nil }
-            let s = d.has66 ? 2 : 8
+            guard stackOK else { return nil }
+            let s = mode64 ? (d.opSize == 2 ? 2 : 8) : d.opSize
             let v = op == 0x6A ? signExtend(d.imm, 1) : signExtend(d.imm, s == 2 ? 2 : 4)
             return .push(src: .imm(v & sizeMask(s)), size: s)
+        case 0x69, 0x6B:
+            guard d.mod == 3 else { return nil }
+            let s = d.opSize
+            let v = op == 0x6B ? signExtend(d.imm, 1) : signExtend(d.imm, s == 2 ? 2 : 4)
+            return .imul(dst: d.reg * 8, a: .reg(d.rm * 8), b: .imm(v & sizeMask(s)), size: s)
+        case 0x1AF:
+            guard d.mod == 3 else { return nil }
+            return .imul(dst: d.reg * 8, a: .reg(d.reg * 8), b: .reg(d.rm * 8), size: d.opSize)
         case 0x63:
             guard mode64, d.mod == 3 else { return nil }
             return .extend(dst: d.reg * 8, src: d.rm * 8, from: 4, signed: d.opSize == 8, size: d.opSize)
@@ -279,11 +314,11 @@ enum JITCompiler {
             let s = op == 0xC6 ? 1 : d.opSize
             return .mov(dst: loc(d.rm, s), src: .imm(op == 0xC6 ? d.imm & 0xFF : immZ(s)), size: s)
         case 0xC3:
-            // The interpreter has no canonical check here either (the fetch at the target
-            // faults): RIP becomes the popped value as it is.
-            return mode64 && !d.has66 ? .ret : nil
+            // 64-bit mode: the decoder forces the operand size of near branches to 8
+            // (0x66 ignored, as on Intel).
+            return nearOK ? .ret : nil
         case 0xE8:
-            return mode64 && !d.has66 ? .call(rel: signExtend(d.imm, 4)) : nil
+            return nearOK ? .call(rel: signExtend(d.imm, 4)) : nil
         case 0xE9:
             return branchOK ? .branch(cc: nil, rel: d.opSize == 2 ? signExtend(d.imm, 2) : signExtend(d.imm, 4)) : nil
         case 0xEB:
@@ -320,12 +355,16 @@ enum JITCompiler {
     }
 
     /// Compiles the supported prefix of `count` decoded instructions (nil if empty).
-    static func compile(_ insns: UnsafePointer<Insn>, count: Int, mode64: Bool, ipMask: UInt64) -> JITCompiled? {
+    /// `flatStack32`: outside 64-bit mode, SS has base 0 and B = 1 (ESP, wrapping at 32
+    /// bits): the stack ops are compiled and the result says so (`usesStack32`), so the
+    /// caller runs it only while that still holds.
+    static func compile(_ insns: UnsafePointer<Insn>, count: Int, mode64: Bool, ipMask: UInt64,
+                        flatStack32: Bool = false) -> JITCompiled? {
         var ops: [JITOp] = []
         var ends: [Int] = []   // byte offset after each instruction
         var len = 0
         for i in 0..<count {
-            guard let o = translate(insns[i], mode64: mode64, ipMask: ipMask) else { break }
+            guard let o = translate(insns[i], mode64: mode64, ipMask: ipMask, flatStack32: !mode64 && flatStack32) else { break }
             if o.endsBlock, i != count - 1 { break }
             len += insns[i].len
             ops.append(o)
@@ -361,7 +400,7 @@ enum JITCompiler {
             if case let .call(rel) = o { branch = (nil, rel) }
             if case .ret = o { returns = true }
             let start = i == 0 ? 0 : ends[i - 1]
-            guard emit(o, into: &e, liveAfter: liveAfter[i], end: ends[i], blockLen: blockLen,
+            guard emit(o, into: &e, liveAfter: liveAfter[i], end: ends[i], blockLen: blockLen, stack: mode64 ? 8 : 4,
                        exit: SideExit(patches: [], index: i, start: start), exits: &exits) else { return nil }
         }
         if flagsOut { e.pushfq(); e.popContext(0) }
@@ -393,84 +432,24 @@ enum JITCompiler {
             e.movImm(A, UInt64(x.start), 4)
             e.ret()
         }
-        return JITCompiled(code: e.bytes, count: ops.count, byteLength: len, flagsIn: flagsIn, flagsOut: flagsOut)
-    }
-
-    /// A way out of the compiled code before instruction `index` (at byte offset `start`):
-    /// the jumps to patch.
-    struct SideExit {
-        var patches: [Int]
-        var index: Int
-        var start: Int
-    }
-
-    /// Context words the probe reads: the TLB tag bit of the CPL, the read bank's tags and
-    /// host pages (`X86CPU.tlbTag`/`tlbHost`), the write bank's, and the host address of
-    /// the running block's first byte.
-    static let contextUserTag = 24, contextTLBTags = 32, contextTLBHosts = 40
-    static let contextWriteTags = 48, contextWriteHosts = 56, contextBlockHost = 64
-    static let contextWords = 9
-
-    /// Computes the address of `m` into rax (`end`: the offset after the instruction, for
-    /// RIP-relative operands), probes the read TLB (or with `blockLen` the write TLB) like
-    /// `hostPage` and then runs `load` with the host page in r8 and the page offset in rax.
-    /// A non-canonical address, an access crossing the page or a TLB miss (also every
-    /// non-RAM page) leaves through the side exit, where the block tier runs the
-    /// instruction (fault, walk, MMIO exit). A write also leaves when it would touch any of
-    /// the running block's `blockLen` bytes (host addresses, so also through an alias):
-    /// the block tier stores and then sees its block changed.
-    static func emitProbe(_ m: JITMem, size: Int, end: Int, into e: inout X64Emitter, exit: SideExit,
-                          exits: inout [SideExit], blockLen: Int? = nil,
-                          load: (inout X64Emitter) -> Void) -> Bool {
-        let A = HostReg.rax, C = HostReg.rcx, D = HostReg.rdx, R8 = HostReg.r8
-        var total = Int64(bitPattern: m.disp)
-        if m.ripRelative { total &+= Int64(end) }
-        guard total >= Int64(Int32.min), total <= Int64(Int32.max) else { return false }
-        if m.base >= 0 { e.load(A, m.base * 8, 8) }
-        else if m.ripRelative { e.loadContext(A, 8) }
-        else { e.movImm(A, 0, 4) }
-        if m.index >= 0 { e.load(C, m.index * 8, 8) }
-        e.lea(A, base: A, index: m.index >= 0 ? C : -1, scale: m.scale, disp: Int32(total))
-        var x = exit
-        e.pushfq()
-        // canonical: sign-extending bit 47 gives the address back
-        e.movRR(D, A, 8); e.shift(4, D, 8, 16); e.shift(7, D, 8, 16); e.alu(7, D, A, 8)
-        x.patches.append(e.jccForward(5))
-        // within one page
-        e.movRR(C, A, 4); e.aluImm(4, C, 0xFFF, 4); e.aluImm(7, C, Int32(4096 - size), 4)
-        x.patches.append(e.jccForward(7))
-        // tag = vpn | user bit; index = vpn & (tlbSize - 1)
-        e.movRR(D, A, 8); e.shift(5, D, 8, 12)
-        e.movRR(C, D, 4); e.aluImm(4, C, Int32(X86CPU.tlbSize - 1), 4)
-        e.rmem([0x0B], 8, reg: D, base: HostReg.rsi, disp: contextUserTag)
-        e.loadContext(R8, blockLen == nil ? contextTLBTags : contextWriteTags)
-        e.rsib([0x39], 8, reg: D, base: R8, index: C, scale: 3)
-        x.patches.append(e.jccForward(5))
-        e.loadContext(R8, blockLen == nil ? contextTLBHosts : contextWriteHosts)
-        e.rsib([0x8B], 8, reg: R8, base: R8, index: C, scale: 3)
-        e.aluImm(4, A, 0xFFF, 4)
-        if let blockLen {
-            // overlap with [block, block + blockLen): (host + size - 1 - block) unsigned
-            // below blockLen + size - 1
-            e.lea(D, base: R8, index: A, scale: 0, disp: Int32(size - 1))
-            e.rmem([0x2B], 8, reg: D, base: HostReg.rsi, disp: contextBlockHost)
-            e.aluImm(7, D, Int32(blockLen + size - 1), 8)
-            x.patches.append(e.jccForward(2))
+        var branchStart: Int? = nil
+        if case .branch = ops[ops.count - 1] { branchStart = ops.count == 1 ? 0 : ends[ops.count - 2] }
+        let usesStack32 = !mode64 && ops.contains {
+            switch $0 { case .push, .pop, .call, .ret: return true; default: return false }
         }
-        load(&e)
-        e.popfq()
-        exits.append(x)
-        return true
+        return JITCompiled(code: e.bytes, count: ops.count, byteLength: len, flagsIn: flagsIn, flagsOut: flagsOut,
+                           branchStart: branchStart, usesStack32: usesStack32)
     }
 
     /// Emits one non-branch operation. `end` is the byte offset after the instruction.
-    static func emit(_ o: JITOp, into e: inout X64Emitter, liveAfter: UInt64, end: Int, blockLen: Int,
+    /// `stack`: the stack pointer's width (8: RSP; 4: ESP of a flat 32-bit stack).
+    static func emit(_ o: JITOp, into e: inout X64Emitter, liveAfter: UInt64, end: Int, blockLen: Int, stack: Int,
                      exit: SideExit, exits: inout [SideExit]) -> Bool {
         let A = HostReg.rax, C = HostReg.rcx, D = HostReg.rdx, R9 = 9, R8 = HostReg.r8
         switch o {
         case let .memALU(kind, m, other, s, memIsDst):
             // The loaded value in r9 (a 32-bit load zero-extends it).
-            guard emitProbe(m, size: s, end: end, into: &e, exit: exit, exits: &exits, load: { e in
+            guard emitProbe(m, size: s, end: end, into: &e, exit: exit, exits: &exits, load: { e, _ in
                 e.rsib([s == 1 ? 0x8A : 0x8B], s, reg: R9, base: R8, index: A, scale: 0)
             }) else { return false }
             if memIsDst {
@@ -496,7 +475,7 @@ enum JITCompiler {
             case let .reg(off): e.load(R9, off, s)
             case let .imm(v): e.movImm(R9, v, s)
             }
-            guard emitProbe(m, size: s, end: end, into: &e, exit: exit, exits: &exits, blockLen: blockLen, load: { e in
+            guard emitProbe(m, size: s, end: end, into: &e, exit: exit, exits: &exits, blockLen: blockLen, load: { e, _ in
                 e.rsib([s == 1 ? 0x88 : 0x89], s, reg: R9, base: R8, index: A, scale: 0)
             }) else { return false }
         case let .memRMW(kind, m, src, s):
@@ -507,11 +486,11 @@ enum JITCompiler {
             case let .imm(v): e.movImm(R9, v, s)
             }
             guard emitProbe(m, size: s, end: end, into: &e, exit: exit, exits: &exits, blockLen: blockLen,
-                            load: { _ in }) else { return false }
+                            load: { _, _ in }) else { return false }
             e.rsib([UInt8(kind << 3 | (s == 1 ? 0 : 1))], s, reg: R9, base: R8, index: A, scale: 0)
         case let .memUnary(kind, m, s):
             guard emitProbe(m, size: s, end: end, into: &e, exit: exit, exits: &exits, blockLen: blockLen,
-                            load: { _ in }) else { return false }
+                            load: { _, _ in }) else { return false }
             let opcode: UInt8 = kind < 2 ? (s == 1 ? 0xFE : 0xFF) : (s == 1 ? 0xF6 : 0xF7)
             e.rsib([opcode], s, reg: kind, base: R8, index: A, scale: 0)
         case let .push(src, s):
@@ -522,39 +501,53 @@ enum JITCompiler {
             case let .imm(v): e.movImm(R9, v, s)
             }
             let top = JITMem(base: 4, index: -1, scale: 0, disp: UInt64(bitPattern: Int64(-s)), ripRelative: false)
-            guard emitProbe(top, size: s, end: end, into: &e, exit: exit, exits: &exits, blockLen: blockLen, load: { e in
+            guard emitProbe(top, size: s, end: end, into: &e, exit: exit, exits: &exits, blockLen: blockLen,
+                            addr32: stack == 4, load: { e, _ in
                 e.rsib([0x89], s, reg: R9, base: R8, index: A, scale: 0)
-                e.load(D, 4 * 8, 8); e.lea(D, base: D, index: -1, scale: 0, disp: Int32(-s)); e.store(D, 4 * 8, 8)
+                emitMoveSP(-s, stack, into: &e)
             }) else { return false }
         case let .pop(dst, s):
             // Load at RSP, raise RSP, then write the register (POP RSP: the loaded value).
             let top = JITMem(base: 4, index: -1, scale: 0, disp: 0, ripRelative: false)
-            guard emitProbe(top, size: s, end: end, into: &e, exit: exit, exits: &exits, load: { e in
+            guard emitProbe(top, size: s, end: end, into: &e, exit: exit, exits: &exits, addr32: stack == 4, load: { e, _ in
                 e.rsib([0x8B], s, reg: R9, base: R8, index: A, scale: 0)
-                e.load(D, 4 * 8, 8); e.lea(D, base: D, index: -1, scale: 0, disp: Int32(s)); e.store(D, 4 * 8, 8)
+                emitMoveSP(s, stack, into: &e)
                 e.store(R9, dst, s)
             }) else { return false }
-        case .call:
-            // Push the return address (the block's RIP + `end`); the block end jumps.
+        case let .call(rel):
+            // Push the return address (the block's RIP + `end`; 8 or 4 bytes); the block
+            // end jumps. In 64-bit mode a non-canonical target leaves before the push (the
+            // block tier raises #GP).
+            let taken = Int64(end) &+ Int64(bitPattern: rel)
+            guard taken >= Int64(Int32.min), taken <= Int64(Int32.max) else { return false }
             e.loadContext(R9, 8)
             e.lea(R9, base: R9, index: -1, scale: 0, disp: Int32(end))
-            let top = JITMem(base: 4, index: -1, scale: 0, disp: UInt64(bitPattern: -8), ripRelative: false)
-            guard emitProbe(top, size: 8, end: end, into: &e, exit: exit, exits: &exits, blockLen: blockLen, load: { e in
-                e.rsib([0x89], 8, reg: R9, base: R8, index: A, scale: 0)
-                e.load(D, 4 * 8, 8); e.lea(D, base: D, index: -1, scale: 0, disp: -8); e.store(D, 4 * 8, 8)
+            let top = JITMem(base: 4, index: -1, scale: 0, disp: UInt64(bitPattern: Int64(-stack)), ripRelative: false)
+            guard emitProbe(top, size: stack, end: end, into: &e, exit: exit, exits: &exits, blockLen: blockLen,
+                            addr32: stack == 4, load: { e, x in
+                if stack == 8 {
+                    e.loadContext(D, 8)
+                    e.lea(D, base: D, index: -1, scale: 0, disp: Int32(taken))
+                    emitCanonicalCheck(D, into: &e, exit: &x)
+                }
+                e.rsib([0x89], stack, reg: R9, base: R8, index: A, scale: 0)
+                emitMoveSP(-stack, stack, into: &e)
             }) else { return false }
         case .ret:
-            // Pop the target, raise RSP; rax = target - the block's RIP (the return value,
-            // nothing after this touches rax; the flags are saved around it).
+            // Pop the target (8 or 4 bytes, zero-extended), raise RSP; rax = target - the
+            // block's RIP (the return value, nothing after this touches rax; the flags are
+            // saved around it; the caller masks RIP). In 64-bit mode a non-canonical target
+            // leaves before RSP moves (the block tier raises #GP).
             let top = JITMem(base: 4, index: -1, scale: 0, disp: 0, ripRelative: false)
-            guard emitProbe(top, size: 8, end: end, into: &e, exit: exit, exits: &exits, load: { e in
-                e.rsib([0x8B], 8, reg: R9, base: R8, index: A, scale: 0)
-                e.load(D, 4 * 8, 8); e.lea(D, base: D, index: -1, scale: 0, disp: 8); e.store(D, 4 * 8, 8)
+            guard emitProbe(top, size: stack, end: end, into: &e, exit: exit, exits: &exits, addr32: stack == 4, load: { e, x in
+                e.rsib([0x8B], stack, reg: R9, base: R8, index: A, scale: 0)
+                if stack == 8 { emitCanonicalCheck(R9, into: &e, exit: &x) }
+                emitMoveSP(stack, stack, into: &e)
                 e.movRR(A, R9, 8)
                 e.rmem([0x2B], 8, reg: A, base: HostReg.rsi, disp: 8)
             }) else { return false }
         case let .memExtend(dst, m, from, signed, s):
-            guard emitProbe(m, size: from, end: end, into: &e, exit: exit, exits: &exits, load: { e in
+            guard emitProbe(m, size: from, end: end, into: &e, exit: exit, exits: &exits, load: { e, _ in
                 let w = s == 8 ? 8 : 4
                 switch (from, signed) {
                 case (1, false): e.rsib([0x0F, 0xB6], 4, reg: R9, base: R8, index: A, scale: 0)
@@ -566,6 +559,25 @@ enum JITCompiler {
                 }
             }) else { return false }
             e.store(R9, dst, s)
+        case let .imul(dst, a, b, s):
+            switch a {
+            case let .reg(off): e.load(A, off, s)
+            case let .imm(v): e.movImm(A, v, s)
+            }
+            switch b {
+            case let .reg(off): e.load(C, off, s)
+            case let .imm(v): e.movImm(C, v, s)
+            }
+            emitImul(C, s, liveAfter: liveAfter, into: &e)
+            e.store(A, dst, s)
+        case let .memImul(dst, m, imm, s):
+            // The loaded factor in r9; after the probe the other one in rax.
+            guard emitProbe(m, size: s, end: end, into: &e, exit: exit, exits: &exits, load: { e, _ in
+                e.rsib([0x8B], s, reg: R9, base: R8, index: A, scale: 0)
+            }) else { return false }
+            if let imm { e.movImm(A, imm, s) } else { e.load(A, dst, s) }
+            emitImul(R9, s, liveAfter: liveAfter, into: &e)
+            e.store(A, dst, s)
         case let .alu(kind, dst, src, s):
             e.load(A, dst, s)
             switch src {

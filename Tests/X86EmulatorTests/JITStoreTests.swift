@@ -28,6 +28,14 @@ import Hypervisor
         "inc rcx\nmov [r13], rax\nadd rax, rcx", "inc rdx\nadd [r13 + 8], edx", "dec rdx\nmov [r12], rax",
         "inc rbx\nmov rax, [r10]\nmov [r10 + 8], rbx", "add rcx, rdx\nadd [r10], rcx",
         "mov [r15 + 4096 * 3], rbx", "lock add [r15], rax\nadd rax, [r15]",
+        // The group-3/4/5 opcodes after a store (the write TLB holds the page from the second
+        // run on): TEST [m], imm must not write, the invalid FE /2-/7 must raise #UD (an
+        // overlapping `case ... where` once compiled F6 /0 as INC [m] and FE /7 as a host
+        // FE /7).
+        "mov [r15 + 7], al\ntest byte ptr [r15 + 7], 0x81\nsetz cl", "mov [r15], eax\ntest dword ptr [r15], 0x80000001",
+        "mov [r15 + 2], ax\ntest word ptr [r15 + 2], 0x8001\nsets dl", "mov [r15], rax\ntest qword ptr [r15], -2",
+        "mov [r15 + 9], bl\n.byte 0x41, 0xfe, 0x7f, 0x09", "mov [r15], bl\n.byte 0x41, 0xfe, 0x17",
+        "mov [r15 + 8], rax\nnot qword ptr [r15 + 8]\nneg dword ptr [r15 + 8]\ninc word ptr [r15 + 8]\ndec byte ptr [r15 + 8]",
     ]
 
     static let dataBase: UInt64 = 0x20_0000

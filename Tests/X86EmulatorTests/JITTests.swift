@@ -39,6 +39,13 @@ import Hypervisor
         ops += ["cmovb ax, bx", "setg ah", "xchg rax, rbx", "xchg ecx, edx", "xchg al, bh", "xchg r8, rax",
                 "xchg eax, eax", "nop", "cbw", "cwde", "cdqe", "cwd", "cdq", "cqo",
                 "clc\nadc rax, rbx", "stc\nsbb ecx, edx", "cmc\nadc dl, bl", "inc rax\njmp 1f\nnop\n1:"]
+        // IMUL: random operands overflow most of the time, small ones do not.
+        ops += ["imul rax, rbx", "imul ecx, edx", "imul si, di", "imul r9, r10", "imul rdx, rdx",
+                "imul rax, rbx, 0x12345678", "imul ecx, edx, -3", "imul si, di, 0x7fff", "imul r11d, r12d, 0x7f",
+                "imul rdx, rdx, -0x80000000", "imul r8w, r9w, -2", "imul eax, ebx, 1", "imul rcx, rsi, 0",
+                "movzx eax, al\nmovzx ebx, bl\nimul eax, ebx", "movsx rcx, cx\nimul rcx, rcx, 3",
+                "imul ax, bx\nsetc cl\nsets ch\nsetz dl\nsetp dh", "imul rax, rcx\njo 1f\nmov esi, 1\n1:",
+                "imul ecx, ecx\nadc edx, 0", "imul rbx, rdi\ncmovs rax, rbx"]
         return ops
     }()
 
@@ -123,20 +130,25 @@ import Hypervisor
         "test byte ptr [r15 + 0x90], 1\nsetz cl", "mov [r15 + 0xa0], rax\ntest byte ptr [r15 + 0x90], 1\nje 1f\nmov esi, 1\n1:",
         "mul byte ptr [r15 + 3]", "imul byte ptr [r15 + 5]", "div byte ptr [r15 + 0x100]", ".byte 0x41, 0xfe, 0x57, 0x08",
         "call qword ptr [r15 + 8]",
+        "imul rax, [r15 + 8]", "imul ecx, [r15 + r14 * 4]", "imul dx, [r15 + 2]", "imul rbx, [r15], -7",
+        "imul esi, dword ptr [r15 + 12], 0x12345", "imul di, word ptr [r15 + 6], 300",
+        "imul r9, qword ptr [rbp + 1], 0x7fffffff\nsetz al", "inc rax\nimul rax, [r13]", "dec rcx\nimul rcx, [r12]",
+        "add rdx, rcx\nimul rdx, [r15 + 0xffd]",
     ]
 
     /// The memory-operand differential run the load and store tests share: each op (one per
     /// 64-byte slot, then HLT) runs 20 times from random registers and flags on the
     /// interpreter and on the JIT, over 5 pages of random data at `dataBase`; `prepare` sets
     /// a machine up before the code is loaded and again after every exit that is not HLT,
-    /// `fix` pins the address registers (a shut-down CPU is revived first). Returns the JIT machine and one line per op whose
+    /// `fix` pins the address registers (a shut-down CPU is revived first); `bits`: the
+    /// code's mode (`prepare` sets up 32-bit mode for 32). Returns the JIT machine and one line per op whose
     /// registers, exit or data pages differ.
-    static func compareMemoryOps(_ ops: [String], seed: UInt64, dataBase: UInt64,
+    static func compareMemoryOps(_ ops: [String], seed: UInt64, dataBase: UInt64, bits: Int = 64,
                                  prepare: (TestMachine) throws -> Void,
                                  fix: @escaping (inout X86Registers, UInt64) -> Void) throws -> (jit: TestMachine, failures: [String]) {
         let stride = 64
         let source = ops.map { ".balign \(stride)\n\($0)\nhlt" }.joined(separator: "\n")
-        let code = try Assembler.assemble(source)
+        let code = try Assembler.assemble(source, bits: bits)
         let interp = try machine(.interp), jit = try machine(.jit)
         var g = SplitMix(state: seed)
         let data = (0..<(5 * 4096)).map { _ in UInt8(truncatingIfNeeded: g.next()) }
@@ -173,6 +185,28 @@ import Hypervisor
         #expect(jit.cpu.jitRuns > 0)
         for f in failures.prefix(20) { Issue.record(Comment(rawValue: f)) }
         #expect(failures.isEmpty)
+    }
+
+    @Test func imulLoopWithMemorySourceRunsCompiled() throws {
+        // After the first iteration (TLB fill through the side exit) the loop body runs as
+        // compiled code: rax = 3^10 * 5^10 (mod 2^64), rbx = 7 * 10.
+        let m = try JITTests.ran("""
+            lea rsi, [rip + data]
+            mov ecx, 10
+            mov eax, 1
+            xor ebx, ebx
+        1:  imul rax, [rsi]
+            imul rax, rax, 5
+            imul rdx, qword ptr [rsi + 8], 7
+            add rbx, rdx
+            dec ecx
+            jnz 1b
+            hlt
+        data: .quad 3, 1
+        """)
+        let r = m.cpu.registers()
+        #expect(r.rax == 576_650_390_625 && r.rbx == 70)
+        #expect(m.cpu.jitRuns >= 10 && m.cpu.jitSideExits <= 2)
     }
 
     @Test func unsupportedInstructionsStayOnTheBlockTier() throws {
