@@ -135,4 +135,21 @@ import Testing
         #expect(log.contains("reboot: Power down"), "\(tier): \(log.suffix(1000))")
         #expect(disk.count >= 1024 && Array(disk[512..<537]) == Array("SWIFTVMM-GUEST-WROTE-THIS".utf8))
     }
+
+    /// Eight vCPUs on the software CPU: Linux finds them in the MADT, starts each one and
+    /// sees one package of eight cores (CPUID's topology agrees with the tables).
+    @Test(.enabled(if: LinuxGuestTests.canBoot("amd64"), "needs guests/debian/build.sh's amd64 files and no SWIFTVMM_SKIP_LINUX_BOOT"))
+    func debianAmd64BootsWithEightVCPUs() throws {
+        let (kernel, initrd) = Self.guestFiles("amd64")
+        let (r, _) = try Self.bootDebian("amd64", kernel: kernel, initrd: initrd, memory: "512M", extra: ["-c", "8"])
+        let log = r.stdout.replacingOccurrences(of: "\r", with: "")
+        #expect(!r.timedOut, "no power-off in time; console so far:\n\(log.suffix(3000))")
+        #expect(r.status == 0, "vmm status \(r.status): \(r.stderr)\n\(log.suffix(3000))")
+        #expect(log.contains("smpboot: Allowing 8 CPUs"), "\(log.prefix(8000))")
+        #expect(log.contains("smp: Brought up 1 node, 8 CPUs"), "\(log.prefix(12000))")
+        #expect(log.contains("smpboot: Max logical packages: 1"), "\(log.prefix(12000))")
+        #expect(!log.contains("[Firmware Bug]"), "\(log.prefix(12000))")
+        #expect(log.contains(Self.marker), "\(log.suffix(2000))")
+        #expect(log.contains("reboot: Power down"), "\(log.suffix(1000))")
+    }
 }
