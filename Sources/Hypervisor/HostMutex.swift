@@ -32,3 +32,18 @@ public final class HostMutex: @unchecked Sendable {
         return try body()
     }
 }
+
+/// A value guarded by a `HostMutex`, reached only inside `withLock` (what
+/// `Synchronization.Mutex` offers, on the lock ThreadSanitizer sees).
+public final class HostLocked<Value>: @unchecked Sendable {
+    private let mutex = HostMutex()
+    // Guarded by `mutex`: touched only inside `withLock`.
+    private var value: Value
+
+    public init(_ value: Value) { self.value = value }
+
+    @inline(__always)
+    public func withLock<R>(_ body: (inout Value) throws -> R) rethrows -> R {
+        try mutex.withLock { try body(&value) }
+    }
+}

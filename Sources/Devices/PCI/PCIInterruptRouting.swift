@@ -1,5 +1,4 @@
 import Hypervisor
-import Synchronization
 
 /// The legacy INTx pins of a PCI function: INTA# = 1 ... INTD# = 4, as in the interrupt-pin
 /// config register (0 means the function uses no INTx pin).
@@ -67,7 +66,8 @@ public struct PCIInterruptRouting: Sendable, Equatable, Codable {
 ///
 /// Lock rule: the lines are raised and lowered from several threads at once (vCPU threads
 /// under the device lock, the virtio event thread and the virtio-net thread under their own
-/// device locks), so the asserted sets live in one `Mutex`. The level change is forwarded
+/// device locks), so the asserted sets live behind one lock (a `HostLocked`: a pthread
+/// mutex, which ThreadSanitizer sees, unlike `Synchronization.Mutex`). The level change is forwarded
 /// while that mutex is held, so two racing transitions reach the controller in the order
 /// they were decided and the controller's final level is always the OR of the sources.
 /// Lock order: this mutex, then whatever the controller takes; the controller never calls
@@ -78,7 +78,7 @@ public final class PCIInterruptSharing: Sendable {
         var nextSource = 0
     }
     private let controller: any InterruptController
-    private let state = Mutex(State())
+    private let state = HostLocked(State())
 
     public init(controller: any InterruptController) {
         self.controller = controller
