@@ -113,6 +113,8 @@ struct JITView {
     /// nil without a code cache.
     let generation: UnsafeMutablePointer<UInt32>?
     let threshold: Int
+    /// `JITState.lockstep`, copied so the per-block path reads a field, not a lazy global.
+    let lockstep: Bool
 }
 
 extension X86CPU {
@@ -154,7 +156,7 @@ extension X86CPU {
         // context words, reads guest RAM only through pages the read TLB holds, writes it
         // only through pages the write TLB holds and outside the block's bytes, and returns.
         let f = unsafeBitCast(code, to: JITFunction.self)
-        let before = JITState.lockstep ? lockstepState() : nil
+        let before = js.lockstep ? lockstepState() : nil
         let delta = f(r, ctx)
         if e.pointee.flagsOut { setEager(ctx[0]) }
         let target = (rip &+ delta) & ipMask
@@ -192,7 +194,8 @@ extension X86CPU {
 
     @inline(never) func makeJITView() -> JITView {
         let j = jit
-        let v = JITView(entries: j.entries, context: j.context, generation: j.cache?.generationWord, threshold: j.threshold)
+        let v = JITView(entries: j.entries, context: j.context, generation: j.cache?.generationWord, threshold: j.threshold,
+                        lockstep: JITState.lockstep)
         // The read bank of the TLB (`Access.read`): fixed for the CPU's lifetime.
         j.context[4] = UInt64(UInt(bitPattern: tlbTag))
         j.context[5] = UInt64(UInt(bitPattern: tlbHost))
